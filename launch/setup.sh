@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# Creates .venv, installs vlmjax (+ test extras with SETUP_EXTRAS=test), and obtains Fashion-MNIST.
+# Idempotent: re-running skips what is already installed.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PYTHON=${PYTHON:-python3}
+EXTRAS=${SETUP_EXTRAS:-}
+DATA_DIR=/usr/share/datasets/fashion-mnist
+
+if ! "$PYTHON" -c 'import sys; sys.exit(sys.version_info < (3, 11))'; then
+  echo "error: vlmjax needs Python >= 3.11; set PYTHON=/path/to/python3.11" >&2
+  exit 2
+fi
+[ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
+
+stamp=".venv/.vlmjax-installed-$(cat pyproject.toml launch/setup.sh | sha1sum | cut -c1-12)-${EXTRAS:-base}"
+if [ ! -f "$stamp" ]; then
+  echo "installing vlmjax${EXTRAS:+[$EXTRAS]} into .venv (about a minute)..."
+  .venv/bin/python -m pip install -q --upgrade pip
+  .venv/bin/python -m pip install -q -e ".${EXTRAS:+[$EXTRAS]}"
+  if [ "$EXTRAS" = "test" ]; then
+    # open_clip's tokenizer and BPE vocabulary are the parity reference; without --no-deps
+    # it would pull torchvision and a multi-GB CUDA torch.
+    .venv/bin/python -m pip install -q --no-deps open-clip-torch==3.3.0
+  fi
+  touch "$stamp"
+fi
+
+if [ ! -f "$DATA_DIR/train-images-idx3-ubyte.gz" ]; then
+  if command -v apt-get >/dev/null 2>&1; then
+    sudo_cmd=""
+    [ "$(id -u)" -eq 0 ] || sudo_cmd="sudo"
+    echo "installing Debian's dataset-fashion-mnist..."
+    $sudo_cmd apt-get update -qq >/dev/null && $sudo_cmd apt-get install -y -qq dataset-fashion-mnist >/dev/null
+  else
+    echo "warning: no apt-get here, so Fashion-MNIST was not installed. Download the four files" \
+         "{train,t10k}-{images-idx3,labels-idx1}-ubyte.gz into a directory and pass" \
+         "--config.data.dir=THAT_DIR (and --config.evals.zeroshot.data_dir=THAT_DIR)." >&2
+  fi
+fi

@@ -1,0 +1,6 @@
+#!/usr/bin/env bash
+# Quickstart 2: set up (with the test extras), then run the test suite.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+SETUP_EXTRAS=test bash launch/setup.sh
+.venv/bin/python -m pytest -q "$@"

@@ -1,0 +1,43 @@
+"""Shared fixtures: 8 virtual CPU devices, a synthetic dataset, the tiny test config."""
+
+import os
+
+# Every test runs on a mesh of 8 virtual devices, so sharded code paths are always exercised.
+os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+
+from vlmjax.data.idx import write_idx  # noqa: E402
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TINY_CONFIG = os.path.join(REPO, "configs", "test", "tiny_clip.py")
+
+
+def synthetic_fashion_mnist(directory: str, n_train: int = 640, n_test: int = 200,
+                            seed: int = 0) -> str:
+    """Fashion-MNIST-format IDX files whose classes are learnable: class k lights band k."""
+    rng = np.random.default_rng(seed)
+    for split, n in (("train", n_train), ("t10k", n_test)):
+        labels = (np.arange(n) % 10).astype(np.uint8)
+        rng.shuffle(labels)
+        images = rng.integers(0, 60, size=(n, 28, 28)).astype(np.uint8)
+        for i, k in enumerate(labels):
+            images[i, 2 * k + 4: 2 * k + 7, 3:25] = 230
+        write_idx(os.path.join(directory, f"{split}-images-idx3-ubyte.gz"), images)
+        write_idx(os.path.join(directory, f"{split}-labels-idx1-ubyte.gz"), labels)
+    return directory
+
+
+@pytest.fixture(scope="session")
+def synthetic_data_dir(tmp_path_factory: pytest.TempPathFactory) -> str:
+    return synthetic_fashion_mnist(str(tmp_path_factory.mktemp("fashion_mnist")))
+
+
+@pytest.fixture
+def tiny_config(synthetic_data_dir: str):
+    from vlmjax.config import load_config_file
+    config = load_config_file(TINY_CONFIG)
+    config.data.dir = synthetic_data_dir
+    return config

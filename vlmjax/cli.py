@@ -1,0 +1,42 @@
+"""Shared command-line handling: `--config path.py[:arg]`, `--config.key=value`, one-line errors."""
+
+import argparse
+import logging
+import os
+import sys
+from collections.abc import Callable, Sequence
+
+from vlmjax.errors import VlmjaxError
+
+
+def parse_args(argv: Sequence[str], description: str, extra: Callable[[argparse.ArgumentParser], None]
+               ) -> tuple[argparse.Namespace, list[str]]:
+    """Known flags plus the list of `key=value` config overrides."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--config", help="experiment config file, path.py or path.py:arg")
+    parser.add_argument("--workdir", required=True, help="run directory (checkpoints, metrics)")
+    extra(parser)
+    args, rest = parser.parse_known_args(argv)
+    overrides = []
+    for item in rest:
+        if not item.startswith("--config."):
+            parser.error(f"unrecognized argument {item!r}; config overrides look like "
+                         "--config.train.batch_size=128")
+        overrides.append(item[len("--config."):])
+    if overrides and not args.config:
+        parser.error("--config.key=value overrides need --config path/to/config.py")
+    return args, overrides
+
+
+def run_main(main: Callable[[], int | None]) -> None:
+    """Runs `main`, turning user-facing errors into one line on stderr and exit status 2."""
+    logging.basicConfig(level=os.environ.get("VLMJAX_LOG_LEVEL", "INFO"),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    for noisy in ("absl", "jax._src", "orbax", "grain"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    try:
+        code = main()
+    except VlmjaxError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+    sys.exit(code or 0)

@@ -1,0 +1,104 @@
+"""The complete set of config keys with their defaults: the schema every config is checked against.
+
+Experiment configs start from `base_config()` and override what they need; a key that is not
+here is a typo, and `validate` reports it with the closest known key.
+"""
+
+import math
+
+import ml_collections
+
+# Logical axis name -> mesh axes. Parameters and activations are annotated with the logical
+# names; only these rules decide how they are laid out on the mesh (MaxText's scheme).
+DEFAULT_SHARDING_RULES = (
+    ("batch", ("data", "fsdp")),
+    ("length", None),
+    ("embed", None),
+    ("mlp", "tensor"),
+    ("heads", "tensor"),
+    ("kv", None),
+    ("vocab", "tensor"),
+    ("joint", None),
+    ("patch", None),
+)
+
+
+def base_config() -> ml_collections.ConfigDict:
+    """Every known key with its default value and type."""
+    c = ml_collections.ConfigDict()
+    c.seed = 0
+
+    # Mesh axis sizes; -1 means "all remaining devices". Product must equal the device count.
+    c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))
+    c.sharding_rules = DEFAULT_SHARDING_RULES
+
+    c.data = ml_collections.ConfigDict()
+    c.data.name = "fashion_mnist"
+    c.data.dir = "/usr/share/datasets/fashion-mnist"
+    c.data.split = "train"
+    c.data.image_mean = 0.5  # per-channel normalisation applied on device
+    c.data.image_std = 0.5
+    c.data.flip = False  # random horizontal flip
+    c.data.translate = 0  # random shift by up to this many pixels (zero padded)
+    c.data.num_threads = 2  # grain read threads
+    c.data.prefetch = 2  # batches prepared ahead, on device
+
+    c.tokenizer = ml_collections.ConfigDict()
+    c.tokenizer.kind = "trained_bpe"  # clip_bpe | hf_json | sentencepiece | trained_bpe | ...
+    c.tokenizer.path = ""
+    c.tokenizer.vocab_size = 1024  # for trained tokenizers
+    c.tokenizer.context_length = 16
+
+    c.model = ml_collections.ConfigDict()
+    c.model.name = "two_tower"
+    c.model.embed_dim = 128
+    c.model.activation = "gelu"  # gelu | quick_gelu
+    c.model.dtype = "float32"  # compute dtype; parameters stay float32
+    c.model.logit_scale_init = math.log(1 / 0.07)
+    c.model.max_logit_scale = 100.0
+    c.model.use_logit_bias = False
+    c.model.logit_bias_init = -10.0
+    c.model.image = ml_collections.ConfigDict()
+    c.model.image.variant = ""  # "B/16" etc. sets width/depth/heads/mlp_dim/patch_size
+    c.model.image.image_size = 224
+    c.model.image.channels = 3
+    c.model.image.patch_size = 16
+    c.model.image.width = 0
+    c.model.image.depth = 0
+    c.model.image.heads = 0
+    c.model.image.mlp_dim = 0
+    c.model.image.pool = "cls"  # cls | gap | map
+    c.model.image.ln_pre = False
+    c.model.text = ml_collections.ConfigDict()
+    c.model.text.width = 512
+    c.model.text.depth = 12
+    c.model.text.heads = 8
+    c.model.text.mlp_dim = 2048
+
+    c.objective = ml_collections.ConfigDict(dict(name="clip"))
+
+    c.optimizer = ml_collections.ConfigDict()
+    c.optimizer.lr = 5e-4
+    c.optimizer.b1 = 0.9
+    c.optimizer.b2 = 0.98
+    c.optimizer.eps = 1e-6
+    c.optimizer.weight_decay = 0.2
+    # Parameters whose path matches get no weight decay: biases, norms, temperature, tokens.
+    c.optimizer.no_decay = r"(^|/)(bias|scale|logit_scale|logit_bias|cls_token|probe|pos_embed)$"
+    c.optimizer.warmup_steps = 10_000
+    c.optimizer.schedule = "cosine"  # cosine | constant
+    c.optimizer.end_lr_ratio = 0.0
+    c.optimizer.grad_clip_norm = 1.0  # 0 disables
+
+    c.train = ml_collections.ConfigDict()
+    c.train.batch_size = 256
+    c.train.num_steps = 1000
+    c.train.log_every = 50
+    c.train.checkpoint_every = 500
+    c.train.keep_checkpoints = 3
+    c.train.eval_every = 0  # 0: evaluate only at the end
+    c.train.locked_tower = ""  # "" | image | text  (LiT)
+
+    # Named evaluator instances; each has a `kind` from the evaluator registry.
+    c.evals = ml_collections.ConfigDict()
+    return c

@@ -1,0 +1,87 @@
+"""Loads `get_config(arg)` config files and applies `--config.key=value` overrides."""
+
+import ast
+import difflib
+import importlib.util
+import os
+
+import ml_collections
+
+from vlmjax.errors import ConfigError
+
+
+def load_config_file(spec: str) -> ml_collections.ConfigDict:
+    """Runs `get_config(arg)` of the file in `spec` = "path.py" or "path.py:arg"."""
+    path, _, arg = spec.partition(":")
+    if not os.path.isfile(path):
+        raise ConfigError(f"config file {path!r} does not exist; pass --config path/to/config.py")
+    module_spec = importlib.util.spec_from_file_location("_vlmjax_config", path)
+    module = importlib.util.module_from_spec(module_spec)
+    module_spec.loader.exec_module(module)
+    if not hasattr(module, "get_config"):
+        raise ConfigError(f"config file {path} has no get_config(arg) function; define one "
+                          "that returns an ml_collections.ConfigDict")
+    config = module.get_config(arg) if arg else module.get_config()
+    if not isinstance(config, ml_collections.ConfigDict):
+        raise ConfigError(f"get_config() in {path} returned {type(config).__name__}; it must "
+                          "return an ml_collections.ConfigDict")
+    return config
+
+
+def _parse_value(raw: str, current: object, key: str) -> object:
+    if isinstance(current, bool):
+        lowered = raw.lower()
+        if lowered in ("true", "1", "yes"):
+            return True
+        if lowered in ("false", "0", "no"):
+            return False
+        raise ConfigError(f"config.{key}={raw!r} is not a boolean; use true or false")
+    if isinstance(current, str):
+        return raw
+    try:
+        value = ast.literal_eval(raw)
+    except (ValueError, SyntaxError):
+        if current is None:
+            return raw
+        raise ConfigError(f"config.{key}={raw!r} cannot be parsed as "
+                          f"{type(current).__name__}; e.g. --config.{key}={current!r}") from None
+    if isinstance(current, float) and isinstance(value, int) and not isinstance(value, bool):
+        value = float(value)
+    if current is not None and not isinstance(value, type(current)) and not (
+            isinstance(current, (tuple, list)) and isinstance(value, (tuple, list))):
+        raise ConfigError(f"config.{key}={raw!r} has type {type(value).__name__} but must be "
+                          f"{type(current).__name__}; e.g. --config.{key}={current!r}")
+    return value
+
+
+def apply_override(config: ml_collections.ConfigDict, key: str, raw: str) -> None:
+    """Sets dotted `key` (which must exist) to `raw` parsed as the existing value's type."""
+    node = config
+    parts = key.split(".")
+    for i, part in enumerate(parts):
+        if not isinstance(node, ml_collections.ConfigDict) or part not in node:
+            known = list(node.keys()) if isinstance(node, ml_collections.ConfigDict) else []
+            close = difflib.get_close_matches(part, known, n=1)
+            prefix = ".".join(parts[:i] + close[:1])
+            hint = f"did you mean --config.{prefix}?" if close else "check the key's spelling"
+            raise ConfigError(f"--config.{key}: config.{'.'.join(parts[:i + 1])} is not a "
+                              f"key of this config; {hint}")
+        if i < len(parts) - 1:
+            node = node[part]
+    current = node[parts[-1]]
+    if isinstance(current, ml_collections.ConfigDict):
+        raise ConfigError(f"--config.{key} names a section; set one of its keys instead: "
+                          f"{', '.join(current.keys())}")
+    with node.unlocked():
+        node[parts[-1]] = _parse_value(raw, current, key)
+
+
+def config_from_args(spec: str, overrides: list[str]) -> ml_collections.ConfigDict:
+    """Loads the config file, then applies `key=value` overrides in order."""
+    config = load_config_file(spec)
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        if not sep:
+            raise ConfigError(f"--config.{key} needs a value: --config.{key}=VALUE")
+        apply_override(config, key, raw)
+    return config

@@ -1,0 +1,190 @@
+"""Checks a config before anything compiles: unknown keys, wrong types, impossible values.
+
+Every failure is a `ConfigError` whose one-line message names the key and the fix.
+"""
+
+import difflib
+import os
+from collections.abc import Mapping
+from typing import Any
+
+import ml_collections
+
+from vlmjax.config.defaults import base_config
+from vlmjax.errors import ConfigError
+
+MESH_AXES = ("data", "fsdp", "tensor")
+CHOICES = {
+    "model.name": ("two_tower",),
+    "model.activation": ("gelu", "quick_gelu"),
+    "model.dtype": ("float32", "bfloat16"),
+    "model.image.pool": ("cls", "gap", "map"),
+    "optimizer.schedule": ("cosine", "constant"),
+    "train.locked_tower": ("", "image", "text"),
+}
+POSITIVE_INTS = (
+    "tokenizer.context_length",
+    "model.embed_dim",
+    "model.image.image_size",
+    "model.image.channels",
+    "model.image.patch_size",
+    "model.text.width",
+    "model.text.depth",
+    "model.text.heads",
+    "model.text.mlp_dim",
+    "train.batch_size",
+    "train.num_steps",
+    "train.log_every",
+    "train.checkpoint_every",
+    "train.keep_checkpoints",
+    "data.prefetch",
+)
+NON_NEGATIVE_INTS = ("optimizer.warmup_steps", "train.eval_every", "data.translate", "data.num_threads")
+
+
+def _fail(key: str, problem: str, fix: str) -> None:
+    raise ConfigError(f"config.{key} {problem}; {fix}")
+
+
+def _type_ok(value: Any, default: Any) -> bool:
+    if isinstance(default, bool):
+        return isinstance(value, bool)
+    if isinstance(default, int):
+        return isinstance(value, int) and not isinstance(value, bool)
+    if isinstance(default, float):
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if isinstance(default, str):
+        return isinstance(value, str)
+    if isinstance(default, (tuple, list)):
+        return isinstance(value, (tuple, list))
+    return True
+
+
+def check_against_schema(cfg: Mapping, schema: Mapping, prefix: str = "") -> None:
+    """Raises on keys absent from `schema` and on leaves whose type differs from the default's."""
+    for key in cfg:
+        path = f"{prefix}{key}"
+        if key not in schema:
+            close = difflib.get_close_matches(key, list(schema.keys()), n=1)
+            hint = f"did you mean config.{prefix}{close[0]}?" if close else (
+                f"known keys here: {', '.join(sorted(schema.keys()))}")
+            _fail(path, "is not a known key", hint)
+        value, default = cfg[key], schema[key]
+        if isinstance(default, Mapping):
+            if not isinstance(value, Mapping):
+                _fail(path, f"must be a section (ConfigDict), got {type(value).__name__}",
+                      "set its sub-keys instead, e.g. " + f"--config.{path}.<key>=...")
+            check_against_schema(value, default, prefix=path + ".")
+        elif not _type_ok(value, default):
+            _fail(path, f"has type {type(value).__name__} ({value!r}) but must be "
+                  f"{type(default).__name__}", f"e.g. --config.{path}={default!r}")
+
+
+def _get(cfg: Mapping, dotted: str) -> Any:
+    for part in dotted.split("."):
+        cfg = cfg[part]
+    return cfg
+
+
+def resolve_mesh_shape(mesh_cfg: Mapping, num_devices: int) -> dict[str, int]:
+    """Mesh axis sizes with the single -1 replaced by the remaining devices."""
+    sizes = {axis: int(mesh_cfg[axis]) for axis in MESH_AXES}
+    free = [a for a, s in sizes.items() if s == -1]
+    if len(free) > 1:
+        _fail("mesh", f"has -1 on several axes ({', '.join(free)})", "use -1 on at most one axis")
+    for axis, size in sizes.items():
+        if size == 0 or size < -1:
+            _fail(f"mesh.{axis}", f"is {size}", "use a positive size or -1 for the rest")
+    fixed = 1
+    for size in sizes.values():
+        fixed *= size if size > 0 else 1
+    if free:
+        if num_devices % fixed:
+            _fail("mesh", f"fixed axes multiply to {fixed}, which does not divide the "
+                  f"{num_devices} devices", "pick sizes whose product divides the device count")
+        sizes[free[0]] = num_devices // fixed
+    elif fixed != num_devices:
+        _fail("mesh", f"sizes multiply to {fixed} but there are {num_devices} devices",
+              "make the product equal the device count, or set one axis to -1")
+    return sizes
+
+
+def validate(config: ml_collections.ConfigDict, num_devices: int, process_count: int = 1) -> None:
+    """Raises ConfigError on the first problem found; returns None when the config is usable."""
+    from vlmjax.data.datasets import check_dataset
+    from vlmjax.evaluators.registry import evaluator_schema
+    from vlmjax.models.sizes import resolve_vit
+    from vlmjax.objectives.registry import objective_schema
+    from vlmjax.tokenizers import KINDS as TOKENIZER_KINDS
+
+    schema = base_config().to_dict()
+    cfg = config.to_dict()
+    # Polymorphic sections: their schema depends on the registry entry they name.
+    name = cfg.get("objective", {}).get("name", "clip")
+    schema["objective"] = objective_schema(name)
+    schema["evals"] = {}
+    for eval_name, eval_cfg in cfg.get("evals", {}).items():
+        if not isinstance(eval_cfg, Mapping) or "kind" not in eval_cfg:
+            _fail(f"evals.{eval_name}", "has no `kind`", "set e.g. "
+                  f"--config.evals.{eval_name}.kind=zeroshot")
+        schema["evals"][eval_name] = evaluator_schema(eval_name, eval_cfg["kind"])
+    check_against_schema(cfg, schema)
+
+    for key, options in CHOICES.items():
+        if _get(cfg, key) not in options:
+            _fail(key, f"is {_get(cfg, key)!r}", f"choose one of {', '.join(map(repr, options))}")
+    if cfg["tokenizer"]["kind"] not in TOKENIZER_KINDS:
+        _fail("tokenizer.kind", f"is {cfg['tokenizer']['kind']!r}",
+              f"choose one of {', '.join(TOKENIZER_KINDS)}")
+    for key in POSITIVE_INTS:
+        if _get(cfg, key) <= 0:
+            _fail(key, f"is {_get(cfg, key)}", "it must be a positive integer")
+    for key in NON_NEGATIVE_INTS:
+        if _get(cfg, key) < 0:
+            _fail(key, f"is {_get(cfg, key)}", "it must be >= 0")
+    opt = cfg["optimizer"]
+    if not opt["lr"] > 0:
+        _fail("optimizer.lr", f"is {opt['lr']}", "use a positive learning rate")
+    if opt["warmup_steps"] >= cfg["train"]["num_steps"]:
+        _fail("optimizer.warmup_steps", f"({opt['warmup_steps']}) is not below "
+              f"train.num_steps ({cfg['train']['num_steps']})", "shorten the warmup")
+    if not 0 <= opt["b1"] < 1 or not 0 <= opt["b2"] < 1:
+        _fail("optimizer.b1", "and b2 must lie in [0, 1)", "use e.g. b1=0.9, b2=0.98")
+    if cfg["model"]["max_logit_scale"] <= 0:
+        _fail("model.max_logit_scale", "must be positive", "the CLIP default is 100")
+    if cfg["data"]["image_std"] <= 0:
+        _fail("data.image_std", "must be positive", "use the dataset's pixel std, e.g. 0.5")
+    if cfg["tokenizer"]["context_length"] < 2:
+        _fail("tokenizer.context_length", "must be at least 2", "CLIP uses 77")
+
+    image = cfg["model"]["image"]
+    resolved = resolve_vit(image)  # raises on unknown variants or missing sizes
+    if image["image_size"] % resolved["patch_size"]:
+        _fail("model.image.image_size", f"({image['image_size']}) is not a multiple of the "
+              f"patch size ({resolved['patch_size']})", "use a multiple of the patch size")
+    if resolved["width"] % resolved["heads"]:
+        _fail("model.image.heads", f"({resolved['heads']}) does not divide the width "
+              f"({resolved['width']})", "pick heads that divide the width")
+    text = cfg["model"]["text"]
+    if text["width"] % text["heads"]:
+        _fail("model.text.heads", f"({text['heads']}) does not divide model.text.width "
+              f"({text['width']})", "pick heads that divide the width")
+
+    sizes = resolve_mesh_shape(cfg["mesh"], num_devices)
+    batch_shards = sizes["data"] * sizes["fsdp"]
+    batch = cfg["train"]["batch_size"]
+    for divisor, what in ((batch_shards, f"{batch_shards} batch shards (mesh data x fsdp)"),
+                          (process_count, f"{process_count} processes")):
+        if batch % divisor:
+            _fail("train.batch_size", f"={batch} does not divide evenly over {what}",
+                  f"use a multiple of {divisor}, e.g. --config.train.batch_size="
+                  f"{(batch // divisor + 1) * divisor}")
+    for eval_name, eval_cfg in cfg["evals"].items():
+        if "batch_size" in eval_cfg and eval_cfg["batch_size"] % batch_shards:
+            _fail(f"evals.{eval_name}.batch_size", f"={eval_cfg['batch_size']} does not divide "
+                  f"over {batch_shards} batch shards", f"use a multiple of {batch_shards}")
+    tok = cfg["tokenizer"]
+    if not tok["kind"].startswith("trained_") and not os.path.exists(tok["path"]):
+        _fail("tokenizer.path", f"({tok['path']!r}) does not exist but tokenizer.kind="
+              f"{tok['kind']!r} reads its vocabulary from it", "point it at the tokenizer files")
+    check_dataset(cfg["data"]["name"], cfg["data"]["dir"], key="data.dir")

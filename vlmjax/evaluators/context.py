@@ -1,0 +1,51 @@
+"""What every evaluator gets: the model graph, tokenizer, mesh and data-related config."""
+
+import dataclasses
+from collections.abc import Mapping
+from typing import Any
+
+import jax
+import numpy as np
+from jax.sharding import Mesh
+
+from vlmjax.data.prefetch import to_global
+from vlmjax.parallel.logical import Rules
+from vlmjax.parallel.mesh import batch_sharding
+from vlmjax.tokenizers import Tokenizer
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalContext:
+    """Shared, static inputs of evaluators."""
+
+    graphdef: Any
+    tokenizer: Tokenizer
+    context_length: int
+    mesh: Mesh
+    rules: Rules
+    config: Mapping  # the full experiment config (data dir, normalisation, ...)
+
+    @property
+    def batch_sharding(self) -> jax.sharding.NamedSharding:
+        return batch_sharding(self.mesh, self.rules)
+
+
+def padded_global_batch(arrays: Mapping[str, np.ndarray], start: int, batch_size: int,
+                        sharding: jax.sharding.NamedSharding) -> tuple[dict, int]:
+    """Rows [start, start + batch_size) as global arrays, zero-padded at the end of the data.
+
+    Each process contributes a contiguous slice, so global row order is the data order.
+    Returns the batch and the number of real (unpadded) rows.
+    """
+    n = len(next(iter(arrays.values())))
+    real = min(batch_size, n - start)
+    procs, index = jax.process_count(), jax.process_index()
+    per_proc = batch_size // procs
+    local = {}
+    for key, value in arrays.items():
+        rows = value[start: start + real]
+        if real < batch_size:
+            pad = np.zeros((batch_size - real, *value.shape[1:]), value.dtype)
+            rows = np.concatenate([rows, pad])
+        local[key] = rows[index * per_proc: (index + 1) * per_proc]
+    return to_global(local, sharding), real

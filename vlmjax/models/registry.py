@@ -1,0 +1,35 @@
+"""String-keyed model registry: `config.model.name` -> how to build and constrain the model."""
+
+import dataclasses
+from collections.abc import Callable, Mapping
+
+from flax import nnx
+
+from vlmjax.errors import ConfigError
+from vlmjax.models.two_tower import TOWER_PATTERNS, TwoTower, clamp_logit_scale
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelSpec:
+    """How the train loop builds a model family and keeps its parameters in range."""
+
+    build: Callable[..., nnx.Module]  # (model_config, vocab_size, context_length, rngs=) -> Module
+    post_update: Callable[[dict, Mapping], dict]  # (params, model_config) -> params
+    towers: Mapping[str, str]  # tower name -> parameter path regex
+
+
+MODELS: dict[str, ModelSpec] = {
+    "two_tower": ModelSpec(
+        build=TwoTower,
+        post_update=lambda params, cfg: clamp_logit_scale(params, cfg["max_logit_scale"]),
+        towers=TOWER_PATTERNS,
+    ),
+}
+
+
+def get_model_spec(name: str) -> ModelSpec:
+    """The registry entry for `name`, or a ConfigError listing the known models."""
+    if name not in MODELS:
+        raise ConfigError(f"config.model.name={name!r} is not a registered model; choose one of "
+                          f"{', '.join(MODELS)}")
+    return MODELS[name]

@@ -1,0 +1,81 @@
+"""The device mesh and the shardings of parameters, optimizer state and batches."""
+
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import jax
+from flax import nnx
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+from vlmjax.config.validate import MESH_AXES, resolve_mesh_shape
+from vlmjax.parallel.logical import Rules, logical_to_spec
+
+
+def make_mesh(mesh_cfg: Mapping, devices: Sequence[jax.Device] | None = None) -> Mesh:
+    """A (data, fsdp, tensor) mesh over all devices, sizes from the config (-1 = the rest)."""
+    devices = list(devices if devices is not None else jax.devices())
+    sizes = resolve_mesh_shape(mesh_cfg, len(devices))
+    shape = tuple(sizes[a] for a in MESH_AXES)
+    # Auto axes: jit's sharding propagation (GSPMD) places intermediates; we constrain only
+    # where it matters, through the logical rules.
+    return jax.make_mesh(shape, MESH_AXES, devices=devices,
+                         axis_types=(jax.sharding.AxisType.Auto,) * len(MESH_AXES))
+
+
+def logical_axes_of(abstract_state: nnx.State) -> dict:
+    """Pure-dict tree (like `nnx.to_pure_dict`) of each parameter's logical axis names."""
+    out: dict = {}
+    for path, variable in nnx.to_flat_state(abstract_state):
+        node = out
+        for key in path[:-1]:
+            node = node.setdefault(key, {})
+        axes = variable.get_metadata().get("logical_axes")
+        node[path[-1]] = _Axes(axes if axes is not None else (None,) * len(variable.shape))
+    return out
+
+
+class _Axes(tuple):
+    """A tuple of axis names that pytree utilities treat as one leaf."""
+
+
+jax.tree_util.register_pytree_node(_Axes, lambda a: ((), tuple(a)), lambda aux, _: _Axes(aux))
+
+
+def param_shardings(axes_tree: dict, mesh: Mesh, rules: Rules) -> dict:
+    """NamedSharding of every parameter from its logical axes and the rules."""
+    return jax.tree.map(lambda axes: NamedSharding(mesh, logical_to_spec(tuple(axes), rules)),
+                        axes_tree, is_leaf=lambda x: isinstance(x, _Axes))
+
+
+def batch_sharding(mesh: Mesh, rules: Rules) -> NamedSharding:
+    """Batch-major arrays are split over the mesh axes that the "batch" rule names."""
+    return NamedSharding(mesh, logical_to_spec(("batch",), rules))
+
+
+def batch_shards(sharding: NamedSharding) -> int:
+    """How many pieces a batch-sharded array is split into (batch sizes must divide by it)."""
+    axes = sharding.spec[0] if len(sharding.spec) else None
+    if axes is None:
+        return 1
+    axes = (axes,) if isinstance(axes, str) else tuple(axes)
+    return math.prod(sharding.mesh.shape[a] for a in axes)
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+    """A sharding that keeps a full copy on every device."""
+    return NamedSharding(mesh, PartitionSpec())
+
+
+def state_shardings(abstract_state: Any, params_sharding: dict, mesh: Mesh) -> Any:
+    """Shardings of a {step, params, opt_state} tree: optimizer moments follow their params."""
+    params_struct = jax.tree.structure(params_sharding)
+
+    def follow(subtree: Any) -> Any:
+        if jax.tree.structure(subtree) == params_struct:
+            return params_sharding
+        return jax.tree.map(lambda _: replicated(mesh), subtree)
+
+    opt = jax.tree.map(follow, abstract_state["opt_state"],
+                       is_leaf=lambda x: jax.tree.structure(x) == params_struct)
+    return {"step": replicated(mesh), "params": params_sharding, "opt_state": opt}

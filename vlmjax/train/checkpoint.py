@@ -1,0 +1,62 @@
+"""Orbax checkpoints of the train state plus the data iterator state, written atomically.
+
+Orbax writes each step into a temporary directory and renames it once complete, so a crash
+mid-save leaves the previous checkpoint as the latest readable one.
+"""
+
+import os
+from typing import Any
+
+import orbax.checkpoint as ocp
+
+from vlmjax.errors import CheckpointError
+
+
+class Checkpointer:
+    """Saves every `every` steps (async), keeps the last `keep`, restores by step."""
+
+    def __init__(self, directory: str, *, every: int = 1, keep: int = 3, async_save: bool = True):
+        self.directory = os.path.abspath(directory)
+        options = ocp.CheckpointManagerOptions(
+            max_to_keep=keep, save_interval_steps=every, create=True,
+            enable_async_checkpointing=async_save, cleanup_tmp_directories=True)
+        self._manager = ocp.CheckpointManager(self.directory, options=options,
+                                              item_names=("state", "data"))
+
+    def latest_step(self) -> int | None:
+        return self._manager.latest_step()
+
+    def all_steps(self) -> list[int]:
+        return list(self._manager.all_steps())
+
+    def save(self, step: int, state: Any, data_state: dict, *, force: bool = False) -> bool:
+        """Starts writing `state` and the iterator state at `step`; returns whether it did."""
+        return self._manager.save(step, args=ocp.args.Composite(
+            state=ocp.args.StandardSave(state), data=ocp.args.JsonSave(data_state)), force=force)
+
+    def restore(self, step: int | None, abstract_state: Any) -> tuple[Any, dict, int]:
+        """(state, iterator state, step) at `step` (latest if None), laid out as `abstract_state`."""
+        steps = self.all_steps()
+        if step is None:
+            step = self.latest_step()
+        if step is None:
+            raise CheckpointError(f"no checkpoint in {self.directory}; train first with "
+                                  "`python -m vlmjax.train --config ... --workdir WORKDIR`")
+        if step not in steps:
+            raise CheckpointError(f"no checkpoint for step {step} in {self.directory}; "
+                                  f"available steps: {steps}")
+        try:
+            restored = self._manager.restore(step, args=ocp.args.Composite(
+                state=ocp.args.StandardRestore(abstract_state), data=ocp.args.JsonRestore()))
+        except (ValueError, KeyError) as e:
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise CheckpointError(f"checkpoint {step} in {self.directory} does not match the "
+                                  f"config's model: {first[:300]}") from e
+        return restored["state"], restored["data"], step
+
+    def wait(self) -> None:
+        self._manager.wait_until_finished()
+
+    def close(self) -> None:
+        self._manager.wait_until_finished()
+        self._manager.close()

@@ -1,0 +1,139 @@
+"""The one train loop: every objective, model and mesh goes through `train(config, workdir)`."""
+
+import logging
+import os
+import time
+from collections.abc import Mapping
+
+import jax
+import ml_collections
+import numpy as np
+from tqdm import tqdm
+
+from vlmjax.config import validate
+from vlmjax.data.captions import build_caption_table
+from vlmjax.data.datasets import caption_vocabulary, load_split
+from vlmjax.data.pipeline import train_dataset, train_iterator
+from vlmjax.data.prefetch import DevicePrefetcher
+from vlmjax.evaluators.context import EvalContext
+from vlmjax.evaluators.registry import build_evaluators
+from vlmjax.evaluators.report import print_results, write_results
+from vlmjax.objectives.registry import get_objective
+from vlmjax.parallel.mesh import batch_sharding, make_mesh, replicated
+from vlmjax.train.checkpoint import Checkpointer
+from vlmjax.train.metrics_writer import MetricsWriter, plot_curves
+from vlmjax.train.setup import is_main_process, save_config, tokenizer_for_run
+from vlmjax.train.state import StateLayout, model_builder, state_layout
+from vlmjax.train.step import StepSpec, jit_train_step
+
+log = logging.getLogger(__name__)
+
+
+def run_evaluators(evaluators: list, params: dict, step: int, workdir: str,
+                   writer: MetricsWriter) -> dict:
+    """Runs every evaluator, logs its metrics and writes workdir/results.json."""
+    evals = {}
+    for evaluator in evaluators:
+        start = time.perf_counter()
+        evals[evaluator.name] = evaluator.run(params)
+        log.info("step %d %s: %s (%.1fs)", step, evaluator.name, evals[evaluator.name],
+                 time.perf_counter() - start)
+        writer.write(step, {f"{evaluator.name}/{k}": v for k, v in evals[evaluator.name].items()})
+    results = {"step": int(step), "evals": evals}
+    if is_main_process():
+        write_results(workdir, results)
+    return results
+
+
+def _step_spec(config: Mapping, layout: StateLayout, mesh: jax.sharding.Mesh) -> StepSpec:
+    objective = get_objective(config["objective"]["name"])
+    return StepSpec(
+        graphdef=layout.graphdef, objective=objective,
+        objective_options={k: v for k, v in config["objective"].items() if k != "name"},
+        tx=layout.tx, schedule=layout.schedule,
+        post_update=lambda params: layout.model_spec.post_update(params, config["model"]),
+        locked=layout.locked, image_mean=config["data"]["image_mean"],
+        image_std=config["data"]["image_std"], mesh=mesh, rules=config["sharding_rules"])
+
+
+def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
+    """Trains (resuming from the latest checkpoint in `workdir`), evaluates, returns results."""
+    validate(config, jax.device_count(), jax.process_count())
+    os.makedirs(workdir, exist_ok=True)
+    save_config(config, workdir)
+    cfg = config.to_dict()
+    mesh = make_mesh(cfg["mesh"])
+    rules = cfg["sharding_rules"]
+    log.info("mesh %s over %d devices (%s)", dict(mesh.shape), jax.device_count(),
+             jax.devices()[0].platform)
+
+    tokenizer = tokenizer_for_run(cfg, workdir)
+    context_length = cfg["tokenizer"]["context_length"]
+    layout = state_layout(cfg, tokenizer.vocab_size, context_length, mesh)
+    n_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(layout.abstract["params"]))
+    log.info("model %s: %.2fM parameters", cfg["model"]["name"], n_params / 1e6)
+
+    ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), every=cfg["train"]["checkpoint_every"],
+                        keep=cfg["train"]["keep_checkpoints"])
+    writer = MetricsWriter(workdir, enabled=is_main_process())
+    train_cfg = cfg["train"]
+    images, labels = load_split(cfg["data"]["name"], cfg["data"]["dir"], cfg["data"]["split"])
+    table = build_caption_table(*caption_vocabulary(cfg["data"]["name"]), tokenizer, context_length)
+    dataset = train_dataset(
+        images, labels, table, local_batch_size=train_cfg["batch_size"] // jax.process_count(),
+        seed=cfg["seed"], process_index=jax.process_index(), process_count=jax.process_count(),
+        flip=cfg["data"]["flip"], translate=cfg["data"]["translate"])
+    iterator = train_iterator(dataset, cfg["data"]["num_threads"], cfg["data"]["prefetch"])
+
+    if ckpt.latest_step() is not None:
+        state, data_state, start = ckpt.restore(None, layout.abstract)
+        iterator.set_state(data_state)
+        writer.truncate_after(start)
+        log.info("resumed from step %d", start)
+    else:
+        state, data_state, start = layout.init(cfg["seed"], model_builder(
+            cfg, tokenizer.vocab_size, context_length)), iterator.get_state(), 0
+
+    evaluators = build_evaluators(cfg["evals"], EvalContext(
+        graphdef=layout.graphdef, tokenizer=tokenizer, context_length=context_length, mesh=mesh,
+        rules=rules, config=cfg))
+    step_fn = jit_train_step(_step_spec(cfg, layout, mesh), layout.sharding,
+                             batch_sharding(mesh, rules), replicated(mesh))
+    prefetcher = DevicePrefetcher(iterator, batch_sharding(mesh, rules), cfg["data"]["prefetch"])
+    num_steps, results = train_cfg["num_steps"], {}
+    bar = tqdm(total=num_steps, initial=start, desc="train", unit="step", dynamic_ncols=True,
+               disable=not is_main_process())
+    window_start, window_steps = time.perf_counter(), 0
+    try:
+        for step in range(start + 1, num_steps + 1):
+            batch, data_state = next(prefetcher)
+            state, metrics = step_fn(state, batch)
+            window_steps += 1
+            bar.update(1)
+            if step % train_cfg["log_every"] == 0 or step == num_steps:
+                metrics = jax.device_get(metrics)  # the only host sync in the loop
+                elapsed = time.perf_counter() - window_start
+                metrics["images_per_second"] = window_steps * train_cfg["batch_size"] / elapsed
+                writer.write(step, metrics)
+                bar.set_postfix(loss=f"{metrics['loss']:.3f}",
+                                img_s=f"{metrics['images_per_second']:.0f}")
+                window_start, window_steps = time.perf_counter(), 0
+            ckpt.save(step, state, data_state, force=step == num_steps)
+            eval_every = train_cfg["eval_every"]
+            if evaluators and (step == num_steps or (eval_every and step % eval_every == 0)):
+                results = run_evaluators(evaluators, state["params"], step, workdir, writer)
+                window_start, window_steps = time.perf_counter(), 0
+        if start >= num_steps and evaluators:
+            results = run_evaluators(evaluators, state["params"], start, workdir, writer)
+    finally:
+        bar.close()
+        prefetcher.close()
+        ckpt.close()
+        writer.close()
+    if is_main_process():
+        plot_curves(writer.path, os.path.join(workdir, "curves.png"),
+                    ("loss", "learning_rate", "logit_scale",
+                     *(f"{e.name}/acc1" for e in evaluators)))
+        if results:
+            print_results(results)
+    return results

@@ -1,0 +1,48 @@
+"""AdamW with warmup + cosine, selective weight decay, gradient clipping and locked towers."""
+
+from collections.abc import Mapping
+from typing import Any
+
+import jax
+import optax
+
+from vlmjax.train.param_groups import map_with_path, matches
+
+
+def make_schedule(opt: Mapping, num_steps: int) -> optax.Schedule:
+    """Linear warmup from 0 to lr, then cosine decay to lr * end_lr_ratio (or constant)."""
+    if opt["schedule"] == "cosine":
+        return optax.warmup_cosine_decay_schedule(
+            0.0, opt["lr"], opt["warmup_steps"], num_steps, end_value=opt["lr"] * opt["end_lr_ratio"])
+    warmup = optax.linear_schedule(0.0, opt["lr"], max(opt["warmup_steps"], 1))
+    return optax.join_schedules([warmup, optax.constant_schedule(opt["lr"])], [opt["warmup_steps"]])
+
+
+def decay_mask(params: Any, no_decay_pattern: str) -> Any:
+    """True where weight decay applies: matrices whose path does not match `no_decay_pattern`.
+
+    Biases, norm scales, the temperature/bias scalars and other vectors never decay (open_clip
+    excludes every parameter with fewer than 2 dimensions); the regex adds named exceptions.
+    """
+    is_matrix = jax.tree.map(lambda x: len(x.shape) >= 2, params)
+    if not no_decay_pattern:
+        return is_matrix
+    return jax.tree.map(lambda m, excluded: m and not excluded, is_matrix,
+                        matches(no_decay_pattern, params))
+
+
+def make_optimizer(config: Mapping, params: Any, towers: Mapping[str, str]
+                   ) -> tuple[optax.GradientTransformation, optax.Schedule]:
+    """The optimizer for `params` (real or abstract) and its learning-rate schedule."""
+    opt = config["optimizer"]
+    schedule = make_schedule(opt, config["train"]["num_steps"])
+    adamw = optax.adamw(schedule, b1=opt["b1"], b2=opt["b2"], eps=opt["eps"],
+                        weight_decay=opt["weight_decay"], mask=decay_mask(params, opt["no_decay"]))
+    clip = [optax.clip_by_global_norm(opt["grad_clip_norm"])] if opt["grad_clip_norm"] > 0 else []
+    tx = optax.chain(*clip, adamw)
+    locked = config["train"]["locked_tower"]
+    if locked:  # LiT: the locked tower gets no updates and keeps no optimizer state.
+        labels = map_with_path(lambda _, is_locked: "locked" if is_locked else "train",
+                               matches(towers[locked], params))
+        tx = optax.multi_transform({"train": tx, "locked": optax.set_to_zero()}, labels)
+    return tx, schedule

@@ -1,0 +1,56 @@
+"""Run set-up shared by training and evaluation: workdir files, tokenizer, evaluators."""
+
+import json
+import logging
+import os
+from collections.abc import Mapping
+
+import jax
+import ml_collections
+
+from vlmjax.data.captions import caption_texts
+from vlmjax.data.datasets import caption_vocabulary
+from vlmjax.errors import ConfigError
+from vlmjax.tokenizers import Tokenizer, build_tokenizer, load_tokenizer
+
+log = logging.getLogger(__name__)
+
+
+def is_main_process() -> bool:
+    return jax.process_index() == 0
+
+
+def save_config(config: ml_collections.ConfigDict, workdir: str) -> None:
+    """Writes workdir/config.json (what evaluate and resume read back)."""
+    if is_main_process():
+        with open(os.path.join(workdir, "config.json"), "w") as f:
+            f.write(config.to_json(indent=2))
+
+
+def load_saved_config(workdir: str) -> ml_collections.ConfigDict:
+    """The config a workdir was trained with."""
+    path = os.path.join(workdir, "config.json")
+    if not os.path.isfile(path):
+        raise ConfigError(f"{path} does not exist: {workdir} was not created by vlmjax.train; "
+                          "pass --config path/to/config.py or the right --workdir")
+    with open(path) as f:
+        return ml_collections.ConfigDict(json.load(f))
+
+
+def tokenizer_for_run(config: Mapping, workdir: str) -> Tokenizer:
+    """The run's tokenizer: the one stored in workdir, else built (and trained) and stored."""
+    directory = os.path.join(workdir, "tokenizer")
+    if os.path.isdir(directory):
+        return load_tokenizer(directory)
+    tok = config["tokenizer"]
+    texts = None
+    if tok["kind"].startswith("trained_"):
+        names, templates = caption_vocabulary(config["data"]["name"])
+        texts = caption_texts(names, templates)[0]
+        log.info("training a %s tokenizer (vocab %d) on %d captions", tok["kind"],
+                 tok["vocab_size"], len(texts))
+    tokenizer = build_tokenizer(tok["kind"], path=tok["path"], vocab_size=tok["vocab_size"],
+                                texts=texts)
+    if is_main_process():
+        tokenizer.save(directory)
+    return tokenizer
