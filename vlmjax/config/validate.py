@@ -114,7 +114,7 @@ def validate(config: ml_collections.ConfigDict, num_devices: int, process_count:
     from vlmjax.data.datasets import check_dataset
     from vlmjax.evaluators.registry import evaluator_schema
     from vlmjax.models.sizes import resolve_vit
-    from vlmjax.objectives.registry import objective_schema
+    from vlmjax.objectives.registry import get_objective, objective_schema
     from vlmjax.tokenizers import KINDS as TOKENIZER_KINDS
 
     schema = base_config().to_dict()
@@ -187,4 +187,15 @@ def validate(config: ml_collections.ConfigDict, num_devices: int, process_count:
     if not tok["kind"].startswith("trained_") and not os.path.exists(tok["path"]):
         _fail("tokenizer.path", f"({tok['path']!r}) does not exist but tokenizer.kind="
               f"{tok['kind']!r} reads its vocabulary from it", "point it at the tokenizer files")
-    check_dataset(cfg["data"]["name"], cfg["data"]["dir"], key="data.dir")
+    objective = get_objective(cfg["objective"]["name"])
+    if cfg["model"]["name"] not in objective.models:
+        _fail("objective.name", f"={objective.name!r} does not work with model "
+              f"{cfg['model']['name']!r}", f"use a model among {', '.join(objective.models)}")
+    objective.check(cfg)
+    check_dataset(cfg["data"]["name"], cfg["data"]["dir"], key="data.dir", split=cfg["data"]["split"])
+    for eval_name, eval_cfg in cfg["evals"].items():
+        full = {**evaluator_schema(eval_name, eval_cfg["kind"]), **eval_cfg}
+        if "dataset" in full:
+            key = f"evals.{eval_name}.data_dir" if full.get("data_dir") else "data.dir"
+            check_dataset(full["dataset"], full.get("data_dir") or cfg["data"]["dir"], key=key,
+                          split=full.get("split"))

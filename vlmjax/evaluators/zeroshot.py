@@ -35,6 +35,11 @@ def class_embeddings(text_embeds: jax.Array, num_classes: int) -> jax.Array:
     return l2_normalize(per_class.mean(axis=1))
 
 
+def predict_topk(image_embeds: jax.Array, classifier: jax.Array, k: int) -> jax.Array:
+    """Indices of the k classes with the highest cosine similarity, best first: [b, k]."""
+    return jax.lax.top_k(jnp.einsum("be,ce->bc", image_embeds, classifier), k)[1]
+
+
 class ZeroShotClassification:
     """Scores every test image against template-ensembled class embeddings."""
 
@@ -58,7 +63,7 @@ class ZeroShotClassification:
         def top_classes(params: dict, batch: Mapping, classes: jax.Array) -> jax.Array:
             images = normalize_images(batch["image"], mean, std)
             image_embeds = nnx.merge(graphdef, params).encode_image(images)
-            return jax.lax.top_k(jnp.einsum("be,ce->bc", image_embeds, classes), k)[1]
+            return predict_topk(image_embeds, classes, k)
 
         self._encode_text = jax.jit(encode_text)
         self._top_classes = jax.jit(top_classes, out_shardings=replicated(ctx.mesh))

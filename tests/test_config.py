@@ -1,0 +1,138 @@
+"""Config validation and command-line errors: one line naming the key and the fix."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from tests.conftest import REPO, TINY_CONFIG
+from vlmjax.config import apply_override, config_from_args, resolve_mesh_shape, validate
+from vlmjax.errors import ConfigError, DataError
+
+
+def _validate(config, devices=8, processes=1):
+    validate(config, devices, processes)
+
+
+def test_tiny_and_demo_configs_are_valid(tiny_config):
+    _validate(tiny_config)
+    demo = config_from_args(os.path.join(REPO, "configs/demo/clip_fashion_mnist.py"), [])
+    demo.data.dir = tiny_config.data.dir
+    _validate(demo)
+    siglip = config_from_args(os.path.join(REPO, "configs/demo/clip_fashion_mnist.py:siglip"), [])
+    siglip.data.dir = tiny_config.data.dir
+    _validate(siglip)
+    assert siglip.objective.name == "siglip" and siglip.model.use_logit_bias
+
+
+def test_unknown_key_in_file_suggests_the_known_one(tiny_config):
+    with tiny_config.unlocked():
+        tiny_config.train.batchsize = 64
+    with pytest.raises(ConfigError, match=r"config\.train\.batchsize is not a known key; "
+                                          r"did you mean config\.train\.batch_size\?"):
+        _validate(tiny_config)
+
+
+def test_unknown_override_is_rejected():
+    with pytest.raises(ConfigError, match=r"config\.optimizer\.lrr is not a key.*optimizer\.lr"):
+        config_from_args(TINY_CONFIG, ["optimizer.lrr=0.1"])
+
+
+def test_wrong_types(tiny_config):
+    with pytest.raises(ConfigError, match="cannot be parsed as int"):
+        apply_override(tiny_config, "train.batch_size", "many")
+    with pytest.raises(ConfigError, match="is not a boolean"):
+        apply_override(tiny_config, "data.flip", "maybe")
+    apply_override(tiny_config, "optimizer.lr", "1")  # an int where a float is expected is fine
+    assert tiny_config.optimizer.lr == 1.0 and isinstance(tiny_config.optimizer.lr, float)
+    with tiny_config.unlocked():
+        tiny_config.train.num_steps = "10"
+    with pytest.raises(ConfigError, match=r"config\.train\.num_steps has type str"):
+        _validate(tiny_config)
+
+
+def test_batch_must_divide_over_devices_and_processes(tiny_config):
+    tiny_config.train.batch_size = 100
+    with pytest.raises(ConfigError, match=r"batch_size=100 does not divide evenly over 8 batch "
+                                          r"shards.*batch_size=104"):
+        _validate(tiny_config)
+    tiny_config.train.batch_size = 96
+    _validate(tiny_config)
+    with pytest.raises(ConfigError, match="over 5 processes"):
+        _validate(tiny_config, devices=8, processes=5)
+
+
+def test_impossible_values(tiny_config):
+    cases = [
+        ("model.activation", "relu", "choose one of 'gelu', 'quick_gelu'"),
+        ("model.image.pool", "max", "choose one of 'cls', 'gap', 'map'"),
+        ("train.num_steps", 0, "positive integer"),
+        ("optimizer.warmup_steps", 100, "is not below train.num_steps"),
+        ("model.image.patch_size", 5, "not a multiple of the patch size"),
+        ("model.text.heads", 3, "does not divide model.text.width"),
+        ("objective.name", "triplet", "not a registered objective"),
+        ("tokenizer.kind", "wordpiece", "choose one of clip_bpe"),
+        ("train.locked_tower", "audio", "choose one of"),
+    ]
+    for key, value, message in cases:
+        from vlmjax.config import load_config_file
+        config = load_config_file(TINY_CONFIG)
+        config.data.dir = tiny_config.data.dir
+        section, _, leaf = key.rpartition(".")
+        node = config
+        for part in section.split("."):
+            node = node[part]
+        node[leaf] = value
+        with pytest.raises(ConfigError, match=message):
+            _validate(config)
+
+
+def test_siglip_requires_a_bias(tiny_config):
+    tiny_config.objective.name = "siglip"
+    with pytest.raises(ConfigError, match="use_logit_bias=true"):
+        _validate(tiny_config)
+
+
+def test_missing_dataset_names_the_key_and_the_fix(tiny_config, tmp_path):
+    tiny_config.data.dir = str(tmp_path / "nowhere")
+    with pytest.raises(DataError, match=r"config\.data\.dir=.*apt-get install dataset-fashion-mnist"):
+        _validate(tiny_config)
+
+
+def test_mesh_resolution():
+    assert resolve_mesh_shape({"data": -1, "fsdp": 2, "tensor": 1}, 8) == {
+        "data": 4, "fsdp": 2, "tensor": 1}
+    with pytest.raises(ConfigError, match="multiply to 4 but there are 8 devices"):
+        resolve_mesh_shape({"data": 2, "fsdp": 2, "tensor": 1}, 8)
+    with pytest.raises(ConfigError, match="at most one axis"):
+        resolve_mesh_shape({"data": -1, "fsdp": -1, "tensor": 1}, 8)
+
+
+def _run_cli(args, cwd=REPO):
+    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=8",
+           "JAX_PLATFORMS": "cpu"}
+    return subprocess.run([sys.executable, "-m", *args], cwd=cwd, env=env, capture_output=True,
+                          text=True, timeout=120)
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--config.train.batch_size=100"], "does not divide evenly"),
+    (["--config.train.batchsize=64"], "did you mean --config.train.batch_size"),
+    (["--config.data.dir=/nonexistent"], "apt-get install dataset-fashion-mnist"),
+])
+def test_train_cli_errors_are_one_line(args, message, tmp_path):
+    result = _run_cli(["vlmjax.train", "--config", TINY_CONFIG, "--workdir", str(tmp_path / "w"),
+                       *args])
+    assert result.returncode == 2, result.stderr
+    error_lines = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(error_lines) == 1 and message in error_lines[0], result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_evaluate_without_checkpoint_is_one_line(tmp_path, synthetic_data_dir):
+    result = _run_cli(["vlmjax.evaluate", "--config", TINY_CONFIG, "--workdir", str(tmp_path),
+                       f"--config.data.dir={synthetic_data_dir}"])
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    assert "no checkpoint in" in result.stderr and "vlmjax.train" in result.stderr

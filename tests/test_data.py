@@ -1,0 +1,138 @@
+"""IDX reading, captions, and the grain pipeline: determinism, resume state, process sharding."""
+
+import gzip
+import os
+
+import numpy as np
+import pytest
+
+from vlmjax.data.captions import build_caption_table, caption_texts
+from vlmjax.data.datasets import caption_vocabulary, dataset_prompts, load_split
+from vlmjax.data.idx import read_idx, write_idx
+from vlmjax.data.pipeline import train_dataset, train_iterator
+from vlmjax.errors import DataError
+from vlmjax.tokenizers import build_tokenizer
+
+
+def test_read_idx_hand_written_header(tmp_path):
+    # magic 0x00000803: uint8, 3 dims (2 x 2 x 3), then the bytes 0..11 row-major.
+    raw = bytes([0, 0, 8, 3, 0, 0, 0, 2, 0, 0, 0, 2, 0, 0, 0, 3]) + bytes(range(12))
+    path = tmp_path / "x-idx3-ubyte.gz"
+    with gzip.open(path, "wb") as f:
+        f.write(raw)
+    np.testing.assert_array_equal(read_idx(str(path)), np.arange(12, dtype=np.uint8).reshape(2, 2, 3))
+
+
+def test_idx_round_trip_and_big_endian_ints(tmp_path):
+    labels = np.array([1, 70000, -3], np.int32)
+    write_idx(str(tmp_path / "l.idx"), labels)
+    assert (tmp_path / "l.idx").read_bytes()[:12] == bytes([0, 0, 0x0C, 1, 0, 0, 0, 3, 0, 0, 0, 1])
+    np.testing.assert_array_equal(read_idx(str(tmp_path / "l.idx")), labels)
+
+
+def test_corrupt_idx_files_raise_data_errors(tmp_path):
+    bad = tmp_path / "bad.idx"
+    bad.write_bytes(b"\x12\x34\x08\x01\x00\x00\x00\x05abc")
+    with pytest.raises(DataError, match="bad magic"):
+        read_idx(str(bad))
+    short = tmp_path / "short.idx"
+    short.write_bytes(bytes([0, 0, 8, 1, 0, 0, 0, 5]) + b"abc")
+    with pytest.raises(DataError, match="truncated or corrupt"):
+        read_idx(str(short))
+
+
+def test_real_fashion_mnist_when_installed():
+    directory = "/usr/share/datasets/fashion-mnist"
+    if not os.path.isdir(directory):
+        pytest.skip("dataset-fashion-mnist is not installed (launch/setup.sh installs it)")
+    images, labels = load_split("fashion_mnist", directory, "test")
+    assert images.shape == (10_000, 28, 28, 1) and images.dtype == np.uint8
+    np.testing.assert_array_equal(np.bincount(labels), [1000] * 10)
+
+
+def test_prompts_and_user_files(tmp_path):
+    classnames, templates = dataset_prompts("fashion_mnist")
+    assert len(classnames) == 10 and all("{c}" in t for t in templates)
+    (tmp_path / "names.json").write_text('{"fashion_mnist": ["a","b","c","d","e","f","g","h","i","j"]}')
+    (tmp_path / "templates.json").write_text('{"fashion_mnist": ["itap of a {c}."]}')
+    names, temps = dataset_prompts("fashion_mnist", str(tmp_path / "names.json"),
+                                   str(tmp_path / "templates.json"))
+    assert names[0] == "a" and temps == ["itap of a {c}."]
+    (tmp_path / "other.json").write_text('{"cifar10": ["x"]}')
+    with pytest.raises(DataError, match="no entry for 'fashion_mnist'"):
+        dataset_prompts("fashion_mnist", templates_file=str(tmp_path / "other.json"))
+
+
+@pytest.fixture(scope="module")
+def table():
+    names, templates = caption_vocabulary("fashion_mnist")
+    texts, _ = caption_texts(names, templates)
+    tokenizer = build_tokenizer("trained_bpe", vocab_size=600, texts=texts)
+    return build_caption_table(names, templates, tokenizer, 16)
+
+
+def _data(n=96):
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 255, size=(n, 28, 28, 1)).astype(np.uint8)
+    labels = (np.arange(n) % 10).astype(np.int32)
+    images[:, 0, 0, 0] = np.arange(n)  # pixel (0, 0) identifies the example
+    return images, labels
+
+
+def test_captions_match_labels(table):
+    images, labels = _data()
+    ds = train_dataset(images, labels, table, local_batch_size=16, seed=3)
+    names, _ = caption_vocabulary("fashion_mnist")
+    for b in range(3):
+        batch = ds[b]
+        for i in range(16):
+            row = np.nonzero((table.ids == batch["text"][i]).all(axis=1))[0]
+            assert len(row), "the caption comes from the table"
+            text = table.texts[row[0]]
+            assert any(name in text for name in names[batch["label"][i]]), text
+            assert batch["label"][i] == labels[batch["image"][i, 0, 0, 0]]
+
+
+def test_epochs_cover_every_example_once_and_reshuffle(table):
+    images, labels = _data(96)
+    ds = train_dataset(images, labels, table, local_batch_size=16, seed=0)
+    epoch = [ds[b]["image"][:, 0, 0, 0] for b in range(12)]  # two epochs of 6 batches
+    first, second = np.concatenate(epoch[:6]), np.concatenate(epoch[6:])
+    assert sorted(first) == list(range(96)) and sorted(second) == list(range(96))
+    assert not np.array_equal(first, second)
+
+
+def test_process_shards_are_disjoint_and_complete(table):
+    images, labels = _data(96)
+    seen = []
+    for p in range(4):
+        ds = train_dataset(images, labels, table, local_batch_size=4, seed=0, process_index=p,
+                           process_count=4)
+        seen.append(np.concatenate([ds[b]["image"][:, 0, 0, 0] for b in range(6)]))
+    assert sorted(np.concatenate(seen)) == list(range(96))
+
+
+def test_iterator_state_resumes_the_same_batches(table):
+    images, labels = _data()
+    ds = train_dataset(images, labels, table, local_batch_size=8, seed=1, flip=True, translate=2)
+    it = train_iterator(ds, num_threads=2, prefetch=2)
+    for _ in range(5):
+        next(it)
+    state = it.get_state()
+    expected = [next(it) for _ in range(4)]
+    resumed = train_iterator(ds, num_threads=2, prefetch=2)
+    resumed.set_state(state)
+    for want in expected:
+        got = next(resumed)
+        for key in want:
+            np.testing.assert_array_equal(got[key], want[key])
+
+
+def test_augmentation_flip_and_translate(table):
+    images, labels = _data(16)
+    plain = train_dataset(images, labels, table, local_batch_size=16, seed=0)[0]
+    augmented = train_dataset(images, labels, table, local_batch_size=16, seed=0, flip=True,
+                              translate=3)[0]
+    assert augmented["image"].shape == plain["image"].shape
+    assert not np.array_equal(augmented["image"], plain["image"])
+    np.testing.assert_array_equal(augmented["label"], plain["label"])
