@@ -4,6 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash launch/setup.sh
+source launch/env.sh
 WORKDIR=${WORKDIR:-workdir/demo_clip}
 start=$(date +%s)
 .venv/bin/python -m vlmjax.train --config configs/demo/clip_fashion_mnist.py --workdir "$WORKDIR" "$@"

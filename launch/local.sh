@@ -6,4 +6,5 @@ cd "$(dirname "$0")/.."
 config=$1 workdir=$2
 shift 2
 bash launch/setup.sh
+source launch/env.sh
 exec .venv/bin/python -m vlmjax.train --config "$config" --workdir "$workdir" "$@"

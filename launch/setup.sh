@@ -26,15 +26,21 @@ if [ ! -f "$stamp" ]; then
   touch "$stamp"
 fi
 
-if [ ! -f "$DATA_DIR/train-images-idx3-ubyte.gz" ]; then
+TCMALLOC_LIB=/usr/lib/$(uname -m)-linux-gnu/libtcmalloc_minimal.so.4
+if [ ! -f "$DATA_DIR/train-images-idx3-ubyte.gz" ] || [ ! -f "$TCMALLOC_LIB" ]; then
   if command -v apt-get >/dev/null 2>&1; then
     sudo_cmd=""
     [ "$(id -u)" -eq 0 ] || sudo_cmd="sudo"
-    echo "installing Debian's dataset-fashion-mnist..."
-    $sudo_cmd apt-get update -qq >/dev/null && $sudo_cmd apt-get install -y -qq dataset-fashion-mnist >/dev/null
-  else
-    echo "warning: no apt-get here, so Fashion-MNIST was not installed. Download the four files" \
+    echo "installing Debian's dataset-fashion-mnist and libtcmalloc-minimal4..."
+    $sudo_cmd apt-get update -qq >/dev/null || true
+    $sudo_cmd apt-get install -y -qq dataset-fashion-mnist >/dev/null \
+      || echo "warning: could not install dataset-fashion-mnist with apt-get" >&2
+    $sudo_cmd apt-get install -y -qq libtcmalloc-minimal4 >/dev/null \
+      || echo "warning: libtcmalloc-minimal4 not installed; training runs slower" >&2
+  fi
+  if [ ! -f "$DATA_DIR/train-images-idx3-ubyte.gz" ]; then
+    echo "warning: Fashion-MNIST is not in $DATA_DIR (no apt-get, or it failed). Download the four files" \
          "{train,t10k}-{images-idx3,labels-idx1}-ubyte.gz into a directory and pass" \
-         "--config.data.dir=THAT_DIR (and --config.evals.zeroshot.data_dir=THAT_DIR)." >&2
+         "--config.data.dir=THAT_DIR." >&2
   fi
 fi

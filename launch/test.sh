@@ -3,4 +3,5 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SETUP_EXTRAS=test bash launch/setup.sh
+source launch/env.sh
 .venv/bin/python -m pytest -q "$@"

@@ -4,6 +4,7 @@ import os
 import subprocess
 import sys
 
+import ml_collections
 import pytest
 
 from tests.conftest import REPO, TINY_CONFIG
@@ -46,10 +47,18 @@ def test_wrong_types(tiny_config):
         apply_override(tiny_config, "data.flip", "maybe")
     apply_override(tiny_config, "optimizer.lr", "1")  # an int where a float is expected is fine
     assert tiny_config.optimizer.lr == 1.0 and isinstance(tiny_config.optimizer.lr, float)
-    with tiny_config.unlocked():
-        tiny_config.train.num_steps = "10"
+    raw = tiny_config.to_dict()
+    raw["train"]["num_steps"] = "10"
     with pytest.raises(ConfigError, match=r"config\.train\.num_steps has type str"):
-        _validate(tiny_config)
+        _validate(ml_collections.ConfigDict(raw))
+
+
+def test_wrong_type_assigned_in_a_config_file(tmp_path):
+    path = tmp_path / "bad.py"
+    path.write_text("from vlmjax.config import base_config\n\ndef get_config():\n"
+                    "    c = base_config()\n    c.train.num_steps = 'ten'\n    return c\n")
+    with pytest.raises(ConfigError, match=r"bad\.py: .*num_steps"):
+        config_from_args(str(path), [])
 
 
 def test_batch_must_divide_over_devices_and_processes(tiny_config):

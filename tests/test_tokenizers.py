@@ -277,16 +277,29 @@ def test_trained_bpe_is_deterministic_across_processes(corpus, trained):
         "print(hashlib.sha256(tok.hf_tokenizer.to_str().encode()).hexdigest())\n"
     )
     repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    out = subprocess.run(
-        [sys.executable, "-c", code],
-        input=json.dumps(corpus),
-        capture_output=True,
-        text=True,
-        check=True,
-        timeout=60,
-        cwd=repo,
-    )
-    assert out.stdout.strip() == _merges_digest(trained["trained_bpe"])
+    # The demo's caption corpus has many equally frequent pairs: a trainer that breaks ties by
+    # hash order gives different tokenizers in different processes (seen with BpeTrainer).
+    from vlmjax.data.captions import caption_texts
+    from vlmjax.data.datasets import caption_vocabulary
+    captions = caption_texts(*caption_vocabulary("fashion_mnist"))[0]
+    for texts in (corpus, captions, captions, captions):
+        out = subprocess.run(
+            [sys.executable, "-c", code],
+            input=json.dumps(texts),
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=60,
+            cwd=repo,
+        )
+        assert out.stdout.strip() == _merges_digest(train_bpe(texts, 600))
+
+
+def test_trained_bpe_merges_most_frequent_pair_first_ties_by_pair():
+    from vlmjax.tokenizers.trained_bpe import _train_merges
+    # "ab" x3, "ac" x2 -> (a, b</w>) first; then "xy"/"xz" tie at 1 and are taken in pair order.
+    merges = _train_merges(["ab ab ab ac ac xz xy"], 4)
+    assert merges == [("a", "b</w>"), ("a", "c</w>"), ("x", "y</w>"), ("x", "z</w>")]
 
 
 def test_trained_sentencepiece_is_deterministic(corpus, trained):

@@ -20,8 +20,8 @@ def _params_at(workdir: str, step: int) -> dict:
 
 @pytest.fixture(scope="module")
 def trained_run(tmp_path_factory, synthetic_data_dir):
-    from vlmjax.config import load_config_file
     from tests.conftest import TINY_CONFIG
+    from vlmjax.config import load_config_file
     config = load_config_file(TINY_CONFIG)
     config.data.dir = synthetic_data_dir
     config.train.num_steps = 40
@@ -97,8 +97,8 @@ def test_lit_locked_image_tower_does_not_move(tiny_config, tmp_path):
 
 
 def test_siglip_objective_trains(synthetic_data_dir, tmp_path):
-    from vlmjax.config import load_config_file
     from tests.conftest import TINY_CONFIG
+    from vlmjax.config import load_config_file
     config = load_config_file(TINY_CONFIG + ":siglip")
     config.data.dir = synthetic_data_dir
     config.train.num_steps = 20

@@ -34,7 +34,7 @@ def test_class_embeddings_average_then_renormalise():
     e /= np.linalg.norm(e, axis=1, keepdims=True)
     want = e.reshape(3, 4, 5).mean(1)
     want /= np.linalg.norm(want, axis=1, keepdims=True)
-    np.testing.assert_allclose(class_embeddings(jnp.asarray(e), 3), want, rtol=1e-5)
+    np.testing.assert_allclose(class_embeddings(jnp.asarray(e), 3), want, rtol=1e-5, atol=1e-6)
 
 
 def test_predict_topk_on_planted_embeddings():
@@ -91,7 +91,7 @@ def test_evaluator_run_on_a_planted_model(tmp_path):
     n, rng = 203, np.random.default_rng(0)
     labels = rng.integers(0, 10, size=n)
     predicted = labels.copy()
-    wrong = rng.permutation(n)[: n - int(0.7 * n) - 1]  # 142 of 203 stay right
+    wrong = rng.permutation(n)[: n - 142]  # 142 of 203 stay right
     predicted[wrong] = (labels[wrong] + 1 + rng.integers(0, 9, size=len(wrong))) % 10
     images = np.zeros((n, 28, 28), np.uint8)
     images[:, 0, 0] = 20 * predicted
@@ -115,4 +115,4 @@ def test_evaluator_run_on_a_planted_model(tmp_path):
     # Every other class scores 0; top_k breaks ties by lower index, so the top 5 is the
     # prediction followed by the four smallest other class ids.
     top5 = [[p] + [c for c in range(10) if c != p][:4] for p in predicted]
-    assert metrics["acc5"] == pytest.approx(np.mean([y in t for y, t in zip(labels, top5)]))
+    assert metrics["acc5"] == pytest.approx(np.mean([y in t for y, t in zip(labels, top5, strict=True)]))

@@ -33,7 +33,7 @@ def run_main(main: Callable[[], int | None]) -> None:
     logging.basicConfig(level=os.environ.get("VLMJAX_LOG_LEVEL", "INFO"),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     for noisy in ("absl", "jax._src", "orbax", "grain"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
+        logging.getLogger(noisy).setLevel(logging.ERROR)
     try:
         code = main()
     except VlmjaxError as e:

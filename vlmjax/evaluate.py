@@ -15,6 +15,7 @@ def evaluate(config, workdir: str, step: int | None = None) -> dict:
     import jax
 
     from vlmjax.config import validate
+    from vlmjax.errors import CheckpointError
     from vlmjax.evaluators.context import EvalContext
     from vlmjax.evaluators.registry import build_evaluators
     from vlmjax.evaluators.report import print_results
@@ -27,14 +28,14 @@ def evaluate(config, workdir: str, step: int | None = None) -> dict:
 
     validate(config, jax.device_count(), jax.process_count())
     cfg = config.to_dict()
-    ckpt = Checkpointer(os.path.join(workdir, "checkpoints"))
-    if ckpt.latest_step() is None:  # fail before building anything
-        ckpt.restore(step, None)
-    mesh = make_mesh(cfg["mesh"])
-    tokenizer = tokenizer_for_run(cfg, workdir)
-    layout = state_layout(cfg, tokenizer.vocab_size, cfg["tokenizer"]["context_length"], mesh)
-    state, _, step = ckpt.restore(step, layout.abstract)
-    ckpt.close()
+    with Checkpointer(os.path.join(workdir, "checkpoints"), read_only=True) as ckpt:
+        if ckpt.latest_step() is None:  # fail before building anything
+            raise CheckpointError(f"no checkpoint in {ckpt.directory}; train first with "
+                                  "`python -m vlmjax.train --config ... --workdir WORKDIR`")
+        mesh = make_mesh(cfg["mesh"])
+        tokenizer = tokenizer_for_run(cfg, workdir)
+        layout = state_layout(cfg, tokenizer.vocab_size, cfg["tokenizer"]["context_length"], mesh)
+        state, _, step = ckpt.restore(step, layout.abstract)
     evaluators = build_evaluators(cfg["evals"], EvalContext(
         graphdef=layout.graphdef, tokenizer=tokenizer,
         context_length=cfg["tokenizer"]["context_length"], mesh=mesh,

@@ -1,8 +1,7 @@
 """Demo: a small CLIP pre-trained on captioned Fashion-MNIST, evaluated zero-shot on its test set.
 
-`get_config("siglip")` gives the same run with the sigmoid objective; `get_config("lit")` locks
-nothing but shows where LiT is switched (train.locked_tower). Sized to train in ~4 minutes on
-2 CPU cores.
+`get_config("siglip")` gives the same run with the sigmoid objective. LiT is a switch:
+`--config.train.locked_tower=image`. Sized to train and evaluate in about 4 minutes on 2 CPU cores.
 """
 
 import math
@@ -17,13 +16,14 @@ def get_config(arg: str = "clip") -> ml_collections.ConfigDict:
     c.data.name = "fashion_mnist"
     c.data.image_mean = 0.2860  # Fashion-MNIST pixel statistics
     c.data.image_std = 0.3530
-    c.data.flip = True
+    c.data.num_threads = 1  # batches are gathered with vectorised NumPy: one thread keeps up
 
     c.tokenizer.kind = "trained_bpe"  # trained on the caption vocabulary, stored in workdir
     c.tokenizer.vocab_size = 1024
     c.tokenizer.context_length = 16
 
     c.model.embed_dim = 96
+    c.model.activation = "quick_gelu"  # cheaper than erf-GELU on CPU, same accuracy here
     c.model.image.image_size = 28
     c.model.image.channels = 1
     c.model.image.patch_size = 7
@@ -31,10 +31,11 @@ def get_config(arg: str = "clip") -> ml_collections.ConfigDict:
     c.model.image.depth = 3
     c.model.image.heads = 3
     c.model.image.mlp_dim = 384
-    c.model.text.width = 96
+    c.model.image.pool = "gap"  # global average pooling: 16 tokens, trains faster than a cls token
+    c.model.text.width = 64  # the captions' vocabulary is small; a narrow text tower suffices
     c.model.text.depth = 2
-    c.model.text.heads = 3
-    c.model.text.mlp_dim = 384
+    c.model.text.heads = 2
+    c.model.text.mlp_dim = 256
 
     c.objective.name = arg if arg in ("clip", "siglip") else "clip"
     if c.objective.name == "siglip":
@@ -48,7 +49,7 @@ def get_config(arg: str = "clip") -> ml_collections.ConfigDict:
     c.optimizer.end_lr_ratio = 0.01
 
     c.train.batch_size = 256
-    c.train.num_steps = 1500
+    c.train.num_steps = 1000  # ~4.3 epochs; ~3.5 min on 2 CPU cores with tcmalloc
     c.train.log_every = 50
     c.train.checkpoint_every = 500
     c.train.eval_every = 0

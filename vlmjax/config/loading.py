@@ -21,7 +21,11 @@ def load_config_file(spec: str) -> ml_collections.ConfigDict:
     if not hasattr(module, "get_config"):
         raise ConfigError(f"config file {path} has no get_config(arg) function; define one "
                           "that returns an ml_collections.ConfigDict")
-    config = module.get_config(arg) if arg else module.get_config()
+    try:
+        config = module.get_config(arg) if arg else module.get_config()
+    except (TypeError, KeyError) as e:  # ConfigDict's own type and key checks
+        message = str(e).strip("'\"")
+        raise ConfigError(f"{path}: {message}; fix that assignment in get_config()") from None
     if not isinstance(config, ml_collections.ConfigDict):
         raise ConfigError(f"get_config() in {path} returned {type(config).__name__}; it must "
                           "return an ml_collections.ConfigDict")

@@ -43,7 +43,8 @@ NON_NEGATIVE_INTS = ("optimizer.warmup_steps", "train.eval_every", "data.transla
 
 
 def _fail(key: str, problem: str, fix: str) -> None:
-    raise ConfigError(f"config.{key} {problem}; {fix}")
+    separator = "" if problem.startswith("=") else " "
+    raise ConfigError(f"config.{key}{separator}{problem}; {fix}")
 
 
 def _type_ok(value: Any, default: Any) -> bool:

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-import json
+import itertools
 import logging
+from collections import Counter
 from collections.abc import Iterable
 
 import tokenizers
-from tokenizers import models, pre_tokenizers, trainers
+from tokenizers import models
 
 from vlmjax.tokenizers.base import TokenizerError
 from vlmjax.tokenizers.clip_bpe import (
@@ -24,22 +25,49 @@ logger = logging.getLogger(__name__)
 BASE_VOCAB_SIZE = 2 * 256 + 2
 
 
-def _train_merges(texts: Iterable[str], max_merges: int) -> list[tuple[str, str]]:
-    """Run tokenizers' BpeTrainer with CLIP's pre-tokenisation and return its merges in order."""
+def _word_counts(texts: Iterable[str]) -> Counter[str]:
+    """Byte-level words of the corpus, split exactly as the CLIP pipeline splits them."""
     tok = tokenizers.Tokenizer(models.BPE(end_of_word_suffix=END_OF_WORD))
     set_clip_text_pipeline(tok)
-    trainer = trainers.BpeTrainer(
-        vocab_size=max_merges
-        + 2 * 256,  # the trainer's alphabet (<= 512 symbols) counts towards it
-        show_progress=False,
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        end_of_word_suffix=END_OF_WORD,
-    )
-    tok.train_from_iterator((clip_clean(t) for t in texts), trainer=trainer)
-    merges = json.loads(tok.to_str())["model"]["merges"]
-    # tokenizers >= 0.20 stores merges as pairs; older versions as "a b" strings.
-    pairs = [m if isinstance(m, list) else m.split(" ", 1) for m in merges]
-    return [(a, b) for a, b in pairs]
+    counts: Counter[str] = Counter()
+    for text in texts:
+        normalized = tok.normalizer.normalize_str(clip_clean(text))
+        counts.update(word for word, _ in tok.pre_tokenizer.pre_tokenize_str(normalized))
+    return counts
+
+
+def _merge_pair(symbols: tuple[str, ...], pair: tuple[str, str]) -> tuple[str, ...]:
+    out, i = [], 0
+    while i < len(symbols):
+        if i + 1 < len(symbols) and (symbols[i], symbols[i + 1]) == pair:
+            out.append(symbols[i] + symbols[i + 1])
+            i += 2
+        else:
+            out.append(symbols[i])
+            i += 1
+    return tuple(out)
+
+
+def _train_merges(texts: Iterable[str], max_merges: int) -> list[tuple[str, str]]:
+    """Learn BPE merges: repeatedly merge the most frequent adjacent pair.
+
+    Ties are broken by the pair itself (lexicographically), so the result depends on the texts
+    only. tokenizers' BpeTrainer breaks ties by hash-map order, which differs between
+    processes and made runs with the same seed train different tokenizers.
+    """
+    words = {tuple(w[:-1]) + (w[-1] + END_OF_WORD,): n for w, n in _word_counts(texts).items()}
+    merges: list[tuple[str, str]] = []
+    for _ in range(max_merges):
+        pairs: Counter[tuple[str, str]] = Counter()
+        for symbols, n in words.items():
+            for pair in itertools.pairwise(symbols):
+                pairs[pair] += n
+        if not pairs:
+            break
+        best = min(pairs, key=lambda pair: (-pairs[pair], pair))
+        merges.append(best)
+        words = {_merge_pair(symbols, best): n for symbols, n in words.items()}
+    return merges
 
 
 def train_bpe(texts: Iterable[str], vocab_size: int) -> ClipBpeTokenizer:

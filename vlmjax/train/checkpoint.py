@@ -13,13 +13,19 @@ from vlmjax.errors import CheckpointError
 
 
 class Checkpointer:
-    """Saves every `every` steps (async), keeps the last `keep`, restores by step."""
+    """Saves (async) when asked, keeps the last `keep`, restores by step."""
 
-    def __init__(self, directory: str, *, every: int = 1, keep: int = 3, async_save: bool = True):
+    def __init__(self, directory: str, *, keep: int = 3, async_save: bool = True,
+                 read_only: bool = False):
         self.directory = os.path.abspath(directory)
+        if read_only and not os.path.isdir(self.directory):
+            raise CheckpointError(f"no checkpoint in {self.directory}; train first with "
+                                  "`python -m vlmjax.train --config ... --workdir WORKDIR`")
         options = ocp.CheckpointManagerOptions(
-            max_to_keep=keep, save_interval_steps=every, create=True,
-            enable_async_checkpointing=async_save, cleanup_tmp_directories=True)
+            max_to_keep=None if read_only else keep, save_interval_steps=0 if read_only else 1,
+            create=not read_only,
+            enable_async_checkpointing=async_save, cleanup_tmp_directories=not read_only,
+            read_only=read_only)
         self._manager = ocp.CheckpointManager(self.directory, options=options,
                                               item_names=("state", "data"))
 
@@ -29,10 +35,10 @@ class Checkpointer:
     def all_steps(self) -> list[int]:
         return list(self._manager.all_steps())
 
-    def save(self, step: int, state: Any, data_state: dict, *, force: bool = False) -> bool:
-        """Starts writing `state` and the iterator state at `step`; returns whether it did."""
-        return self._manager.save(step, args=ocp.args.Composite(
-            state=ocp.args.StandardSave(state), data=ocp.args.JsonSave(data_state)), force=force)
+    def save(self, step: int, state: Any, data_state: dict) -> None:
+        """Starts writing `state` and the iterator state at `step` (returns once on host)."""
+        self._manager.save(step, args=ocp.args.Composite(
+            state=ocp.args.StandardSave(state), data=ocp.args.JsonSave(data_state)), force=True)
 
     def restore(self, step: int | None, abstract_state: Any) -> tuple[Any, dict, int]:
         """(state, iterator state, step) at `step` (latest if None), laid out as `abstract_state`."""
@@ -60,3 +66,9 @@ class Checkpointer:
     def close(self) -> None:
         self._manager.wait_until_finished()
         self._manager.close()
+
+    def __enter__(self) -> "Checkpointer":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -4,6 +4,7 @@ import logging
 import os
 import time
 from collections.abc import Mapping
+from typing import Any
 
 import jax
 import ml_collections
@@ -73,9 +74,6 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
     n_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(layout.abstract["params"]))
     log.info("model %s: %.2fM parameters", cfg["model"]["name"], n_params / 1e6)
 
-    ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), every=cfg["train"]["checkpoint_every"],
-                        keep=cfg["train"]["keep_checkpoints"])
-    writer = MetricsWriter(workdir, enabled=is_main_process())
     train_cfg = cfg["train"]
     images, labels = load_split(cfg["data"]["name"], cfg["data"]["dir"], cfg["data"]["split"])
     table = build_caption_table(*caption_vocabulary(cfg["data"]["name"]), tokenizer, context_length)
@@ -84,22 +82,43 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
         seed=cfg["seed"], process_index=jax.process_index(), process_count=jax.process_count(),
         flip=cfg["data"]["flip"], translate=cfg["data"]["translate"])
     iterator = train_iterator(dataset, cfg["data"]["num_threads"], cfg["data"]["prefetch"])
-
-    if ckpt.latest_step() is not None:
-        state, data_state, start = ckpt.restore(None, layout.abstract)
-        iterator.set_state(data_state)
-        writer.truncate_after(start)
-        log.info("resumed from step %d", start)
-    else:
-        state, data_state, start = layout.init(cfg["seed"], model_builder(
-            cfg, tokenizer.vocab_size, context_length)), iterator.get_state(), 0
-
     evaluators = build_evaluators(cfg["evals"], EvalContext(
         graphdef=layout.graphdef, tokenizer=tokenizer, context_length=context_length, mesh=mesh,
         rules=rules, config=cfg))
     step_fn = jit_train_step(_step_spec(cfg, layout, mesh), layout.sharding,
                              batch_sharding(mesh, rules), replicated(mesh))
-    prefetcher = DevicePrefetcher(iterator, batch_sharding(mesh, rules), cfg["data"]["prefetch"])
+
+    with Checkpointer(os.path.join(workdir, "checkpoints"),
+                      keep=train_cfg["keep_checkpoints"]) as ckpt:
+        writer = MetricsWriter(workdir, enabled=is_main_process())
+        if ckpt.latest_step() is not None:
+            state, data_state, start = ckpt.restore(None, layout.abstract)
+            iterator.set_state(data_state)
+            writer.truncate_after(start)
+            log.info("resumed from step %d", start)
+        else:
+            state, start = layout.init(cfg["seed"], model_builder(
+                cfg, tokenizer.vocab_size, context_length)), 0
+        try:
+            results = _run_steps(cfg, workdir, state, start, iterator, step_fn, ckpt, writer,
+                                 evaluators, batch_sharding(mesh, rules))
+        finally:
+            writer.close()
+    if is_main_process():
+        plot_curves(writer.path, os.path.join(workdir, "curves.png"),
+                    ("loss", "learning_rate", "logit_scale",
+                     *(f"{e.name}/acc1" for e in evaluators)))
+        if results:
+            print_results(results)
+    return results
+
+
+def _run_steps(cfg: Mapping, workdir: str, state: dict, start: int, iterator: Any,
+               step_fn: Any, ckpt: Checkpointer, writer: MetricsWriter, evaluators: list,
+               sharding: jax.sharding.NamedSharding) -> dict:
+    """Steps start+1 .. num_steps with logging, checkpoints and periodic evaluation."""
+    train_cfg = cfg["train"]
+    prefetcher = DevicePrefetcher(iterator, sharding, cfg["data"]["prefetch"])
     num_steps, results = train_cfg["num_steps"], {}
     bar = tqdm(total=num_steps, initial=start, desc="train", unit="step", dynamic_ncols=True,
                disable=not is_main_process())
@@ -118,7 +137,8 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
                 bar.set_postfix(loss=f"{metrics['loss']:.3f}",
                                 img_s=f"{metrics['images_per_second']:.0f}")
                 window_start, window_steps = time.perf_counter(), 0
-            ckpt.save(step, state, data_state, force=step == num_steps)
+            if step % train_cfg["checkpoint_every"] == 0 or step == num_steps:
+                ckpt.save(step, state, data_state)
             eval_every = train_cfg["eval_every"]
             if evaluators and (step == num_steps or (eval_every and step % eval_every == 0)):
                 results = run_evaluators(evaluators, state["params"], step, workdir, writer)
@@ -128,12 +148,4 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
     finally:
         bar.close()
         prefetcher.close()
-        ckpt.close()
-        writer.close()
-    if is_main_process():
-        plot_curves(writer.path, os.path.join(workdir, "curves.png"),
-                    ("loss", "learning_rate", "logit_scale",
-                     *(f"{e.name}/acc1" for e in evaluators)))
-        if results:
-            print_results(results)
     return results
