@@ -23,7 +23,7 @@ def evaluate(config, workdir: str, step: int | None = None) -> dict:
     from vlmjax.train.checkpoint import Checkpointer
     from vlmjax.train.loop import run_evaluators
     from vlmjax.train.metrics_writer import MetricsWriter
-    from vlmjax.train.setup import tokenizer_for_run
+    from vlmjax.train.workdir import tokenizer_for_run
     from vlmjax.train.state import state_layout
 
     validate(config, jax.device_count(), jax.process_count())
@@ -52,7 +52,7 @@ def main() -> int:
         sys.argv[1:], "Evaluate a checkpoint of a vlmjax run.",
         lambda p: p.add_argument("--step", type=int, default=None, help="default: latest"))
     from vlmjax.config import config_from_args
-    from vlmjax.train.setup import load_saved_config
+    from vlmjax.train.workdir import load_saved_config
     config = (config_from_args(args.config, overrides) if args.config
               else load_saved_config(args.workdir))
     evaluate(config, args.workdir, args.step)

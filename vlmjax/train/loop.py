@@ -23,7 +23,7 @@ from vlmjax.objectives.registry import get_objective
 from vlmjax.parallel.mesh import batch_sharding, make_mesh, replicated
 from vlmjax.train.checkpoint import Checkpointer
 from vlmjax.train.metrics_writer import MetricsWriter, plot_curves
-from vlmjax.train.setup import is_main_process, save_config, tokenizer_for_run
+from vlmjax.train.workdir import is_main_process, save_config, tokenizer_for_run
 from vlmjax.train.state import StateLayout, model_builder, state_layout
 from vlmjax.train.step import StepSpec, jit_train_step
 

@@ -1,4 +1,4 @@
-"""Run set-up shared by training and evaluation: workdir files, tokenizer, evaluators."""
+"""The files of a run directory that training and evaluation share: config and tokenizer."""
 
 import json
 import logging
