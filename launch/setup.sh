@@ -13,15 +13,20 @@ if ! "$PYTHON" -c 'import sys; sys.exit(sys.version_info < (3, 11))'; then
 fi
 [ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
 
+pip_install() {
+  # This machine's pip config names local wheel folders that may be absent: hide those warnings.
+  .venv/bin/python -m pip install -q "$@" 2>&1 | { grep -v "is ignored: it is neither a file nor a directory" || true; }
+}
+
 stamp=".venv/.vlmjax-installed-$(cat pyproject.toml launch/setup.sh | sha1sum | cut -c1-12)-${EXTRAS:-base}"
 if [ ! -f "$stamp" ]; then
   echo "installing vlmjax${EXTRAS:+[$EXTRAS]} into .venv (about a minute)..."
-  .venv/bin/python -m pip install -q --upgrade pip
-  .venv/bin/python -m pip install -q -e ".${EXTRAS:+[$EXTRAS]}"
+  pip_install --upgrade pip
+  pip_install -e ".${EXTRAS:+[$EXTRAS]}"
   if [ "$EXTRAS" = "test" ]; then
     # open_clip's tokenizer and BPE vocabulary are the parity reference; without --no-deps
     # it would pull torchvision and a multi-GB CUDA torch.
-    .venv/bin/python -m pip install -q --no-deps open-clip-torch==3.3.0
+    pip_install --no-deps open-clip-torch==3.3.0
   fi
   touch "$stamp"
 fi

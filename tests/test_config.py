@@ -83,6 +83,7 @@ def test_impossible_values(tiny_config):
         ("objective.name", "triplet", "not a registered objective"),
         ("tokenizer.kind", "wordpiece", "choose one of clip_bpe"),
         ("train.locked_tower", "audio", "choose one of"),
+        ("tokenizer.kind", "sentencepiece", r"config\.tokenizer\.path \(''\) does not exist"),
     ]
     for key, value, message in cases:
         from vlmjax.config import load_config_file

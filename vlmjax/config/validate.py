@@ -185,7 +185,9 @@ def validate(config: ml_collections.ConfigDict, num_devices: int, process_count:
             _fail(f"evals.{eval_name}.batch_size", f"={eval_cfg['batch_size']} does not divide "
                   f"over {batch_shards} batch shards", f"use a multiple of {batch_shards}")
     tok = cfg["tokenizer"]
-    if not tok["kind"].startswith("trained_") and not os.path.exists(tok["path"]):
+    # clip_bpe with an empty path uses the vocabulary bundled with an installed open_clip.
+    needs_file = not tok["kind"].startswith("trained_") and (tok["path"] or tok["kind"] != "clip_bpe")
+    if needs_file and not os.path.exists(tok["path"]):
         _fail("tokenizer.path", f"({tok['path']!r}) does not exist but tokenizer.kind="
               f"{tok['kind']!r} reads its vocabulary from it", "point it at the tokenizer files")
     objective = get_objective(cfg["objective"]["name"])
