@@ -5,10 +5,12 @@ import json
 import os
 
 import jax
+import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
+from vlmjax.errors import CheckpointError
 from vlmjax.evaluate import evaluate
 from vlmjax.train.loop import train
 
@@ -25,6 +27,7 @@ def trained_run(tmp_path_factory, synthetic_data_dir):
     config = load_config_file(TINY_CONFIG)
     config.data.dir = synthetic_data_dir
     config.train.num_steps = 40
+    config.train.eval_every = 20
     workdir = str(tmp_path_factory.mktemp("run"))
     results = train(config, workdir)
     return config, workdir, results
@@ -50,7 +53,7 @@ def test_metrics_logs_checkpoints_and_plots(trained_run):
     assert train_rows[-1]["loss"] < train_rows[0]["loss"]
     for key in ("learning_rate", "grad_norm", "images_per_second", "logit_scale"):
         assert np.isfinite(train_rows[-1][key])
-    assert any("zeroshot/fashion_mnist/acc1" in r for r in rows)
+    assert [r["step"] for r in rows if "zeroshot/fashion_mnist/acc1" in r] == [20, 40]
     assert glob.glob(os.path.join(workdir, "tensorboard", "events.out.tfevents.*"))
     assert os.path.getsize(os.path.join(workdir, "curves.png")) > 1000
     # Saved every 10 steps, the last 3 kept.
@@ -67,6 +70,19 @@ def test_standalone_evaluate_reproduces_training_results(trained_run):
         assert again["evals"]["zeroshot/fashion_mnist"][key] == pytest.approx(value, abs=1e-6)
     earlier = evaluate(config, workdir, step=30)
     assert earlier["step"] == 30
+
+
+def test_resuming_with_a_different_model_names_the_parameter(trained_run):
+    config, workdir, _ = trained_run
+    with open(os.path.join(workdir, "config.json")) as f:
+        saved = f.read()
+    changed = ml_collections.ConfigDict(config.to_dict())
+    changed.model.embed_dim = 32
+    with pytest.raises(CheckpointError, match=r"params/image/proj has shape \(16, 16\) but the "
+                                              r"config's model needs \(16, 32\)"):
+        train(changed, workdir)
+    with open(os.path.join(workdir, "config.json")) as f:
+        assert f.read() == saved  # the run's own config is left as it was
 
 
 def test_logit_scale_never_exceeds_its_clamp(trained_run):

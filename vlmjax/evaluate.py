@@ -23,8 +23,8 @@ def evaluate(config, workdir: str, step: int | None = None) -> dict:
     from vlmjax.train.checkpoint import Checkpointer
     from vlmjax.train.loop import run_evaluators
     from vlmjax.train.metrics_writer import MetricsWriter
-    from vlmjax.train.workdir import tokenizer_for_run
     from vlmjax.train.state import state_layout
+    from vlmjax.train.workdir import tokenizer_for_run
 
     validate(config, jax.device_count(), jax.process_count())
     cfg = config.to_dict()

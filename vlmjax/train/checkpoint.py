@@ -7,9 +7,18 @@ mid-save leaves the previous checkpoint as the latest readable one.
 import os
 from typing import Any
 
+import jax
 import orbax.checkpoint as ocp
 
 from vlmjax.errors import CheckpointError
+from vlmjax.train.param_groups import path_string
+
+
+def _param_shapes(tree: Any) -> dict[str, tuple[int, ...]]:
+    """'params/...' path -> shape, for arrays or array metadata."""
+    flat = jax.tree_util.tree_flatten_with_path(tree)[0]
+    shapes = {path_string(p): tuple(x.shape) for p, x in flat}
+    return {k: v for k, v in shapes.items() if k.startswith("params/")}
 
 
 class Checkpointer:
@@ -51,6 +60,7 @@ class Checkpointer:
         if step not in steps:
             raise CheckpointError(f"no checkpoint for step {step} in {self.directory}; "
                                   f"available steps: {steps}")
+        self._check_params_match(step, abstract_state)
         try:
             restored = self._manager.restore(step, args=ocp.args.Composite(
                 state=ocp.args.StandardRestore(abstract_state), data=ocp.args.JsonRestore()))
@@ -59,6 +69,24 @@ class Checkpointer:
             raise CheckpointError(f"checkpoint {step} in {self.directory} does not match the "
                                   f"config's model: {first[:300]}") from e
         return restored["state"], restored["data"], step
+
+    def _check_params_match(self, step: int, abstract_state: Any) -> None:
+        """Names the first parameter whose presence or shape differs from the config's model."""
+        path = os.path.join(self.directory, str(step), "state")
+        stored = _param_shapes(ocp.StandardCheckpointer().metadata(path).item_metadata)
+        wanted = _param_shapes(abstract_state)
+        fix = "use the config the run was trained with (workdir/config.json) or a new --workdir"
+        for name, shape in wanted.items():
+            if name not in stored:
+                raise CheckpointError(f"checkpoint {step} in {self.directory} has no parameter "
+                                      f"{name} that the config's model has; {fix}")
+            if stored[name] != shape:
+                raise CheckpointError(f"checkpoint {step} in {self.directory}: {name} has shape "
+                                      f"{stored[name]} but the config's model needs {shape}; {fix}")
+        extra = sorted(set(stored) - set(wanted))
+        if extra:
+            raise CheckpointError(f"checkpoint {step} in {self.directory} has parameter {extra[0]} "
+                                  f"that the config's model lacks; {fix}")
 
     def wait(self) -> None:
         self._manager.wait_until_finished()

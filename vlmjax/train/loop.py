@@ -23,9 +23,9 @@ from vlmjax.objectives.registry import get_objective
 from vlmjax.parallel.mesh import batch_sharding, make_mesh, replicated
 from vlmjax.train.checkpoint import Checkpointer
 from vlmjax.train.metrics_writer import MetricsWriter, plot_curves
-from vlmjax.train.workdir import is_main_process, save_config, tokenizer_for_run
 from vlmjax.train.state import StateLayout, model_builder, state_layout
 from vlmjax.train.step import StepSpec, jit_train_step
+from vlmjax.train.workdir import is_main_process, save_config, tokenizer_for_run
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +61,6 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
     """Trains (resuming from the latest checkpoint in `workdir`), evaluates, returns results."""
     validate(config, jax.device_count(), jax.process_count())
     os.makedirs(workdir, exist_ok=True)
-    save_config(config, workdir)
     cfg = config.to_dict()
     mesh = make_mesh(cfg["mesh"])
     rules = cfg["sharding_rules"]
@@ -99,6 +98,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
         else:
             state, start = layout.init(cfg["seed"], model_builder(
                 cfg, tokenizer.vocab_size, context_length)), 0
+        save_config(config, workdir)  # only once the checkpoint (if any) matched the config
         try:
             results = _run_steps(cfg, workdir, state, start, iterator, step_fn, ckpt, writer,
                                  evaluators, batch_sharding(mesh, rules))
