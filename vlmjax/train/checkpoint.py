@@ -88,9 +88,6 @@ class Checkpointer:
             raise CheckpointError(f"checkpoint {step} in {self.directory} has parameter {extra[0]} "
                                   f"that the config's model lacks; {fix}")
 
-    def wait(self) -> None:
-        self._manager.wait_until_finished()
-
     def close(self) -> None:
         self._manager.wait_until_finished()
         self._manager.close()
