@@ -8,7 +8,13 @@ import ml_collections
 import pytest
 
 from tests.conftest import REPO, TINY_CONFIG
-from vlmjax.config import apply_override, config_from_args, resolve_mesh_shape, validate
+from vlmjax.config import (
+    apply_override,
+    config_from_args,
+    load_config_file,
+    resolve_mesh_shape,
+    validate,
+)
 from vlmjax.errors import ConfigError, DataError
 
 
@@ -86,7 +92,6 @@ def test_impossible_values(tiny_config):
         ("tokenizer.kind", "sentencepiece", r"config\.tokenizer\.path \(''\) does not exist"),
     ]
     for key, value, message in cases:
-        from vlmjax.config import load_config_file
         config = load_config_file(TINY_CONFIG)
         config.data.dir = tiny_config.data.dir
         section, _, leaf = key.rpartition(".")
