@@ -10,10 +10,14 @@ import ml_collections
 
 # Logical axis name -> mesh axes. Parameters and activations are annotated with the logical
 # names; only these rules decide how they are laid out on the mesh (MaxText's scheme).
+# Activations name their model axis "embed" too: it maps to nothing there because "batch" has
+# already taken "fsdp" (a mesh axis is used at most once per array), so FSDP shards only the
+# parameters and their optimizer moments along "embed".
 DEFAULT_SHARDING_RULES = (
     ("batch", ("data", "fsdp")),
     ("length", None),
-    ("embed", None),
+    ("layers", None),
+    ("embed", "fsdp"),
     ("mlp", "tensor"),
     ("heads", "tensor"),
     ("kv", None),
@@ -54,6 +58,10 @@ def base_config() -> ml_collections.ConfigDict:
     c.model.embed_dim = 128
     c.model.activation = "gelu"  # gelu | quick_gelu
     c.model.dtype = "float32"  # compute dtype; parameters stay float32
+    # Activation rematerialisation per transformer block: none | full | dots | dots_no_batch
+    # (jax.checkpoint_policies: nothing_saveable, dots_saveable, dots_with_no_batch_dims_saveable).
+    c.model.remat = "none"
+    c.model.scan_layers = False  # one scanned block per tower instead of unrolled layers
     c.model.logit_scale_init = math.log(1 / 0.07)
     c.model.max_logit_scale = 100.0
     c.model.use_logit_bias = False
@@ -91,7 +99,11 @@ def base_config() -> ml_collections.ConfigDict:
     c.optimizer.grad_clip_norm = 1.0  # 0 disables
 
     c.train = ml_collections.ConfigDict()
-    c.train.batch_size = 256
+    c.train.batch_size = 256  # global batch: every loss sees all of it, whatever the mesh
+    # Micro-batches per step for contrastive objectives: embeddings of all micro-batches are
+    # cached, the loss is taken over the full batch, then each micro-batch is recomputed with
+    # gradients (GradCache / open_clip's accum_freq): the same update as one big batch.
+    c.train.grad_accum_steps = 1
     c.train.num_steps = 1000
     c.train.log_every = 50
     c.train.checkpoint_every = 500

@@ -18,6 +18,7 @@ CHOICES = {
     "model.name": ("two_tower",),
     "model.activation": ("gelu", "quick_gelu"),
     "model.dtype": ("float32", "bfloat16"),
+    "model.remat": ("none", "full", "dots", "dots_no_batch"),
     "model.image.pool": ("cls", "gap", "map"),
     "optimizer.schedule": ("cosine", "constant"),
     "train.locked_tower": ("", "image", "text"),
@@ -33,6 +34,7 @@ POSITIVE_INTS = (
     "model.text.heads",
     "model.text.mlp_dim",
     "train.batch_size",
+    "train.grad_accum_steps",
     "train.num_steps",
     "train.log_every",
     "train.checkpoint_every",
@@ -180,6 +182,11 @@ def validate(config: ml_collections.ConfigDict, num_devices: int, process_count:
             _fail("train.batch_size", f"={batch} does not divide evenly over {what}",
                   f"use a multiple of {divisor}, e.g. --config.train.batch_size="
                   f"{(batch // divisor + 1) * divisor}")
+    accum = cfg["train"]["grad_accum_steps"]
+    if accum > 1 and batch % (accum * batch_shards):
+        _fail("train.batch_size", f"={batch} does not split into {accum} micro-batches "
+              f"(train.grad_accum_steps) that each divide over {batch_shards} batch shards",
+              f"use a multiple of {accum * batch_shards} or change train.grad_accum_steps")
     for eval_name, eval_cfg in cfg["evals"].items():
         if "batch_size" in eval_cfg and eval_cfg["batch_size"] % batch_shards:
             _fail(f"evals.{eval_name}.batch_size", f"={eval_cfg['batch_size']} does not divide "

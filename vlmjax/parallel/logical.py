@@ -53,3 +53,19 @@ def constrain(x: jax.Array, axes: Sequence[str | None]) -> jax.Array:
         return x
     mesh, rules = context
     return jax.lax.with_sharding_constraint(x, NamedSharding(mesh, logical_to_spec(axes, rules)))
+
+
+def current_mesh_axes(logical: str) -> tuple[Mesh, tuple[str, ...]] | None:
+    """Inside `axis_rules`: the mesh and the mesh axes that `logical` maps to; else None.
+
+    Losses with explicit collectives (ring variants under `shard_map`) use this to find the
+    axes the batch is split over.
+    """
+    context = _CONTEXT.get()
+    if context is None:
+        return None
+    mesh, rules = context
+    axes = logical_to_spec((logical,), rules)[0]
+    if axes is None:
+        return mesh, ()
+    return mesh, (axes,) if isinstance(axes, str) else tuple(axes)
