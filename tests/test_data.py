@@ -9,7 +9,7 @@ import pytest
 from vlmjax.data.captions import build_caption_table, caption_texts
 from vlmjax.data.datasets import caption_vocabulary, dataset_prompts, load_split
 from vlmjax.data.idx import read_idx, write_idx
-from vlmjax.data.pipeline import train_dataset, train_iterator
+from vlmjax.data.pipeline import example_uniforms, train_dataset, train_iterator
 from vlmjax.errors import DataError
 from vlmjax.tokenizers import build_tokenizer
 
@@ -81,7 +81,7 @@ def _data(n=96):
 
 def test_captions_match_labels(table):
     images, labels = _data()
-    ds = train_dataset(images, labels, table, local_batch_size=16, seed=3)
+    ds = train_dataset(images, labels, table, global_batch_size=16, seed=3)
     names, _ = caption_vocabulary("fashion_mnist")
     for b in range(3):
         batch = ds[b]
@@ -95,26 +95,36 @@ def test_captions_match_labels(table):
 
 def test_epochs_cover_every_example_once_and_reshuffle(table):
     images, labels = _data(96)
-    ds = train_dataset(images, labels, table, local_batch_size=16, seed=0)
+    ds = train_dataset(images, labels, table, global_batch_size=16, seed=0)
     epoch = [ds[b]["image"][:, 0, 0, 0] for b in range(12)]  # two epochs of 6 batches
     first, second = np.concatenate(epoch[:6]), np.concatenate(epoch[6:])
     assert sorted(first) == list(range(96)) and sorted(second) == list(range(96))
     assert not np.array_equal(first, second)
 
 
-def test_process_shards_are_disjoint_and_complete(table):
+def test_process_rows_assemble_the_single_process_batch(table):
     images, labels = _data(96)
-    seen = []
-    for p in range(4):
-        ds = train_dataset(images, labels, table, local_batch_size=4, seed=0, process_index=p,
-                           process_count=4)
-        seen.append(np.concatenate([ds[b]["image"][:, 0, 0, 0] for b in range(6)]))
-    assert sorted(np.concatenate(seen)) == list(range(96))
+    whole = train_dataset(images, labels, table, global_batch_size=16, seed=0, flip=True,
+                          translate=2)
+    for b in range(8):  # past an epoch boundary
+        parts = [train_dataset(images, labels, table, global_batch_size=16, seed=0, flip=True,
+                               translate=2, rows=slice(4 * p, 4 * p + 4))[b] for p in range(4)]
+        for key, value in whole[b].items():
+            np.testing.assert_array_equal(np.concatenate([part[key] for part in parts]), value)
+
+
+def test_example_uniforms_are_uniform_and_keyed_by_position():
+    u = example_uniforms(7, np.arange(100_000), 2)
+    assert u.min() >= 0 and u.max() < 1
+    np.testing.assert_allclose(np.histogram(u[:, 0], bins=10, range=(0, 1))[0] / 1e4, 1, atol=0.05)
+    assert abs(np.corrcoef(u[:, 0], u[:, 1])[0, 1]) < 0.01
+    np.testing.assert_array_equal(example_uniforms(7, np.arange(5, 10), 2), u[5:10])
+    assert not np.array_equal(example_uniforms(8, np.arange(5), 2), u[:5])
 
 
 def test_iterator_state_resumes_the_same_batches(table):
     images, labels = _data()
-    ds = train_dataset(images, labels, table, local_batch_size=8, seed=1, flip=True, translate=2)
+    ds = train_dataset(images, labels, table, global_batch_size=8, seed=1, flip=True, translate=2)
     it = train_iterator(ds, num_threads=2, prefetch=2)
     for _ in range(5):
         next(it)
@@ -130,8 +140,8 @@ def test_iterator_state_resumes_the_same_batches(table):
 
 def test_augmentation_flip_and_translate(table):
     images, labels = _data(16)
-    plain = train_dataset(images, labels, table, local_batch_size=16, seed=0)[0]
-    augmented = train_dataset(images, labels, table, local_batch_size=16, seed=0, flip=True,
+    plain = train_dataset(images, labels, table, global_batch_size=16, seed=0)[0]
+    augmented = train_dataset(images, labels, table, global_batch_size=16, seed=0, flip=True,
                               translate=3)[0]
     assert augmented["image"].shape == plain["image"].shape
     assert not np.array_equal(augmented["image"], plain["image"])

@@ -10,6 +10,22 @@ import numpy as np
 from jax.sharding import NamedSharding
 
 
+def process_rows(sharding: NamedSharding, global_batch_size: int) -> slice:
+    """The contiguous rows of a global batch that this process's devices hold.
+
+    `make_array_from_process_local_data` places each process's rows where its devices sit in
+    the mesh, which need not be rows [p * b, (p + 1) * b) (TPU meshes reorder devices).
+    """
+    index_map = sharding.addressable_devices_indices_map((global_batch_size,))
+    starts = sorted({(s[0].start or 0, s[0].stop or global_batch_size) for s in index_map.values()})
+    lo, hi = starts[0][0], starts[-1][1]
+    covered = sum(stop - start for start, stop in starts)
+    if covered != hi - lo:
+        raise ValueError(f"process {jax.process_index()} holds non-contiguous batch rows {starts}; "
+                         "order the mesh so each process's devices are adjacent on the batch axes")
+    return slice(lo, hi)
+
+
 def to_global(batch: Mapping[str, np.ndarray], sharding: NamedSharding) -> dict[str, jax.Array]:
     """Assembles per-process batch shards into global arrays split over the batch axis."""
     return {k: jax.make_array_from_process_local_data(sharding, v) for k, v in batch.items()}

@@ -8,7 +8,7 @@ import jax
 import numpy as np
 from jax.sharding import Mesh
 
-from vlmjax.data.prefetch import to_global
+from vlmjax.data.prefetch import process_rows, to_global
 from vlmjax.parallel.logical import Rules
 from vlmjax.parallel.mesh import batch_sharding
 from vlmjax.tokenizers import Tokenizer
@@ -34,18 +34,17 @@ def padded_global_batch(arrays: Mapping[str, np.ndarray], start: int, batch_size
                         sharding: jax.sharding.NamedSharding) -> tuple[dict, int]:
     """Rows [start, start + batch_size) as global arrays, zero-padded at the end of the data.
 
-    Each process contributes a contiguous slice, so global row order is the data order.
+    Each process contributes the rows its devices hold, so global row order is the data order.
     Returns the batch and the number of real (unpadded) rows.
     """
     n = len(next(iter(arrays.values())))
     real = min(batch_size, n - start)
-    procs, index = jax.process_count(), jax.process_index()
-    per_proc = batch_size // procs
+    mine = process_rows(sharding, batch_size)
     local = {}
     for key, value in arrays.items():
         rows = value[start: start + real]
         if real < batch_size:
             pad = np.zeros((batch_size - real, *value.shape[1:]), value.dtype)
             rows = np.concatenate([rows, pad])
-        local[key] = rows[index * per_proc: (index + 1) * per_proc]
+        local[key] = rows[mine]
     return to_global(local, sharding), real

@@ -65,7 +65,8 @@ class ZeroShotClassification:
             image_embeds = nnx.merge(graphdef, params).encode_image(images)
             return predict_topk(image_embeds, classes, k)
 
-        self._encode_text = jax.jit(encode_text)
+        # Replicated outputs: every process (multi-host) can read the whole result.
+        self._encode_text = jax.jit(encode_text, out_shardings=replicated(ctx.mesh))
         self._top_classes = jax.jit(top_classes, out_shardings=replicated(ctx.mesh))
 
     def classifier(self, params: dict) -> jax.Array:
