@@ -31,21 +31,59 @@ def logical_axes_of(abstract_state: nnx.State) -> dict:
         for key in path[:-1]:
             node = node.setdefault(key, {})
         axes = variable.get_metadata().get("logical_axes")
-        node[path[-1]] = _Axes(axes if axes is not None else (None,) * len(variable.shape))
+        shape = tuple(variable.shape)
+        node[path[-1]] = _Axes(axes if axes is not None else (None,) * len(shape), shape=shape)
     return out
 
 
 class _Axes(tuple):
-    """A tuple of axis names that pytree utilities treat as one leaf."""
+    """A tuple of axis names (plus the parameter's shape) that pytree utilities treat as a leaf."""
+
+    def __new__(cls, axes: Sequence[str | None], shape: tuple[int, ...] | None = None) -> "_Axes":
+        obj = super().__new__(cls, axes)
+        obj.shape = shape
+        return obj
 
 
-jax.tree_util.register_pytree_node(_Axes, lambda a: ((), tuple(a)), lambda aux, _: _Axes(aux))
+jax.tree_util.register_pytree_node(
+    _Axes, lambda a: ((), (tuple(a), a.shape)), lambda aux, _: _Axes(aux[0], shape=aux[1]))
+
+
+def fit_spec(spec: PartitionSpec, shape: tuple[int, ...] | None, mesh: Mesh) -> PartitionSpec:
+    """Drops mesh axes from dimensions they do not divide (those dimensions stay whole).
+
+    Rules name axes by meaning, not size: a 10-class head or an odd vocabulary must still
+    lay out on a 4-way fsdp mesh. `unsharded_report` lists what this left replicated.
+    """
+    if shape is None:
+        return spec
+    out = []
+    for dim, axes in zip(shape, tuple(spec) + (None,) * (len(shape) - len(spec)), strict=True):
+        names = () if axes is None else (axes,) if isinstance(axes, str) else tuple(axes)
+        kept: list[str] = []
+        for name in names:
+            if dim % (math.prod(mesh.shape[a] for a in kept) * mesh.shape[name]) == 0:
+                kept.append(name)
+        out.append(None if not kept else kept[0] if len(kept) == 1 else tuple(kept))
+    return PartitionSpec(*out)
 
 
 def param_shardings(axes_tree: dict, mesh: Mesh, rules: Rules) -> dict:
     """NamedSharding of every parameter from its logical axes and the rules."""
-    return jax.tree.map(lambda axes: NamedSharding(mesh, logical_to_spec(tuple(axes), rules)),
-                        axes_tree, is_leaf=lambda x: isinstance(x, _Axes))
+    return jax.tree.map(
+        lambda axes: NamedSharding(mesh, fit_spec(logical_to_spec(tuple(axes), rules), axes.shape, mesh)),
+        axes_tree, is_leaf=lambda x: isinstance(x, _Axes))
+
+
+def replicated_bytes(axes_tree: dict, shardings: dict, min_bytes: int) -> list[tuple[str, int]]:
+    """(path, bytes) of float32 parameters of at least `min_bytes` that every device holds whole."""
+    out = []
+    leaves = jax.tree_util.tree_flatten_with_path(axes_tree, is_leaf=lambda x: isinstance(x, _Axes))[0]
+    for (path, axes), sharding in zip(leaves, jax.tree.leaves(shardings), strict=True):
+        size = 4 * math.prod(axes.shape or ())
+        if size >= min_bytes and sharding.is_fully_replicated:
+            out.append(("/".join(str(getattr(k, "key", k)) for k in path), size))
+    return out
 
 
 def batch_sharding(mesh: Mesh, rules: Rules) -> NamedSharding:

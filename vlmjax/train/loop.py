@@ -15,7 +15,7 @@ from vlmjax.config import validate
 from vlmjax.data.captions import build_caption_table
 from vlmjax.data.datasets import caption_vocabulary, load_split
 from vlmjax.data.pipeline import train_dataset, train_iterator
-from vlmjax.data.prefetch import DevicePrefetcher
+from vlmjax.data.prefetch import DevicePrefetcher, process_rows
 from vlmjax.evaluators.context import EvalContext
 from vlmjax.evaluators.registry import build_evaluators
 from vlmjax.evaluators.report import print_results, write_results
@@ -54,7 +54,8 @@ def _step_spec(config: Mapping, layout: StateLayout, mesh: jax.sharding.Mesh) ->
         tx=layout.tx, schedule=layout.schedule,
         post_update=lambda params: layout.model_spec.post_update(params, config["model"]),
         locked=layout.locked, image_mean=config["data"]["image_mean"],
-        image_std=config["data"]["image_std"], mesh=mesh, rules=config["sharding_rules"])
+        image_std=config["data"]["image_std"], mesh=mesh, rules=config["sharding_rules"],
+        grad_accum_steps=config["train"]["grad_accum_steps"])
 
 
 def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
@@ -77,8 +78,8 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
     images, labels = load_split(cfg["data"]["name"], cfg["data"]["dir"], cfg["data"]["split"])
     table = build_caption_table(*caption_vocabulary(cfg["data"]["name"]), tokenizer, context_length)
     dataset = train_dataset(
-        images, labels, table, local_batch_size=train_cfg["batch_size"] // jax.process_count(),
-        seed=cfg["seed"], process_index=jax.process_index(), process_count=jax.process_count(),
+        images, labels, table, global_batch_size=train_cfg["batch_size"], seed=cfg["seed"],
+        rows=process_rows(batch_sharding(mesh, rules), train_cfg["batch_size"]),
         flip=cfg["data"]["flip"], translate=cfg["data"]["translate"])
     iterator = train_iterator(dataset, cfg["data"]["num_threads"], cfg["data"]["prefetch"])
     evaluators = build_evaluators(cfg["evals"], EvalContext(

@@ -1,6 +1,7 @@
 """Builds the model, its abstract train state and shardings, and the initial state."""
 
 import dataclasses
+import logging
 from collections.abc import Mapping
 from typing import Any
 
@@ -13,6 +14,8 @@ from vlmjax.models.registry import ModelSpec, get_model_spec
 from vlmjax.parallel import mesh as mesh_lib
 from vlmjax.train.optimizer import make_optimizer
 from vlmjax.train.param_groups import matches
+
+log = logging.getLogger(__name__)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -50,8 +53,14 @@ def state_layout(config: Mapping, vocab_size: int, context_length: int, mesh: Me
     build = model_builder(config, vocab_size, context_length)
     abstract_model = nnx.eval_shape(lambda: build(nnx.Rngs(0)))
     graphdef, abstract_state = nnx.split(abstract_model)
-    params_sharding = mesh_lib.param_shardings(
-        mesh_lib.logical_axes_of(abstract_state), mesh, config["sharding_rules"])
+    axes = mesh_lib.logical_axes_of(abstract_state)
+    params_sharding = mesh_lib.param_shardings(axes, mesh, config["sharding_rules"])
+    if mesh.shape.get("fsdp", 1) > 1:
+        whole = mesh_lib.replicated_bytes(axes, params_sharding, min_bytes=2 ** 20)
+        if whole:
+            log.warning("%d parameters of >= 1 MiB stay whole on every device (no rule axis "
+                        "divides them), e.g. %s (%.1f MiB)", len(whole), whole[0][0],
+                        whole[0][1] / 2 ** 20)
     abstract_params = nnx.to_pure_dict(abstract_state)
     tx, schedule = make_optimizer(config, abstract_params, spec.towers)
     abstract = {"step": jax.ShapeDtypeStruct((), jnp.int32), "params": abstract_params,

@@ -3,10 +3,12 @@
 import json
 import logging
 import os
+import shutil
 from collections.abc import Mapping
 
 import jax
 import ml_collections
+from jax.experimental import multihost_utils
 
 from vlmjax.data.captions import caption_texts
 from vlmjax.data.datasets import caption_vocabulary
@@ -40,8 +42,19 @@ def load_saved_config(workdir: str) -> ml_collections.ConfigDict:
 def tokenizer_for_run(config: Mapping, workdir: str) -> Tokenizer:
     """The run's tokenizer: the one stored in workdir, else built (and trained) and stored."""
     directory = os.path.join(workdir, "tokenizer")
+    if jax.process_count() > 1:
+        # Process 0 builds and stores it; every process waits, then reads the very same files.
+        if is_main_process() and not os.path.isdir(directory):
+            _build_and_save(config, directory)
+        multihost_utils.sync_global_devices("vlmjax_tokenizer")
+        return load_tokenizer(directory)
     if os.path.isdir(directory):
         return load_tokenizer(directory)
+    return _build_and_save(config, directory)
+
+
+def _build_and_save(config: Mapping, directory: str) -> Tokenizer:
+    """Builds (trains, for trained kinds) the config's tokenizer and stores it atomically."""
     tok = config["tokenizer"]
     texts = None
     if tok["kind"].startswith("trained_"):
@@ -51,6 +64,8 @@ def tokenizer_for_run(config: Mapping, workdir: str) -> Tokenizer:
                  tok["vocab_size"], len(texts))
     tokenizer = build_tokenizer(tok["kind"], path=tok["path"], vocab_size=tok["vocab_size"],
                                 texts=texts)
-    if is_main_process():
-        tokenizer.save(directory)
+    partial = f"{directory}.partial"
+    shutil.rmtree(partial, ignore_errors=True)
+    tokenizer.save(partial)
+    os.replace(partial, directory)  # a reader never sees half the files
     return tokenizer
