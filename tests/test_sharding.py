@@ -82,7 +82,7 @@ def single_device_run() -> tuple[list[float], dict]:
     return _train(_config(), jax.devices()[:1])
 
 
-@pytest.mark.parametrize("mesh", MESHES, ids=lambda m: "data%d_fsdp%d_tensor%d" % m)
+@pytest.mark.parametrize("mesh", MESHES, ids=lambda m: "data{}_fsdp{}_tensor{}".format(*m))
 def test_sharded_training_equals_single_device(single_device_run, mesh):
     want_losses, want_params = single_device_run
     losses, params = _train(_config(mesh=mesh), jax.devices())

@@ -1,4 +1,4 @@
-"""Shared command-line handling: `--config path.py[:arg]`, `--config.key=value`, one-line errors."""
+"""Shared command-line handling: --config path.py[:arg], --config.key=value, multi-process flags, errors."""
 
 import argparse
 import logging
@@ -15,6 +15,14 @@ def parse_args(argv: Sequence[str], description: str, extra: Callable[[argparse.
     parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--config", help="experiment config file, path.py or path.py:arg")
     parser.add_argument("--workdir", required=True, help="run directory (checkpoints, metrics)")
+    group = parser.add_argument_group(
+        "multi-process", "give all three, or none: SLURM steps and Cloud TPU pod slices are detected")
+    group.add_argument("--coordinator_address", metavar="HOST:PORT",
+                       help="process 0's address and a free port (default: $VLMJAX_COORDINATOR_ADDRESS)")
+    group.add_argument("--num_processes", type=int, metavar="N",
+                       help="number of processes (default: $VLMJAX_NUM_PROCESSES)")
+    group.add_argument("--process_id", type=int, metavar="I",
+                       help="this process's index, 0..N-1 (default: $VLMJAX_PROCESS_ID)")
     extra(parser)
     args, rest = parser.parse_known_args(argv)
     overrides = []
@@ -26,6 +34,12 @@ def parse_args(argv: Sequence[str], description: str, extra: Callable[[argparse.
     if overrides and not args.config:
         parser.error("--config.key=value overrides need --config path/to/config.py")
     return args, overrides
+
+
+def initialize_processes(args: argparse.Namespace) -> bool:
+    """Joins the multi-process job when this is one (parallel.distributed); call it before any JAX work."""
+    from vlmjax.parallel.distributed import initialize_distributed
+    return initialize_distributed(args.coordinator_address, args.num_processes, args.process_id)
 
 
 def run_main(main: Callable[[], int | None]) -> None:

@@ -7,7 +7,7 @@ section (and overrides) choose what to run on the checkpoint's model.
 import os
 import sys
 
-from vlmjax.cli import parse_args, run_main
+from vlmjax.cli import initialize_processes, parse_args, run_main
 
 
 def evaluate(config, workdir: str, step: int | None = None) -> dict:
@@ -51,6 +51,7 @@ def main() -> int:
     args, overrides = parse_args(
         sys.argv[1:], "Evaluate a checkpoint of a vlmjax run.",
         lambda p: p.add_argument("--step", type=int, default=None, help="default: latest"))
+    initialize_processes(args)
     from vlmjax.config import config_from_args
     from vlmjax.train.workdir import load_saved_config
     config = (config_from_args(args.config, overrides) if args.config

@@ -2,7 +2,7 @@
 
 import sys
 
-from vlmjax.cli import parse_args, run_main
+from vlmjax.cli import initialize_processes, parse_args, run_main
 
 
 def main() -> int:
@@ -10,6 +10,7 @@ def main() -> int:
                                  lambda parser: None)
     if not args.config:
         raise SystemExit("error: --config path/to/config.py is required for training")
+    initialize_processes(args)
     from vlmjax.config import config_from_args
     config = config_from_args(args.config, overrides)
     from vlmjax.train.loop import train
