@@ -91,8 +91,11 @@ def base_config() -> ml_collections.ConfigDict:
     c.optimizer.b2 = 0.98
     c.optimizer.eps = 1e-6
     c.optimizer.weight_decay = 0.2
-    # Parameters whose path matches get no weight decay: biases, norms, temperature, tokens.
-    c.optimizer.no_decay = r"(^|/)(bias|scale|logit_scale|logit_bias|cls_token|probe|pos_embed)$"
+    # Parameters whose path matches get no weight decay: every bias (query_bias, fc1_bias, ...),
+    # norm scales, the temperature, class tokens, probes and position embeddings. Matched by
+    # name because scanned layers give every parameter a leading layer axis (so "fewer than 2
+    # dimensions", open_clip's rule, no longer singles them out).
+    c.optimizer.no_decay = r"(^|/|_)(bias|scale|cls_token|probe|pos_embed)$"
     c.optimizer.warmup_steps = 10_000
     c.optimizer.schedule = "cosine"  # cosine | constant
     c.optimizer.end_lr_ratio = 0.0

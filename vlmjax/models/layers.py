@@ -10,6 +10,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from vlmjax.models import stacked
 from vlmjax.parallel.logical import constrain
 
 ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
@@ -114,18 +115,34 @@ class Block(nnx.Module):
 
 
 class Encoder(nnx.Module):
-    """A stack of `depth` pre-LN blocks."""
+    """A stack of `depth` pre-LN blocks, unrolled (default) or as one scanned, stacked block.
+
+    Unrolled parameters live under `layers/<i>/...`; with `scan` they live under `block/...` with
+    a leading "layers" axis (see `stacked.stack_layer_params` for the mapping). `remat` names
+    the activation checkpoint policy applied to every block (`stacked.REMAT_POLICIES`).
+    """
 
     def __init__(self, dim: int, depth: int, heads: int, mlp_dim: int, activation: str, *,
-                 rngs: nnx.Rngs):
-        self.layers = nnx.List([Block(dim, heads, mlp_dim, activation, rngs=rngs)
-                                for _ in range(depth)])
+                 rngs: nnx.Rngs, remat: str = "none", scan: bool = False):
+        stacked.remat_policy(remat)  # fail at build time on an unknown policy
+        self.remat = remat
+        self.scan = scan
+
+        def make(block_rngs: nnx.Rngs) -> Block:
+            return Block(dim, heads, mlp_dim, activation, rngs=block_rngs)
+
+        if scan:
+            self.block = stacked.create_stacked(make, depth, rngs)
+        else:
+            self.layers = nnx.List([make(rngs) for _ in range(depth)])
 
     def __call__(self, x: jax.Array, *, causal: bool = False,
                  mask: jax.Array | None = None) -> jax.Array:
-        for layer in self.layers:
-            x = layer(x, causal=causal, mask=mask)
-        return x
+        def call(layer: Block, h: jax.Array, layer_mask: jax.Array | None) -> jax.Array:
+            return layer(h, causal=causal, mask=layer_mask)
+
+        layers = self.block if self.scan else self.layers
+        return stacked.apply_layers(layers, x, call, mask, remat=self.remat, scanned=self.scan)
 
 
 class AttentionPool(nnx.Module):

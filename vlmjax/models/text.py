@@ -42,14 +42,16 @@ class TextTransformer(nnx.Module):
     padding, so the mask is not needed inside the encoder.
     """
 
-    def __init__(self, cfg: TextConfig, embed_dim: int, activation: str, *, rngs: nnx.Rngs):
+    def __init__(self, cfg: TextConfig, embed_dim: int, activation: str, *, rngs: nnx.Rngs,
+                 remat: str = "none", scan_layers: bool = False):
         self.cfg = cfg
         w = cfg.width
         self.token_embed = layers.param(rngs, layers.normal(0.02), (cfg.vocab_size, w),
                                         ("vocab", "embed"))
         self.pos_embed = layers.param(rngs, layers.normal(0.01), (cfg.context_length, w),
                                       (None, "embed"))
-        self.encoder = layers.Encoder(w, cfg.depth, cfg.heads, cfg.mlp_dim, activation, rngs=rngs)
+        self.encoder = layers.Encoder(w, cfg.depth, cfg.heads, cfg.mlp_dim, activation, rngs=rngs,
+                                      remat=remat, scan=scan_layers)
         self.ln_final = layers.LayerNorm(w, rngs=rngs)
         self.proj = layers.param(rngs, layers.normal(w ** -0.5), (w, embed_dim), ("embed", "joint"))
 

@@ -27,10 +27,11 @@ class TwoTower(nnx.Module):
     def __init__(self, model: Mapping, vocab_size: int, context_length: int, *, rngs: nnx.Rngs):
         act = model["activation"]
         self.dtype = jnp.dtype(model["dtype"])
+        stack = dict(remat=model["remat"], scan_layers=model["scan_layers"])
         self.image = VisionTransformer(VitConfig.from_config(model["image"]), model["embed_dim"],
-                                       act, rngs=rngs)
+                                       act, rngs=rngs, **stack)
         text_cfg = TextConfig.from_config(model["text"], vocab_size, context_length)
-        self.text = TextTransformer(text_cfg, model["embed_dim"], act, rngs=rngs)
+        self.text = TextTransformer(text_cfg, model["embed_dim"], act, rngs=rngs, **stack)
         # log of the logit scale s = exp(t); CLIP: t0 = log(1/0.07), SigLIP: log(10).
         self.logit_scale = layers.param(
             rngs, lambda *_: jnp.asarray(model["logit_scale_init"], jnp.float32), (), ())

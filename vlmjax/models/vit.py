@@ -42,7 +42,8 @@ class VitConfig:
 class VisionTransformer(nnx.Module):
     """ViT with class-token, global-average or MAP pooling and a bias-free projection."""
 
-    def __init__(self, cfg: VitConfig, embed_dim: int, activation: str, *, rngs: nnx.Rngs):
+    def __init__(self, cfg: VitConfig, embed_dim: int, activation: str, *, rngs: nnx.Rngs,
+                 remat: str = "none", scan_layers: bool = False):
         if cfg.pool not in POOLS:
             raise ValueError(f"pool must be one of {POOLS}, got {cfg.pool!r}")
         p, w = cfg.patch_size, cfg.width
@@ -56,7 +57,8 @@ class VisionTransformer(nnx.Module):
         if cfg.pool == "cls":
             self.cls_token = layers.param(rngs, layers.normal(w ** -0.5), (w,), ("embed",))
         self.ln_pre = layers.LayerNorm(w, rngs=rngs) if cfg.ln_pre else None
-        self.encoder = layers.Encoder(w, cfg.depth, cfg.heads, cfg.mlp_dim, activation, rngs=rngs)
+        self.encoder = layers.Encoder(w, cfg.depth, cfg.heads, cfg.mlp_dim, activation, rngs=rngs,
+                                      remat=remat, scan=scan_layers)
         self.ln_post = layers.LayerNorm(w, rngs=rngs)
         if cfg.pool == "map":
             self.map_head = layers.AttentionPool(w, cfg.heads, cfg.mlp_dim, activation, rngs=rngs)
