@@ -20,8 +20,6 @@ MESHES = [(8, 1, 1), (2, 4, 1), (2, 2, 2), (1, 8, 1)]
 
 def _config(objective: str = "clip", mesh: tuple[int, int, int] = (1, 1, 1)) -> dict:
     config = load_config_file(f"{TINY_CONFIG}:{objective}")
-    config.model.image.depth = 2
-    config.model.text.depth = 2
     config.mesh.update(data=mesh[0], fsdp=mesh[1], tensor=mesh[2])
     return config.to_dict()
 

@@ -117,10 +117,11 @@ def test_siglip_objective_trains(synthetic_data_dir, tmp_path):
     from vlmjax.config import load_config_file
     config = load_config_file(TINY_CONFIG + ":siglip")
     config.data.dir = synthetic_data_dir
-    config.train.num_steps = 20
+    config.train.num_steps = 60  # SigLIP's -10 bias init needs longer than CLIP to move off chance
+    config.train.checkpoint_every = 30
     results = train(config, str(tmp_path))
     with open(os.path.join(tmp_path, "metrics.jsonl")) as f:
         rows = [json.loads(line) for line in f if "loss" in line]
     assert rows[-1]["loss"] < rows[0]["loss"]
     assert "logit_bias" in rows[-1]
-    assert results["evals"]["zeroshot/fashion_mnist"]["acc1"] > 0.2
+    assert results["evals"]["zeroshot/fashion_mnist"]["acc1"] > 0.3  # 0.445 measured; chance 0.1
