@@ -67,7 +67,8 @@ def softmax_contrastive(image_embed: jax.Array, text_embed: jax.Array, scale: ja
                                   ring=blockwise_ring(implementation), chunk_size=chunk_size)
 
 
-def clip_loss(outputs: Mapping[str, jax.Array], options: Mapping) -> tuple[jax.Array, dict]:
+def clip_loss(outputs: Mapping[str, jax.Array], options: Mapping,
+              batch: Mapping[str, jax.Array] | None = None) -> tuple[jax.Array, dict]:
     """Mean of the image->text (rows) and text->image (columns) cross-entropies."""
     options = {**CONTRASTIVE_OPTIONS, **options}
     loss, accuracy = softmax_contrastive(

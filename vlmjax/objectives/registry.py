@@ -1,6 +1,6 @@
 """String-keyed objective registry: an objective is a loss over model outputs plus its options.
 
-The train loop only calls `objective.loss(outputs, options)`; adding an objective (CoCa, FILIP)
+The train loop only calls `objective.loss(outputs, options, batch)`; adding an objective (CoCa, FILIP)
 means registering one here, never editing the loop.
 """
 
@@ -11,7 +11,9 @@ import jax
 
 from vlmjax.errors import ConfigError
 
-LossFn = Callable[[Mapping[str, jax.Array], Mapping], tuple[jax.Array, dict[str, jax.Array]]]
+# (model outputs, config.objective options, the global batch: ids, masks, ...) -> (loss, metrics).
+# Contrastive losses ignore the batch; captioning losses read their targets from it.
+LossFn = Callable[..., tuple[jax.Array, dict[str, jax.Array]]]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -19,7 +21,7 @@ class Objective:
     """A training objective: its loss function, config options and model requirements."""
 
     name: str
-    loss: LossFn  # (model outputs, options) -> (scalar loss, metrics)
+    loss: LossFn  # (model outputs, options, batch=None) -> (scalar loss, metrics)
     options: Mapping = dataclasses.field(default_factory=dict)  # defaults of config.objective.*
     models: tuple[str, ...] = ("two_tower",)  # model families whose outputs it consumes
     check: Callable[[Mapping], None] = lambda config: None  # raises ConfigError if unusable

@@ -29,7 +29,8 @@ def sigmoid_contrastive(image_embed: jax.Array, text_embed: jax.Array, scale: ja
                                   ring=blockwise_ring(implementation), chunk_size=chunk_size)
 
 
-def siglip_loss(outputs: Mapping[str, jax.Array], options: Mapping) -> tuple[jax.Array, dict]:
+def siglip_loss(outputs: Mapping[str, jax.Array], options: Mapping,
+                batch: Mapping[str, jax.Array] | None = None) -> tuple[jax.Array, dict]:
     """-sum(log_sigmoid(z * (s * img @ txt.T + b))) / B with z = +1 on the diagonal, -1 off it."""
     options = {**CONTRASTIVE_OPTIONS, **options}
     loss, accuracy = sigmoid_contrastive(

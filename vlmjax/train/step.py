@@ -90,7 +90,7 @@ def accumulated_loss_and_grads(spec: StepSpec, params: dict, batch: Mapping[str,
     micro = split_microbatches(batch, n)
     stacked = jax.lax.map(lambda mb: _outputs(spec, params, mb), micro)
     full = {k: merge_microbatches(v) if v.ndim > 1 else v[0] for k, v in stacked.items()}
-    loss_fn = lambda outputs: spec.objective.loss(outputs, spec.objective_options)  # noqa: E731
+    loss_fn = lambda outputs: spec.objective.loss(outputs, spec.objective_options, batch)  # noqa: E731
     loss, loss_vjp, metrics = jax.vjp(loss_fn, full, has_aux=True)
     (cotangent,) = loss_vjp(jnp.ones_like(loss))
     per_micro = {k: split_microbatches({k: v}, n)[k] if v.ndim else v for k, v in cotangent.items()}
@@ -115,7 +115,7 @@ def loss_and_grads(spec: StepSpec, params: dict, batch: Mapping[str, jax.Array])
             return accumulated_loss_and_grads(spec, params, batch)
 
         def loss_fn(p: dict) -> tuple[jax.Array, dict]:
-            return spec.objective.loss(_outputs(spec, p, batch), spec.objective_options)
+            return spec.objective.loss(_outputs(spec, p, batch), spec.objective_options, batch)
 
         (_, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
         return grads, metrics
