@@ -82,6 +82,14 @@ def base_config() -> ml_collections.ConfigDict:
     c.model.text.depth = 12
     c.model.text.heads = 8
     c.model.text.mlp_dim = 2048
+    # CoCa only (model.name="coca"): the text decoder's width/heads/mlp_dim are model.text.*;
+    # model.text.depth is unused (the decoder has unimodal_depth + multimodal_depth layers).
+    c.model.coca = ml_collections.ConfigDict()
+    c.model.coca.pooler = "paper"  # paper (caption + contrastive poolers) | open_clip (one pooler)
+    c.model.coca.caption_queries = 256  # queries of the captioning pooler (open_clip: incl. the 1st)
+    c.model.coca.pooler_heads = 8
+    c.model.coca.unimodal_depth = 6
+    c.model.coca.multimodal_depth = 6
 
     c.objective = ml_collections.ConfigDict(dict(name="clip"))
 

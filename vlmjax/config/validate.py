@@ -15,11 +15,12 @@ from vlmjax.errors import ConfigError
 
 MESH_AXES = ("data", "fsdp", "tensor")
 CHOICES = {
-    "model.name": ("two_tower",),
+    "model.name": ("two_tower", "coca"),
     "model.activation": ("gelu", "quick_gelu"),
     "model.dtype": ("float32", "bfloat16"),
     "model.remat": ("none", "full", "dots", "dots_no_batch"),
     "model.image.pool": ("cls", "gap", "map"),
+    "model.coca.pooler": ("paper", "open_clip"),
     "optimizer.schedule": ("cosine", "constant"),
     "train.locked_tower": ("", "image", "text"),
 }
@@ -33,6 +34,10 @@ POSITIVE_INTS = (
     "model.text.depth",
     "model.text.heads",
     "model.text.mlp_dim",
+    "model.coca.caption_queries",
+    "model.coca.pooler_heads",
+    "model.coca.unimodal_depth",
+    "model.coca.multimodal_depth",
     "train.batch_size",
     "train.grad_accum_steps",
     "train.num_steps",
@@ -112,6 +117,26 @@ def resolve_mesh_shape(mesh_cfg: Mapping, num_devices: int) -> dict[str, int]:
     return sizes
 
 
+def _check_coca(model: Mapping) -> None:
+    """CoCa-only constraints: pooler heads, pooler layout, ViT pooling, no logit bias."""
+    coca, heads = model["coca"], model["coca"]["pooler_heads"]
+    dims = {"model.text.width": model["text"]["width"]}
+    if coca["pooler"] == "paper":
+        dims["model.embed_dim"] = model["embed_dim"]
+    for key, dim in dims.items():
+        if dim % heads:
+            _fail("model.coca.pooler_heads", f"({heads}) does not divide {key} ({dim})",
+                  "pick pooler heads that divide it")
+    if coca["pooler"] == "open_clip" and coca["caption_queries"] < 2:
+        _fail("model.coca.caption_queries", "must be at least 2 with pooler='open_clip'",
+              "query 0 is the contrastive embedding, the rest feed the decoder (open_clip: 256)")
+    if model["image"]["pool"] not in ("cls", "gap"):
+        _fail("model.image.pool", f"={model['image']['pool']!r} is unused by CoCa",
+              "use 'gap' (patch tokens only) or 'cls' (class token pooled too)")
+    if model["use_logit_bias"]:
+        _fail("model.use_logit_bias", "is not supported by CoCa", "set it to False")
+
+
 def validate(config: ml_collections.ConfigDict, num_devices: int, process_count: int = 1) -> None:
     """Raises ConfigError on the first problem found; returns None when the config is usable."""
     from vlmjax.data.datasets import check_dataset
@@ -172,6 +197,9 @@ def validate(config: ml_collections.ConfigDict, num_devices: int, process_count:
     if text["width"] % text["heads"]:
         _fail("model.text.heads", f"({text['heads']}) does not divide model.text.width "
               f"({text['width']})", "pick heads that divide the width")
+
+    if cfg["model"]["name"] == "coca":
+        _check_coca(cfg["model"])
 
     sizes = resolve_mesh_shape(cfg["mesh"], num_devices)
     batch_shards = sizes["data"] * sizes["fsdp"]

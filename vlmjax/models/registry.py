@@ -6,6 +6,7 @@ from collections.abc import Callable, Mapping
 from flax import nnx
 
 from vlmjax.errors import ConfigError
+from vlmjax.models.coca import COCA_TOWER_PATTERNS, CoCa
 from vlmjax.models.two_tower import TOWER_PATTERNS, TwoTower, clamp_logit_scale
 
 
@@ -23,6 +24,11 @@ MODELS: dict[str, ModelSpec] = {
         build=TwoTower,
         post_update=lambda params, cfg: clamp_logit_scale(params, cfg["max_logit_scale"]),
         towers=TOWER_PATTERNS,
+    ),
+    "coca": ModelSpec(
+        build=CoCa,
+        post_update=lambda params, cfg: clamp_logit_scale(params, cfg["max_logit_scale"]),
+        towers=COCA_TOWER_PATTERNS,
     ),
 }
 

@@ -1,0 +1,26 @@
+"""CoCa-Base as in the paper (Yu et al. 2022, table 1): ViT-B/16 (12 layers, width 768) image
+encoder, text decoder of 12 unimodal + 12 multimodal layers at width 768, 64k vocabulary.
+
+Sizes only: point `data.*` and `tokenizer.*` (the paper uses a 64k SentencePiece model) at real
+data before training. The paper pre-trains at 288px with Adafactor, wd 0.01, batch 65,536.
+"""
+
+import ml_collections
+
+from vlmjax.config import base_config
+
+
+def get_config(arg: str = "paper") -> ml_collections.ConfigDict:
+    c = base_config()
+    c.tokenizer.kind = "trained_bpe"
+    c.tokenizer.vocab_size = 64_000
+    c.tokenizer.context_length = 64
+    c.model.name = "coca"
+    c.model.embed_dim = 768
+    c.model.image.update(variant="B/16", image_size=224, pool="gap")
+    c.model.text.update(width=768, heads=12, mlp_dim=3072)
+    c.model.coca.update(pooler=arg, caption_queries=256, pooler_heads=8, unimodal_depth=12,
+                        multimodal_depth=12)
+    c.objective.name = "coca"
+    c.optimizer.weight_decay = 0.01
+    return c
