@@ -17,12 +17,24 @@ COCA_OPTIONS = {**CONTRASTIVE_OPTIONS, "contrastive_weight": 1.0, "caption_weigh
                 "label_smoothing": 0.0}
 
 
+def next_token_log_probs(logits: jax.Array, ids: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """(log p(ids[:, t + 1] | ids[:, :t + 1]) [b, L - 1], full log-softmax [b, L - 1, V])."""
+    logp = jax.nn.log_softmax(logits[:, :-1].astype(jnp.float32), axis=-1)
+    return jnp.take_along_axis(logp, ids[:, 1:, None], axis=-1)[..., 0], logp
+
+
+def sequence_log_likelihood(logits: jax.Array, ids: jax.Array, mask: jax.Array) -> jax.Array:
+    """Summed log-probability of each sequence's real tokens after the first: [b]."""
+    token_logp, _ = next_token_log_probs(logits, ids)
+    return jnp.sum(token_logp * mask[:, 1:].astype(jnp.float32), axis=-1)
+
+
 def caption_loss(logits: jax.Array, ids: jax.Array, mask: jax.Array,
                  label_smoothing: float = 0.0) -> jax.Array:
     """Cross-entropy of logits[:, :-1] against ids[:, 1:], averaged over non-padded targets."""
-    logp = jax.nn.log_softmax(logits[:, :-1].astype(jnp.float32), axis=-1)
-    targets, valid = ids[:, 1:], mask[:, 1:].astype(jnp.float32)
-    nll = -jnp.take_along_axis(logp, targets[..., None], axis=-1)[..., 0]
+    token_logp, logp = next_token_log_probs(logits, ids)
+    valid = mask[:, 1:].astype(jnp.float32)
+    nll = -token_logp
     if label_smoothing:
         nll = (1 - label_smoothing) * nll - label_smoothing * logp.mean(axis=-1)
     return jnp.sum(nll * valid) / jnp.maximum(jnp.sum(valid), 1.0)

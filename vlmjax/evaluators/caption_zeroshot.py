@@ -1,0 +1,91 @@
+"""Zero-shot classification by caption likelihood (big_vision's CapPa scoring classifier).
+
+Each class is scored by how likely the captioner finds its prompts given the image: the summed
+log-probability of the prompt's tokens after the start token, averaged over the first
+`num_templates` templates. No contrastive head is used, so this measures the captioner itself.
+Cost grows with images x classes x templates (one decoder pass per pair), hence the defaults of
+one template and an optional cap on the number of images.
+"""
+
+from collections.abc import Mapping
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+from tqdm import tqdm
+
+from vlmjax.data.datasets import dataset_prompts, load_split
+from vlmjax.errors import ConfigError
+from vlmjax.evaluators.context import EvalContext, padded_global_batch
+from vlmjax.evaluators.metrics import classification_metrics
+from vlmjax.objectives.coca import sequence_log_likelihood
+from vlmjax.parallel.mesh import replicated
+from vlmjax.train.step import normalize_images
+
+DEFAULTS = {
+    "kind": "caption_zeroshot",
+    "dataset": "fashion_mnist",
+    "split": "test",
+    "data_dir": "",  # "" = config.data.dir
+    "batch_size": 200,  # images per step; each is paired with every class prompt
+    "num_templates": 1,  # the first n templates of the dataset (0 = all)
+    "num_images": 0,  # score only the first n images of the split (0 = all)
+    "classnames_file": "",
+    "templates_file": "",
+}
+
+
+def prompt_scores(log_likelihoods: jax.Array, num_classes: int) -> jax.Array:
+    """[b, C * T] prompt log-likelihoods (class-major) -> [b, C] per-class template means."""
+    return log_likelihoods.reshape(log_likelihoods.shape[0], num_classes, -1).mean(axis=-1)
+
+
+class CaptionZeroShotClassification:
+    """Predicts the class whose prompts the captioner finds most likely for each image."""
+
+    def __init__(self, cfg: Mapping, ctx: EvalContext):
+        if ctx.config["model"]["name"] != "coca":
+            raise ConfigError(f"evals kind 'caption_zeroshot' needs a captioning model (coca), "
+                              f"but config.model.name={ctx.config['model']['name']!r}; use kind "
+                              "'zeroshot' for contrastive models")
+        self.cfg, self.ctx = dict(cfg), ctx
+        data = ctx.config["data"]
+        self.name = f"caption_zeroshot/{cfg['dataset']}"
+        self.classnames, templates = dataset_prompts(cfg["dataset"], cfg["classnames_file"],
+                                                     cfg["templates_file"])
+        self.templates = templates[: cfg["num_templates"]] if cfg["num_templates"] else templates
+        prompts = [t.format(c=c) for c in self.classnames for t in self.templates]
+        ids, mask = ctx.tokenizer.encode(prompts, ctx.context_length)
+        self.prompt_ids, self.prompt_mask = jnp.asarray(ids), jnp.asarray(mask)
+        images, labels = load_split(cfg["dataset"], cfg["data_dir"] or data["dir"], cfg["split"])
+        limit = cfg["num_images"] or len(labels)
+        self.images, self.labels = images[:limit], labels[:limit]
+        mean, std, graphdef = data["image_mean"], data["image_std"], ctx.graphdef
+        num_classes, k = len(self.classnames), min(5, len(self.classnames))
+
+        def top_classes(params: dict, batch: Mapping, ids: jax.Array, mask: jax.Array) -> jax.Array:
+            model = nnx.merge(graphdef, params)
+            _, caption_tokens = model.image_features(normalize_images(batch["image"], mean, std))
+            b, p = caption_tokens.shape[0], ids.shape[0]
+            tokens = jnp.repeat(caption_tokens, p, axis=0)  # [b * p, q, d], image-major
+            pair_ids, pair_mask = jnp.tile(ids, (b, 1)), jnp.tile(mask, (b, 1))
+            logits = model.decode(tokens, pair_ids, pair_mask)
+            scores = prompt_scores(sequence_log_likelihood(logits, pair_ids, pair_mask).reshape(b, p),
+                                   num_classes)
+            return jax.lax.top_k(scores, k)[1]
+
+        self._top_classes = jax.jit(top_classes, out_shardings=replicated(ctx.mesh))
+
+    def run(self, params: dict) -> dict[str, float]:
+        """acc1, acc5 and mean_per_class_recall of caption-likelihood predictions."""
+        bs = self.cfg["batch_size"]
+        predictions = []
+        for start in tqdm(range(0, len(self.labels), bs), desc=self.name, leave=False,
+                          disable=jax.process_index() != 0):
+            batch, real = padded_global_batch({"image": self.images}, start, bs,
+                                              self.ctx.batch_sharding)
+            top = self._top_classes(params, batch, self.prompt_ids, self.prompt_mask)
+            predictions.append(np.asarray(top)[:real])
+        return classification_metrics(np.concatenate(predictions), self.labels,
+                                      len(self.classnames))
