@@ -1,0 +1,41 @@
+"""Which class a caption names (longest paraphrase wins) and reproducible reference captions."""
+
+import numpy as np
+
+from vlmjax.data.captions import caption_texts
+from vlmjax.data.datasets import caption_vocabulary
+from vlmjax.evaluators.caption_naming import class_patterns, named_class, reference_captions
+
+NAMES, TEMPLATES = caption_vocabulary("fashion_mnist")
+PATTERNS = class_patterns(NAMES)
+
+
+def test_longest_paraphrase_wins_and_words_are_whole():
+    assert named_class("a photo of a t-shirt.", PATTERNS) == 0  # not "shirt" (class 6)
+    assert named_class("a photo of a tee shirt.", PATTERNS) == 0
+    assert named_class("a black and white photo of a shirt.", PATTERNS) == 6
+    assert named_class("a picture of a leather ankle boot.", PATTERNS) == 9
+    assert named_class("an image of a running shoe.", PATTERNS) == 7
+    assert named_class("A PHOTO OF A PAIR OF PANTS.", PATTERNS) == 1
+    assert named_class("a photo of a bagel.", PATTERNS) == -1  # "bag" is not a whole word here
+    assert named_class("a photo of a.", PATTERNS) == -1
+    assert named_class("a coat and a dress", PATTERNS) == -1  # two classes named
+    assert named_class("a boot, an ankle boot", PATTERNS) == 9  # both name class 9
+
+
+def test_every_training_caption_names_its_own_class():
+    texts, offsets = caption_texts(NAMES, TEMPLATES)
+    for k in range(len(NAMES)):
+        for text in texts[offsets[k]: offsets[k + 1]]:
+            assert named_class(text, PATTERNS) == k, text
+
+
+def test_reference_captions_are_of_the_right_class_and_reproducible():
+    texts, offsets = caption_texts(NAMES, TEMPLATES)
+    labels = np.array([3, 0, 9, 3])
+    refs = reference_captions(labels, texts, offsets, per_image=5, seed=1)
+    assert refs == reference_captions(labels, texts, offsets, per_image=5, seed=1)
+    for label, captions in zip(labels, refs, strict=True):
+        assert len(set(captions)) == 5
+        assert all(named_class(c, PATTERNS) == label for c in captions)
+    assert refs[0] != refs[3]  # drawn per image, not per class
