@@ -39,3 +39,39 @@ def test_reference_captions_are_of_the_right_class_and_reproducible():
         assert len(set(captions)) == 5
         assert all(named_class(c, PATTERNS) == label for c in captions)
     assert refs[0] != refs[3]  # drawn per image, not per class
+
+
+def test_captioning_evaluator_scores_the_captions_of_the_right_images(tmp_path, monkeypatch):
+    import os
+
+    from vlmjax.data.idx import write_idx
+    from vlmjax.evaluators import captioning
+    from vlmjax.evaluators.caption_metrics import caption_metrics
+    from vlmjax.evaluators.context import EvalContext
+    from vlmjax.parallel.mesh import make_mesh
+
+    n, rng = 23, np.random.default_rng(0)
+    labels = rng.integers(0, 10, size=n)
+    images = np.zeros((n, 28, 28), np.uint8)
+    images[:, 0, 0] = np.arange(n)  # pixel (0, 0) identifies the image
+    write_idx(os.path.join(tmp_path, "t10k-images-idx3-ubyte.gz"), images)
+    write_idx(os.path.join(tmp_path, "t10k-labels-idx1-ubyte.gz"), labels.astype(np.uint8))
+    right = rng.random(n) < 0.7
+    said = np.where(right, labels, (labels + 1) % 10)
+
+    def planted(graphdef, params, images, tokenizer, **kwargs):
+        index = np.rint(np.asarray(images)[:, 0, 0, 0]).astype(int)  # mean 0, std 1/255
+        return [f"a photo of a {NAMES[said[i]][0]}." for i in index]
+
+    monkeypatch.setattr(captioning, "generate_captions", planted)
+    config = {"data": {"dir": str(tmp_path), "image_mean": 0.0, "image_std": 1 / 255},
+              "model": {"name": "coca"}}
+    ctx = EvalContext(graphdef=None, tokenizer=None, context_length=12,
+                      mesh=make_mesh({"data": -1, "fsdp": 1, "tensor": 1}),
+                      rules=(("batch", ("data", "fsdp")),), config=config)
+    evaluator = captioning.Captioning({**captioning.DEFAULTS, "batch_size": 8, "num_images": 0}, ctx)
+    metrics = evaluator.run({})
+    assert metrics["class_named"] == np.mean(right)
+    want = caption_metrics([f"a photo of a {NAMES[k][0]}." for k in said], evaluator.references)
+    assert metrics["bleu4"] == want["bleu4"] and metrics["cider_d"] == want["cider_d"]
+    assert metrics["cider_d"] > 0 and 0 < metrics["bleu4"] <= 1
