@@ -1,11 +1,17 @@
 #!/usr/bin/env bash
-# Quickstart 1: set up, pre-train the demo CLIP on captioned Fashion-MNIST, evaluate zero-shot.
-# Extra arguments are passed on, e.g. `bash launch/demo.sh --config.train.num_steps=300`.
+# Quickstart 1: set up, pre-train a demo model on captioned Fashion-MNIST, evaluate it.
+# DEMO=clip (default) or DEMO=coca (contrastive + captioning; also captions and caption-likelihood
+# zero-shot). Extra arguments are passed on, e.g. `bash launch/demo.sh --config.train.num_steps=300`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+DEMO=${DEMO:-clip}
+case "$DEMO" in
+  clip|coca) ;;
+  *) echo "error: DEMO=$DEMO; use DEMO=clip or DEMO=coca" >&2; exit 2 ;;
+esac
 bash launch/setup.sh
 source launch/env.sh
-WORKDIR=${WORKDIR:-workdir/demo_clip}
+WORKDIR=${WORKDIR:-workdir/demo_$DEMO}
 start=$(date +%s)
-.venv/bin/python -m vlmjax.train --config configs/demo/clip_fashion_mnist.py --workdir "$WORKDIR" "$@"
-echo "train + zero-shot evaluation took $(( $(date +%s) - start )) s; results in $WORKDIR/results.json"
+.venv/bin/python -m vlmjax.train --config "configs/demo/${DEMO}_fashion_mnist.py" --workdir "$WORKDIR" "$@"
+echo "train + evaluation took $(( $(date +%s) - start )) s; results in $WORKDIR/results.json"

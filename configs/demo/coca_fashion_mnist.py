@@ -56,4 +56,11 @@ def get_config(arg: str = "paper") -> ml_collections.ConfigDict:
 
     c.evals.zeroshot = ml_collections.ConfigDict(dict(
         kind="zeroshot", dataset="fashion_mnist", split="test", batch_size=1000))
+    # The captioner as a classifier: likelihood of each class's prompt given the image.
+    c.evals.caption_zeroshot = ml_collections.ConfigDict(dict(
+        kind="caption_zeroshot", dataset="fashion_mnist", split="test", batch_size=200,
+        num_images=2000))
+    # Greedy captions of 1000 test images: BLEU-4, CIDEr-D and the fraction naming the class.
+    c.evals.captioning = ml_collections.ConfigDict(dict(
+        kind="captioning", dataset="fashion_mnist", split="test", num_images=1000))
     return c
