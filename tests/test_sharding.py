@@ -1,12 +1,13 @@
 """Sharded training equals single-device training; FSDP shards what is big; resharded restores."""
 
 import math
+import os
 
 import jax
 import numpy as np
 import pytest
 
-from tests.conftest import TINY_CONFIG
+from tests.conftest import REPO, TINY_CONFIG
 from vlmjax.config import load_config_file
 from vlmjax.parallel.mesh import batch_sharding, make_mesh
 from vlmjax.train.checkpoint import Checkpointer
@@ -19,7 +20,10 @@ MESHES = [(8, 1, 1), (2, 4, 1), (2, 2, 2), (1, 8, 1)]
 
 
 def _config(objective: str = "clip", mesh: tuple[int, int, int] = (1, 1, 1)) -> dict:
-    config = load_config_file(f"{TINY_CONFIG}:{objective}")
+    if objective == "coca":
+        config = load_config_file(os.path.join(REPO, "configs", "test", "tiny_coca.py"))
+    else:
+        config = load_config_file(f"{TINY_CONFIG}:{objective}")
     config.mesh.update(data=mesh[0], fsdp=mesh[1], tensor=mesh[2])
     return config.to_dict()
 
@@ -86,6 +90,13 @@ def test_sharded_training_equals_single_device(single_device_run, mesh):
     losses, params = _train(_config(mesh=mesh), jax.devices())
     np.testing.assert_allclose(losses, want_losses, rtol=1e-5)
     assert losses[-1] != losses[0]  # the parameters did move
+    assert_trees_close(params, want_params)
+
+
+def test_coca_on_a_3d_mesh_equals_single_device():
+    want_losses, want_params = _train(_config("coca"), jax.devices()[:1])
+    losses, params = _train(_config("coca", mesh=(2, 2, 2)), jax.devices())
+    np.testing.assert_allclose(losses, want_losses, rtol=1e-5)
     assert_trees_close(params, want_params)
 
 
