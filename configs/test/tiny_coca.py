@@ -1,34 +1,24 @@
-"""A tiny CoCa for tests: compiles in seconds on CPU (`get_config("open_clip")`: one pooler).
+"""A tiny CoCa for tests: the tiny CLIP's data, tokenizer and sizes with CoCa's model and objective.
 
-Tests point `data.dir` at a synthetic Fashion-MNIST-format dataset they write themselves.
+`get_config("open_clip")` uses the single-pooler layout. Tests point `data.dir` at a synthetic
+Fashion-MNIST-format dataset they write themselves.
 """
+
+import os
 
 import ml_collections
 
-from vlmjax.config import base_config
+from vlmjax.config import load_config_file
+
+TINY_CLIP = os.path.join(os.path.dirname(os.path.abspath(__file__)), "tiny_clip.py")
 
 
 def get_config(arg: str = "paper") -> ml_collections.ConfigDict:
-    c = base_config()
-    c.data.image_mean = 0.3
-    c.data.image_std = 0.3
-    c.data.num_threads = 1
-    c.tokenizer.kind = "trained_bpe"
-    c.tokenizer.vocab_size = 600
-    c.tokenizer.context_length = 12
+    c = load_config_file(TINY_CLIP)
     c.model.name = "coca"
-    c.model.embed_dim = 16
-    c.model.image.update(image_size=28, channels=1, patch_size=14, width=16, depth=1, heads=2,
-                         mlp_dim=32, pool="gap")
-    c.model.text.update(width=16, depth=2, heads=2, mlp_dim=32)
+    c.model.image.pool = "gap"
+    c.model.text.depth = 2
     c.model.coca.update(pooler=arg, caption_queries=4, pooler_heads=2, unimodal_depth=1,
                         multimodal_depth=1)
     c.objective.name = "coca"
-    c.optimizer.lr = 3e-3
-    c.optimizer.warmup_steps = 2
-    c.train.batch_size = 32
-    c.train.num_steps = 20
-    c.train.log_every = 5
-    c.train.checkpoint_every = 10
-    c.evals.zeroshot = ml_collections.ConfigDict(dict(kind="zeroshot", batch_size=200))
     return c

@@ -35,7 +35,6 @@ from vlmjax.models import layers
 from vlmjax.models.text_decoder import MultimodalDecoder, UnimodalDecoder
 from vlmjax.models.two_tower import l2_normalize
 from vlmjax.models.vit import VisionTransformer, VitConfig
-from vlmjax.parallel.logical import constrain
 
 POOLERS = ("paper", "open_clip")
 # LiT: the image tower is the ViT trunk (the poolers are trained, as in CoCa's frozen-feature
@@ -56,16 +55,7 @@ class VisionTrunk(VisionTransformer):
 
     def __call__(self, images: jax.Array) -> jax.Array:
         """images: [b, H, W, c] normalised floats -> encoder output [b, n (+1 class token), d]."""
-        dt = images.dtype
-        x = jnp.einsum("bnpqc,pqcd->bnd", self.patchify(images), self.patch_embed[...].astype(dt))
-        x = x + self.patch_bias[...].astype(dt)
-        if self.cfg.pool == "cls":
-            cls = jnp.broadcast_to(self.cls_token[...].astype(dt), (x.shape[0], 1, x.shape[-1]))
-            x = jnp.concatenate([cls, x], axis=1)
-        x = constrain(x + self.pos_embed[...].astype(dt), ("batch", "length", "embed"))
-        if self.ln_pre is not None:
-            x = self.ln_pre(x)
-        return self.encoder(x)
+        return self.encode_tokens(images)
 
 
 class AttentionalPooler(nnx.Module):

@@ -71,8 +71,8 @@ class VisionTransformer(nnx.Module):
         x = images.reshape(b, h // p, p, w // p, p, c).transpose(0, 1, 3, 2, 4, 5)
         return x.reshape(b, (h // p) * (w // p), p, p, c)
 
-    def __call__(self, images: jax.Array) -> dict[str, jax.Array]:
-        """images: [b, H, W, c] normalised floats -> {"embedding": [b, e], "tokens": [b, n, d]}."""
+    def encode_tokens(self, images: jax.Array) -> jax.Array:
+        """Patches (+ class token) through the encoder, before ln_post: [b, n (+1), d]."""
         dt = images.dtype
         x = jnp.einsum("bnpqc,pqcd->bnd", self.patchify(images), self.patch_embed[...].astype(dt))
         x = x + self.patch_bias[...].astype(dt)
@@ -82,7 +82,12 @@ class VisionTransformer(nnx.Module):
         x = constrain(x + self.pos_embed[...].astype(dt), ("batch", "length", "embed"))
         if self.ln_pre is not None:
             x = self.ln_pre(x)
-        x = self.ln_post(self.encoder(x))
+        return self.encoder(x)
+
+    def __call__(self, images: jax.Array) -> dict[str, jax.Array]:
+        """images: [b, H, W, c] normalised floats -> {"embedding": [b, e], "tokens": [b, n, d]}."""
+        dt = images.dtype
+        x = self.ln_post(self.encode_tokens(images))
         if self.cfg.pool == "cls":
             pooled, tokens = x[:, 0], x[:, 1:]
         elif self.cfg.pool == "gap":
