@@ -18,6 +18,12 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY_CONFIG = os.path.join(REPO, "configs", "test", "tiny_clip.py")
 
 
+def write_split(directory: str, split: str, images: np.ndarray, labels: np.ndarray) -> None:
+    """Fashion-MNIST-format IDX files of one split ("train" or "t10k") in `directory`."""
+    write_idx(os.path.join(directory, f"{split}-images-idx3-ubyte.gz"), images.astype(np.uint8))
+    write_idx(os.path.join(directory, f"{split}-labels-idx1-ubyte.gz"), labels.astype(np.uint8))
+
+
 def synthetic_fashion_mnist(directory: str, n_train: int = 640, n_test: int = 200,
                             seed: int = 0) -> str:
     """Fashion-MNIST-format IDX files whose classes are learnable: class k lights band k."""
@@ -28,8 +34,7 @@ def synthetic_fashion_mnist(directory: str, n_train: int = 640, n_test: int = 20
         images = rng.integers(0, 60, size=(n, 28, 28)).astype(np.uint8)
         for i, k in enumerate(labels):
             images[i, 2 * k + 4: 2 * k + 7, 3:25] = 230
-        write_idx(os.path.join(directory, f"{split}-images-idx3-ubyte.gz"), images)
-        write_idx(os.path.join(directory, f"{split}-labels-idx1-ubyte.gz"), labels)
+        write_split(directory, split, images, labels)
     return directory
 
 

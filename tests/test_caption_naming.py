@@ -42,9 +42,8 @@ def test_reference_captions_are_of_the_right_class_and_reproducible():
 
 
 def test_captioning_evaluator_scores_the_captions_of_the_right_images(tmp_path, monkeypatch):
-    import os
 
-    from vlmjax.data.idx import write_idx
+    from tests.conftest import write_split
     from vlmjax.evaluators import captioning
     from vlmjax.evaluators.caption_metrics import caption_metrics
     from vlmjax.evaluators.context import EvalContext
@@ -54,8 +53,7 @@ def test_captioning_evaluator_scores_the_captions_of_the_right_images(tmp_path, 
     labels = rng.integers(0, 10, size=n)
     images = np.zeros((n, 28, 28), np.uint8)
     images[:, 0, 0] = np.arange(n)  # pixel (0, 0) identifies the image
-    write_idx(os.path.join(tmp_path, "t10k-images-idx3-ubyte.gz"), images)
-    write_idx(os.path.join(tmp_path, "t10k-labels-idx1-ubyte.gz"), labels.astype(np.uint8))
+    write_split(str(tmp_path), "t10k", images, labels)
     right = rng.random(n) < 0.7
     said = np.where(right, labels, (labels + 1) % 10)
 

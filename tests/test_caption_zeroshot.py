@@ -1,6 +1,5 @@
 """Caption-likelihood zero-shot: per-class template means, and a planted captioner end to end."""
 
-import os
 
 import jax
 import jax.numpy as jnp
@@ -8,8 +7,8 @@ import numpy as np
 import pytest
 from flax import nnx
 
+from tests.conftest import write_split
 from tests.test_zeroshot import ClassIdTokenizer
-from vlmjax.data.idx import write_idx
 from vlmjax.errors import ConfigError
 from vlmjax.evaluators.caption_zeroshot import CaptionZeroShotClassification, prompt_scores
 from vlmjax.evaluators.context import EvalContext
@@ -66,8 +65,7 @@ def test_planted_captioner_predictions_and_image_cap(tmp_path):
     images = np.zeros((n, 28, 28), np.uint8)
     images[:, 0, 0] = 20 * predicted
     d = str(tmp_path)
-    write_idx(os.path.join(d, "t10k-images-idx3-ubyte.gz"), images)
-    write_idx(os.path.join(d, "t10k-labels-idx1-ubyte.gz"), labels.astype(np.uint8))
+    write_split(str(d), "t10k", images, labels)
     from vlmjax.data.datasets import dataset_prompts
     classnames, _ = dataset_prompts("fashion_mnist")
     cfg = {"dataset": "fashion_mnist", "split": "test", "data_dir": "", "batch_size": 40,

@@ -1,6 +1,5 @@
 """Zero-shot classification: metrics by hand, class embeddings vs NumPy, planted models."""
 
-import os
 
 import jax
 import jax.numpy as jnp
@@ -8,7 +7,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from vlmjax.data.idx import write_idx
+from tests.conftest import write_split
 from vlmjax.evaluators.context import EvalContext
 from vlmjax.evaluators.metrics import classification_metrics
 from vlmjax.evaluators.zeroshot import ZeroShotClassification, class_embeddings, predict_topk
@@ -96,8 +95,7 @@ def test_evaluator_run_on_a_planted_model(tmp_path):
     images = np.zeros((n, 28, 28), np.uint8)
     images[:, 0, 0] = 20 * predicted
     d = str(tmp_path)
-    write_idx(os.path.join(d, "t10k-images-idx3-ubyte.gz"), images)
-    write_idx(os.path.join(d, "t10k-labels-idx1-ubyte.gz"), labels.astype(np.uint8))
+    write_split(str(d), "t10k", images, labels)
     from vlmjax.data.datasets import dataset_prompts
     classnames, _ = dataset_prompts("fashion_mnist")
     config = {"data": {"dir": d, "image_mean": 0.0, "image_std": 1.0}}

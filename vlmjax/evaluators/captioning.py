@@ -60,7 +60,6 @@ class Captioning:
         self.references = reference_captions(self.labels, texts, offsets, cfg["num_references"])
         self.patterns = class_patterns(names)
         self.mean, self.std = data["image_mean"], data["image_std"]
-        self.examples: list[str] = []
 
     def captions(self, params: dict) -> list[str]:
         """Generated captions of the evaluated images, in order."""
@@ -79,7 +78,6 @@ class Captioning:
         """bleu4, cider_d and class_named of greedy (or beam) captions."""
         generated = self.captions(params)
         named = np.array([named_class(c, self.patterns) for c in generated])
-        self.examples = generated[:5]
         log.info("%s examples: %s", self.name, generated[:5])
         return {**caption_metrics(generated, self.references),
                 "class_named": float(np.mean(named == self.labels))}

@@ -5,13 +5,10 @@ from collections.abc import Mapping
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from flax import nnx
-from tqdm import tqdm
 
 from vlmjax.data.datasets import dataset_prompts, load_split
-from vlmjax.evaluators.context import EvalContext, padded_global_batch
-from vlmjax.evaluators.metrics import classification_metrics
+from vlmjax.evaluators.context import EvalContext, classify_images, padded_global_batch
 from vlmjax.models.two_tower import l2_normalize
 from vlmjax.parallel.mesh import batch_shards, replicated
 from vlmjax.train.step import normalize_images
@@ -81,12 +78,6 @@ class ZeroShotClassification:
     def run(self, params: dict) -> dict[str, float]:
         """acc1, acc5 and mean_per_class_recall of `params` on the configured split."""
         classes = jax.device_put(self.classifier(params), replicated(self.ctx.mesh))
-        bs = self.cfg["batch_size"]
-        predictions = []
-        for start in tqdm(range(0, len(self.labels), bs), desc=self.name, leave=False,
-                          disable=jax.process_index() != 0):
-            batch, real = padded_global_batch({"image": self.images}, start, bs,
-                                              self.ctx.batch_sharding)
-            predictions.append(np.asarray(self._top_classes(params, batch, classes))[:real])
-        return classification_metrics(np.concatenate(predictions), self.labels,
-                                      len(self.classnames))
+        return classify_images(self.images, self.labels, len(self.classnames),
+                               self.cfg["batch_size"], self.ctx.batch_sharding,
+                               lambda batch: self._top_classes(params, batch, classes), self.name)

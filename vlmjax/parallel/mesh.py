@@ -53,7 +53,7 @@ def fit_spec(spec: PartitionSpec, shape: tuple[int, ...] | None, mesh: Mesh) -> 
     """Drops mesh axes from dimensions they do not divide (those dimensions stay whole).
 
     Rules name axes by meaning, not size: a 10-class head or an odd vocabulary must still
-    lay out on a 4-way fsdp mesh. `unsharded_report` lists what this left replicated.
+    lay out on a 4-way fsdp mesh. `replicated_bytes` lists what this left whole.
     """
     if shape is None:
         return spec

@@ -54,17 +54,14 @@ def _outputs(spec: StepSpec, params: dict, batch: Mapping[str, jax.Array]) -> di
                          spec.image_std)
 
 
-def split_microbatches(batch: Mapping[str, jax.Array], n: int) -> dict[str, jax.Array]:
+def split_microbatches(x: jax.Array, n: int) -> jax.Array:
     """[B, ...] -> [n, B / n, ...]; micro-batch i holds rows i, i + n, i + 2n, ...
 
     Strided rather than contiguous so every device keeps its own rows (a device's block of
     B / devices rows holds B / (n * devices) rows of each micro-batch): no data moves.
     """
-    def split(x: jax.Array) -> jax.Array:
-        x = x.reshape(x.shape[0] // n, n, *x.shape[1:]).swapaxes(0, 1)
-        return constrain(x, (None, "batch") + (None,) * (x.ndim - 2))
-
-    return {k: split(v) for k, v in batch.items()}
+    x = x.reshape(x.shape[0] // n, n, *x.shape[1:]).swapaxes(0, 1)
+    return constrain(x, (None, "batch") + (None,) * (x.ndim - 2))
 
 
 def merge_microbatches(x: jax.Array) -> jax.Array:
@@ -87,13 +84,13 @@ def accumulated_loss_and_grads(spec: StepSpec, params: dict, batch: Mapping[str,
     held for one micro-batch at a time.
     """
     n = spec.grad_accum_steps
-    micro = split_microbatches(batch, n)
+    micro = {k: split_microbatches(v, n) for k, v in batch.items()}
     stacked = jax.lax.map(lambda mb: _outputs(spec, params, mb), micro)
     full = {k: merge_microbatches(v) if v.ndim > 1 else v[0] for k, v in stacked.items()}
     loss_fn = lambda outputs: spec.objective.loss(outputs, spec.objective_options, batch)  # noqa: E731
     loss, loss_vjp, metrics = jax.vjp(loss_fn, full, has_aux=True)
     (cotangent,) = loss_vjp(jnp.ones_like(loss))
-    per_micro = {k: split_microbatches({k: v}, n)[k] if v.ndim else v for k, v in cotangent.items()}
+    per_micro = {k: split_microbatches(v, n) if v.ndim else v for k, v in cotangent.items()}
 
     def accumulate(grads: dict, index_and_batch: tuple) -> tuple[dict, None]:
         i, mb = index_and_batch
