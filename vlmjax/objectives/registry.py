@@ -51,4 +51,4 @@ def objective_schema(name: str) -> dict:
 
 
 def _load_builtin() -> None:
-    from vlmjax.objectives import coca, contrastive, sigmoid  # noqa: F401  (registers them)
+    from vlmjax.objectives import coca, contrastive, filip, sigmoid  # noqa: F401  (registers them)
