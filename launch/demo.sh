@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
 # Quickstart 1: set up, pre-train a demo model on captioned Fashion-MNIST, evaluate it.
-# DEMO=clip (default) or DEMO=coca (contrastive + captioning; also captions and caption-likelihood
-# zero-shot). Extra arguments are passed on, e.g. `bash launch/demo.sh --config.train.num_steps=300`.
+# DEMO=clip (default), DEMO=coca (contrastive + captioning; also captions and caption-likelihood
+# zero-shot) or DEMO=filip (token-wise late interaction, token-wise zero-shot and retrieval).
+# Extra arguments are passed on, e.g. `bash launch/demo.sh --config.train.num_steps=300`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DEMO=${DEMO:-clip}
 case "$DEMO" in
-  clip|coca) ;;
-  *) echo "error: DEMO=$DEMO; use DEMO=clip or DEMO=coca" >&2; exit 2 ;;
+  clip|coca|filip) ;;
+  *) echo "error: DEMO=$DEMO; use DEMO=clip, DEMO=coca or DEMO=filip" >&2; exit 2 ;;
 esac
 bash launch/setup.sh
 source launch/env.sh

@@ -91,6 +91,10 @@ def base_config() -> ml_collections.ConfigDict:
     c.model.coca.unimodal_depth = 6
     c.model.coca.multimodal_depth = 6
 
+    # FILIP only (model.name="filip"): a second temperature for the text->image direction.
+    c.model.filip = ml_collections.ConfigDict()
+    c.model.filip.temperature_per_direction = False
+
     c.objective = ml_collections.ConfigDict(dict(name="clip"))
 
     c.optimizer = ml_collections.ConfigDict()
@@ -103,7 +107,7 @@ def base_config() -> ml_collections.ConfigDict:
     # norm scales, the temperature, class tokens, probes and position embeddings. Matched by
     # name because scanned layers give every parameter a leading layer axis (so "fewer than 2
     # dimensions", open_clip's rule, no longer singles them out).
-    c.optimizer.no_decay = r"(^|/|_)(bias|scale|cls_token|probe|pos_embed)$"
+    c.optimizer.no_decay = r"(^|/|_)(bias|scale|cls_token|probe|pos_embed|logit_scale_t2i)$"
     c.optimizer.warmup_steps = 10_000
     c.optimizer.schedule = "cosine"  # cosine | constant
     c.optimizer.end_lr_ratio = 0.0

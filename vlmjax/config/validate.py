@@ -15,7 +15,7 @@ from vlmjax.errors import ConfigError
 
 MESH_AXES = ("data", "fsdp", "tensor")
 CHOICES = {
-    "model.name": ("two_tower", "coca"),
+    "model.name": ("two_tower", "coca", "filip"),
     "model.activation": ("gelu", "quick_gelu"),
     "model.dtype": ("float32", "bfloat16"),
     "model.remat": ("none", "full", "dots", "dots_no_batch"),
@@ -137,6 +137,15 @@ def _check_coca(model: Mapping) -> None:
         _fail("model.use_logit_bias", "is not supported by CoCa", "set it to False")
 
 
+def _check_filip(model: Mapping) -> None:
+    """FILIP reads patch tokens (no MAP head) and has no logit bias."""
+    if model["image"]["pool"] == "map":
+        _fail("model.image.pool", "='map' is unused by FILIP (it scores patch tokens)",
+              "use 'gap' or 'cls'")
+    if model["use_logit_bias"]:
+        _fail("model.use_logit_bias", "is not supported by FILIP", "set it to False")
+
+
 def validate(config: ml_collections.ConfigDict, num_devices: int, process_count: int = 1) -> None:
     """Raises ConfigError on the first problem found; returns None when the config is usable."""
     from vlmjax.data.datasets import check_dataset
@@ -200,6 +209,8 @@ def validate(config: ml_collections.ConfigDict, num_devices: int, process_count:
 
     if cfg["model"]["name"] == "coca":
         _check_coca(cfg["model"])
+    if cfg["model"]["name"] == "filip":
+        _check_filip(cfg["model"])
 
     sizes = resolve_mesh_shape(cfg["mesh"], num_devices)
     batch_shards = sizes["data"] * sizes["fsdp"]
@@ -215,7 +226,12 @@ def validate(config: ml_collections.ConfigDict, num_devices: int, process_count:
         _fail("train.batch_size", f"={batch} does not split into {accum} micro-batches "
               f"(train.grad_accum_steps) that each divide over {batch_shards} batch shards",
               f"use a multiple of {accum * batch_shards} or change train.grad_accum_steps")
+    from vlmjax.evaluators.scoring import TOKEN_DIRECTIONS
     for eval_name, eval_cfg in cfg["evals"].items():
+        direction = eval_cfg.get("token_direction", "i2t")
+        if direction not in TOKEN_DIRECTIONS:
+            _fail(f"evals.{eval_name}.token_direction", f"is {direction!r}",
+                  f"choose one of {', '.join(map(repr, TOKEN_DIRECTIONS))}")
         if "batch_size" in eval_cfg and eval_cfg["batch_size"] % batch_shards:
             _fail(f"evals.{eval_name}.batch_size", f"={eval_cfg['batch_size']} does not divide "
                   f"over {batch_shards} batch shards", f"use a multiple of {batch_shards}")

@@ -7,6 +7,7 @@ from flax import nnx
 
 from vlmjax.errors import ConfigError
 from vlmjax.models.coca import COCA_TOWER_PATTERNS, CoCa
+from vlmjax.models.filip import Filip
 from vlmjax.models.two_tower import TOWER_PATTERNS, TwoTower, clamp_logit_scale
 
 
@@ -17,6 +18,10 @@ class ModelSpec:
     build: Callable[..., nnx.Module]  # (model_config, vocab_size, context_length, rngs=) -> Module
     post_update: Callable[[dict, Mapping], dict]  # (params, model_config) -> params
     towers: Mapping[str, str]  # tower name -> parameter path regex
+    # How evaluators score image-text pairs: "embedding" (cosine of pooled embeddings, through
+    # encode_image / encode_text) or "token_wise" (FILIP's late interaction, through
+    # encode_image_tokens / encode_text_tokens).
+    scoring: str = "embedding"
 
 
 MODELS: dict[str, ModelSpec] = {
@@ -29,6 +34,12 @@ MODELS: dict[str, ModelSpec] = {
         build=CoCa,
         post_update=lambda params, cfg: clamp_logit_scale(params, cfg["max_logit_scale"]),
         towers=COCA_TOWER_PATTERNS,
+    ),
+    "filip": ModelSpec(
+        build=Filip,
+        post_update=lambda params, cfg: clamp_logit_scale(params, cfg["max_logit_scale"]),
+        towers=TOWER_PATTERNS,
+        scoring="token_wise",
     ),
 }
 

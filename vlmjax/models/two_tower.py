@@ -59,5 +59,7 @@ class TwoTower(nnx.Module):
 
 
 def clamp_logit_scale(params: dict, max_scale: float) -> dict:
-    """Clamps t so that exp(t) <= max_scale, applied after every update (as open_clip does)."""
-    return {**params, "logit_scale": jnp.minimum(params["logit_scale"], math.log(max_scale))}
+    """Clamps t so that exp(t) <= max_scale, applied after every update (as open_clip does), for
+    every temperature the model has (FILIP may have one per direction)."""
+    return {**params, **{key: jnp.minimum(params[key], math.log(max_scale))
+                         for key in ("logit_scale", "logit_scale_t2i") if key in params}}

@@ -1,0 +1,22 @@
+"""A tiny FILIP for tests: the tiny CLIP's data, tokenizer and towers with FILIP's objective.
+
+`get_config("per_direction")` gives each direction its own temperature. Tests point `data.dir`
+at a synthetic Fashion-MNIST-format dataset they write themselves.
+"""
+
+import os
+
+import ml_collections
+
+from vlmjax.config import load_config_file
+
+TINY_CLIP = os.path.join(os.path.dirname(os.path.abspath(__file__)), "tiny_clip.py")
+
+
+def get_config(arg: str = "") -> ml_collections.ConfigDict:
+    c = load_config_file(TINY_CLIP)
+    c.model.name = "filip"
+    c.model.image.pool = "gap"  # 4 patch tokens of 14 px
+    c.model.filip.temperature_per_direction = arg == "per_direction"
+    c.objective = ml_collections.ConfigDict(dict(name="filip", chunk_size=8))
+    return c
