@@ -8,12 +8,13 @@ from collections.abc import Mapping
 from typing import Any
 
 from vlmjax.errors import ConfigError
-from vlmjax.evaluators import caption_zeroshot, captioning, zeroshot
+from vlmjax.evaluators import caption_zeroshot, captioning, retrieval, zeroshot
 
 EVALUATORS: dict[str, tuple[type, Mapping]] = {
     "zeroshot": (zeroshot.ZeroShotClassification, zeroshot.DEFAULTS),
     "caption_zeroshot": (caption_zeroshot.CaptionZeroShotClassification, caption_zeroshot.DEFAULTS),
     "captioning": (captioning.Captioning, captioning.DEFAULTS),
+    "retrieval": (retrieval.Retrieval, retrieval.DEFAULTS),
 }
 
 

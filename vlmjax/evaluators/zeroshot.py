@@ -2,6 +2,7 @@
 
 import logging
 from collections.abc import Mapping
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -9,7 +10,7 @@ from flax import nnx
 
 from vlmjax.data.datasets import dataset_prompts, load_split
 from vlmjax.evaluators.context import EvalContext, classify_images, padded_global_batch
-from vlmjax.models.two_tower import l2_normalize
+from vlmjax.evaluators.scoring import EmbeddingScoring, scoring_for
 from vlmjax.parallel.mesh import batch_shards, replicated
 from vlmjax.train.step import normalize_images
 
@@ -23,25 +24,32 @@ DEFAULTS = {
     "batch_size": 1000,
     "classnames_file": "",  # CLIP_benchmark-format JSON {dataset: [names]}
     "templates_file": "",  # CLIP_benchmark-format JSON {dataset: ["a photo of a {c}.", ...]}
+    # Token-wise (FILIP) models only: rank classes by s_I ("i2t", the direction that scores an
+    # image against texts), s_T ("t2i") or their mean.
+    "token_direction": "i2t",
 }
 
 
 def class_embeddings(text_embeds: jax.Array, num_classes: int) -> jax.Array:
     """[C * T, e] normalised prompt embeddings (class-major) -> [C, e] renormalised means."""
-    per_class = text_embeds.reshape(num_classes, -1, text_embeds.shape[-1])
-    return l2_normalize(per_class.mean(axis=1))
+    return EmbeddingScoring().classifier(text_embeds, num_classes)
 
 
 def predict_topk(image_embeds: jax.Array, classifier: jax.Array, k: int) -> jax.Array:
     """Indices of the k classes with the highest cosine similarity, best first: [b, k]."""
-    return jax.lax.top_k(jnp.einsum("be,ce->bc", image_embeds, classifier), k)[1]
+    return jax.lax.top_k(EmbeddingScoring().class_scores(image_embeds, classifier), k)[1]
 
 
 class ZeroShotClassification:
-    """Scores every test image against template-ensembled class embeddings."""
+    """Scores every test image against every class's prompts, ensembled over templates.
+
+    The model family decides how (`evaluators.scoring`): averaged prompt embeddings for CLIP-like
+    models, averaged token-wise similarities for FILIP.
+    """
 
     def __init__(self, cfg: Mapping, ctx: EvalContext):
-        self.cfg, self.ctx = dict(cfg), ctx
+        cfg = {**DEFAULTS, **cfg}
+        self.cfg, self.ctx = cfg, ctx
         data = ctx.config["data"]
         self.name = f"zeroshot/{cfg['dataset']}"
         self.classnames, self.templates = dataset_prompts(
@@ -52,28 +60,31 @@ class ZeroShotClassification:
         self.images, self.labels = load_split(cfg["dataset"], cfg["data_dir"] or data["dir"],
                                               cfg["split"])
         mean, std, graphdef = data["image_mean"], data["image_std"], ctx.graphdef
+        self.scoring = scoring = scoring_for(ctx.config, cfg["token_direction"])
         k = min(5, len(self.classnames))
 
-        def encode_text(params: dict, batch: Mapping) -> jax.Array:
-            return nnx.merge(graphdef, params).encode_text(batch["text"], batch["text_mask"])
+        def encode_text(params: dict, batch: Mapping) -> Any:
+            model = nnx.merge(graphdef, params)
+            return scoring.text_features(model, batch["text"], batch["text_mask"])
 
-        def top_classes(params: dict, batch: Mapping, classes: jax.Array) -> jax.Array:
+        def top_classes(params: dict, batch: Mapping, classifier: Any) -> jax.Array:
             images = normalize_images(batch["image"], mean, std)
-            image_embeds = nnx.merge(graphdef, params).encode_image(images)
-            return predict_topk(image_embeds, classes, k)
+            features = scoring.image_features(nnx.merge(graphdef, params), images)
+            return jax.lax.top_k(scoring.class_scores(features, classifier), k)[1]
 
         # Replicated outputs: every process (multi-host) can read the whole result.
         self._encode_text = jax.jit(encode_text, out_shardings=replicated(ctx.mesh))
         self._top_classes = jax.jit(top_classes, out_shardings=replicated(ctx.mesh))
 
-    def classifier(self, params: dict) -> jax.Array:
-        """[num_classes, e] zero-shot classifier weights."""
+    def classifier(self, params: dict) -> Any:
+        """The zero-shot classifier: [num_classes, e] weights, or prompt tokens by class."""
         n = len(self.prompts["text"])
         shards = batch_shards(self.ctx.batch_sharding)
         padded = -(-n // shards) * shards
         batch, _ = padded_global_batch(self.prompts, 0, padded, self.ctx.batch_sharding)
-        embeds = jax.device_get(self._encode_text(params, batch))[:n]
-        return class_embeddings(jnp.asarray(embeds), len(self.classnames))
+        features = jax.tree.map(lambda a: jnp.asarray(jax.device_get(a)[:n]),
+                                self._encode_text(params, batch))
+        return self.scoring.classifier(features, len(self.classnames))
 
     def run(self, params: dict) -> dict[str, float]:
         """acc1, acc5 and mean_per_class_recall of `params` on the configured split."""
