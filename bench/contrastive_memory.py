@@ -17,30 +17,13 @@ the same at B = 4096, and the tile is negligible next to the [B, D] inputs and g
 
 import argparse
 import json
-import os
 import statistics
-import subprocess
 import sys
 import time
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from memory_probe import GIB, reset_peak, run_child, status_gib
+
 DIM = 512
-GIB = 2**30
-
-
-def _status_gib(field: str) -> float:
-    """A /proc/self/status figure: VmRSS (now) or VmHWM (peak since start or the last reset)."""
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(field + ":"):
-                return int(line.split()[1]) * 1024 / GIB  # kB
-    raise KeyError(field)
-
-
-def _reset_peak() -> None:
-    """Restarts the peak-RSS count (VmHWM, ru_maxrss) at the current RSS (Linux >= 4.0)."""
-    with open("/proc/self/clear_refs", "w") as f:
-        f.write("5")
 
 
 def measure(implementation: str, loss: str, batch: int, chunk_size: int, max_gib: float) -> dict:
@@ -75,9 +58,9 @@ def measure(implementation: str, loss: str, batch: int, chunk_size: int, max_gib
                + analysis.output_size_in_bytes) / GIB
     if xla_gib > max_gib:
         return {"fits": False, "xla_gib": xla_gib}
-    process_peak = _status_gib("VmHWM")
-    _reset_peak()
-    before = _status_gib("VmRSS")
+    process_peak = status_gib("VmHWM")
+    reset_peak()
+    before = status_gib("VmRSS")
     runs = 5 if batch <= 4096 else 2 if batch < 65536 else 1
     if runs > 1:
         jax.block_until_ready(compiled(x, y, scale))  # warm-up
@@ -86,8 +69,8 @@ def measure(implementation: str, loss: str, batch: int, chunk_size: int, max_gib
         start = time.perf_counter()
         jax.block_until_ready(compiled(x, y, scale))
         times.append(time.perf_counter() - start)
-    return {"fits": True, "peak_gib": _status_gib("VmHWM") - before,
-            "rss_gib": max(process_peak, _status_gib("VmHWM")), "xla_gib": xla_gib,
+    return {"fits": True, "peak_gib": status_gib("VmHWM") - before,
+            "rss_gib": max(process_peak, status_gib("VmHWM")), "xla_gib": xla_gib,
             "seconds": statistics.median(times), "runs": runs}
 
 
@@ -106,14 +89,11 @@ def main() -> None:
     sizes = [int(s) for s in args.sizes.split(",")]
     cases = [(impl, "clip", b) for b in sizes for impl in ("dense", "chunked")]
     cases += [("chunked", "siglip", b) for b in sizes if b <= args.siglip_max]
-    env = {**os.environ, "JAX_PLATFORMS": "cpu"}
     results: dict = {}
     for impl, loss, batch in cases:
-        out = subprocess.run([sys.executable, __file__, "--child", impl, loss, str(batch),
-                              f"--chunk-size={args.chunk_size}", f"--max-gib={args.max_gib}"],
-                             env=env, capture_output=True, text=True, check=True, cwd=REPO)
         name = impl if loss == "clip" else f"{impl}_{loss}"
-        results.setdefault(name, {})[str(batch)] = json.loads(out.stdout.strip().splitlines()[-1])
+        results.setdefault(name, {})[str(batch)] = run_child(__file__, [
+            impl, loss, str(batch), f"--chunk-size={args.chunk_size}", f"--max-gib={args.max_gib}"])
         print(f"  done {name} B={batch}", file=sys.stderr, flush=True)
 
     print(f"{'implementation':<16} {'B':>6} {'run peak +GiB':>14} {'process peak GiB':>17} "
