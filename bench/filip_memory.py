@@ -35,13 +35,14 @@ def measure(implementation: str, batch: int, chunk_size: int, max_gib: float) ->
         return x / jnp.linalg.norm(x, axis=-1, keepdims=True)
 
     keys = jax.random.split(jax.random.key(0), 4)
-    shared = unit(keys[0], (batch, 1, DIM))  # correlated pairs
+    # Weakly correlated pairs (token cosine ~0.1 within a pair, ~0 across): a loss far from 0.
+    shared = 0.35 * unit(keys[0], (batch, 1, DIM))
     x = unit(keys[1], (batch, N_IMAGE, DIM)) + shared
     y = unit(keys[2], (batch, N_TEXT, DIM)) + shared
     x, y = x / jnp.linalg.norm(x, axis=-1, keepdims=True), y / jnp.linalg.norm(y, axis=-1, keepdims=True)
     lengths = jax.random.randint(keys[3], (batch,), 1, N_TEXT + 1)
     mask = jnp.arange(N_TEXT)[None] < lengths[:, None]
-    scales = (jnp.float32(50.0), jnp.float32(40.0))
+    scales = (jnp.float32(30.0), jnp.float32(25.0))
     jax.block_until_ready((x, y, mask))
     options = {"implementation": implementation, "chunk_size": chunk_size}
 

@@ -51,8 +51,8 @@ def test_model_outputs_normalised_tokens_and_two_temperatures():
     params["logit_scale_t2i"] = jnp.float32(9.0)
     clamped = get_model_spec("filip").post_update(params, cfg)
     assert float(clamped["logit_scale_t2i"]) == pytest.approx(np.log(100.0))
-    assert "logit_scale_t2i" not in nnx.state(Filip(_config().model.to_dict(), 50, 10,
-                                                    rngs=nnx.Rngs(0)), nnx.Param)
+    shared = nnx.eval_shape(lambda: Filip(_config().model.to_dict(), 50, 10, rngs=nnx.Rngs(0)))
+    assert "logit_scale_t2i" not in nnx.state(shared, nnx.Param)
 
 
 def test_scoring_is_chosen_by_model_family():
@@ -86,13 +86,23 @@ def test_retrieval_metrics_hand_computed_with_ties_and_several_captions():
     t2i = np.array([[0.9, 0.1, 0.4, 0.0, 0.6],
                     [0.2, 0.3, 0.4, 0.0, 0.0],
                     [0.1, 0.3, 0.0, 0.5, 0.5]])   # text ranks: 0, 2, 1 (tie), 0, 1
-    m = retrieval_metrics(i2t, t2i, image_of_text, ks=(1, 2, 3))
+    positive = image_of_text[None, :] == np.arange(3)[:, None]
+    m = retrieval_metrics(i2t, t2i, positive, ks=(1, 2, 3))
     assert m["text_retrieval_recall@1"] == pytest.approx(1 / 3)
     assert m["text_retrieval_recall@2"] == pytest.approx(2 / 3)
     assert m["text_retrieval_recall@3"] == 1.0
     assert m["image_retrieval_recall@1"] == pytest.approx(2 / 5)
     assert m["image_retrieval_recall@2"] == pytest.approx(4 / 5)
     assert m["image_retrieval_recall@3"] == 1.0
+    # Class relevance: images 0 and 1 share a class, so texts 0-2 are positives for both.
+    classes = np.array([0, 0, 1])
+    m = retrieval_metrics(i2t, t2i, classes[:, None] == classes[image_of_text][None, :], ks=(1, 2))
+    # text ranks: image 0 best positive 0.95 -> 0; image 1 0.5 -> 0; image 2 0.8 -> 0
+    assert m["text_retrieval_recall@1"] == 1.0
+    # image ranks: text 0 best 0.9 -> 0; text 1 0.3 ties image 2 -> 1; text 2 0.4 -> 0;
+    # text 3 0.5 -> 0; text 4 0.5, image 0 has 0.6 -> 1
+    assert m["image_retrieval_recall@1"] == pytest.approx(3 / 5)
+    assert m["image_retrieval_recall@2"] == 1.0
 
 
 def test_config_checks(synthetic_data_dir):
@@ -104,7 +114,8 @@ def test_config_checks(synthetic_data_dir):
             ("objective.selection_group", 5, r"selection_group=5 must be 0 .* divide"),
             ("objective.label_smoothing", 1.0, r"label_smoothing=1\.0 must lie in \[0, 1\)"),
             ("objective.implementation", "flash", r"'flash' is not a FILIP loss implementation"),
-            ("evals.zeroshot.token_direction", "up", r"token_direction is 'up'; choose one of")):
+            ("evals.zeroshot.token_direction", "up", r"token_direction is 'up'; choose one of"),
+            ("evals.retrieval.relevance", "image", r"relevance is 'image'; choose 'pair'")):
         bad = _config("", synthetic_data_dir)
         section, _, leaf = key.rpartition(".")
         node = bad
@@ -124,8 +135,6 @@ def test_short_run_evaluates_token_wise(tmp_path, synthetic_data_dir):
     config = _config("per_direction", synthetic_data_dir)
     config.objective.token_selection = 0.5
     config.train.num_steps = 10
-    config.evals.retrieval = dict(kind="retrieval", num_images=48, captions_per_image=2,
-                                  batch_size=48)
     results = train(config, str(tmp_path))
     with open(os.path.join(tmp_path, "metrics.jsonl")) as f:
         rows = [r for r in map(json.loads, f) if "loss" in r]

@@ -22,6 +22,8 @@ MESHES = [(8, 1, 1), (2, 4, 1), (2, 2, 2), (1, 8, 1)]
 def _config(objective: str = "clip", mesh: tuple[int, int, int] = (1, 1, 1)) -> dict:
     if objective == "coca":
         config = load_config_file(os.path.join(REPO, "configs", "test", "tiny_coca.py"))
+    elif objective == "filip":  # with a temperature per direction
+        config = load_config_file(os.path.join(REPO, "configs", "test", "tiny_filip.py:per_direction"))
     else:
         config = load_config_file(f"{TINY_CONFIG}:{objective}")
     config.mesh.update(data=mesh[0], fsdp=mesh[1], tensor=mesh[2])
@@ -132,7 +134,7 @@ def test_odd_sized_parameters_stay_whole_instead_of_failing():
     assert token_embed.sharding.spec == jax.sharding.PartitionSpec(None, "fsdp")
 
 
-@pytest.mark.parametrize("objective", ["clip", "siglip"])
+@pytest.mark.parametrize("objective", ["clip", "siglip", "filip"])
 def test_gradient_accumulation_equals_the_full_batch(objective):
     cfg = _config(objective, mesh=(8, 1, 1))
     mesh, layout, spec, sharding = _setup(cfg, jax.devices())
@@ -148,6 +150,8 @@ def test_gradient_accumulation_equals_the_full_batch(objective):
         np.testing.assert_allclose(metrics[key], want_metrics[key], rtol=1e-5, err_msg=key)
     assert_trees_close(grads, want_grads)
     assert float(np.abs(grads["logit_scale"])) > 0
+    if objective == "filip":
+        assert float(np.abs(grads["logit_scale_t2i"])) > 0
 
 
 def test_checkpoint_restores_onto_another_mesh(tmp_path):

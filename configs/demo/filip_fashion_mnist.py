@@ -21,8 +21,9 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
     c.model.filip.temperature_per_direction = arg == "per_direction"
     c.objective = ml_collections.ConfigDict(dict(name="filip", implementation="ring",
                                                  chunk_size=64))
-    # Each of 1000 test images with 5 captions of its class: recall@k by token-wise scores.
+    # 1000 test images with 5 captions of their class each: recall@k by token-wise scores. The
+    # captions describe the class, so a hit is any caption (image) of the query's class.
     c.evals.retrieval = ml_collections.ConfigDict(dict(
         kind="retrieval", dataset="fashion_mnist", split="test", num_images=1000,
-        captions_per_image=5))
+        captions_per_image=5, relevance="class"))
     return c

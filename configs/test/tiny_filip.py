@@ -19,4 +19,6 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
     c.model.image.pool = "gap"  # 4 patch tokens of 14 px
     c.model.filip.temperature_per_direction = arg == "per_direction"
     c.objective = ml_collections.ConfigDict(dict(name="filip", chunk_size=8))
+    c.evals.retrieval = ml_collections.ConfigDict(dict(kind="retrieval", num_images=48,
+                                                       captions_per_image=2, batch_size=48))
     return c

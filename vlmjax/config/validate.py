@@ -232,6 +232,9 @@ def validate(config: ml_collections.ConfigDict, num_devices: int, process_count:
         if direction not in TOKEN_DIRECTIONS:
             _fail(f"evals.{eval_name}.token_direction", f"is {direction!r}",
                   f"choose one of {', '.join(map(repr, TOKEN_DIRECTIONS))}")
+        if eval_cfg["kind"] == "retrieval" and eval_cfg.get("relevance", "pair") not in ("pair", "class"):
+            _fail(f"evals.{eval_name}.relevance", f"is {eval_cfg['relevance']!r}",
+                  "choose 'pair' (own captions) or 'class' (captions of the same class)")
         if "batch_size" in eval_cfg and eval_cfg["batch_size"] % batch_shards:
             _fail(f"evals.{eval_name}.batch_size", f"={eval_cfg['batch_size']} does not divide "
                   f"over {batch_shards} batch shards", f"use a multiple of {batch_shards}")

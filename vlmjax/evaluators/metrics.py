@@ -20,25 +20,23 @@ def classification_metrics(topk: np.ndarray, labels: np.ndarray, num_classes: in
     return out
 
 
-def retrieval_metrics(image_to_text: np.ndarray, text_to_image: np.ndarray,
-                      image_of_text: np.ndarray, ks: tuple[int, ...] = (1, 5, 10)
-                      ) -> dict[str, float]:
+def retrieval_metrics(image_to_text: np.ndarray, text_to_image: np.ndarray, positive: np.ndarray,
+                      ks: tuple[int, ...] = (1, 5, 10)) -> dict[str, float]:
     """Recall@k of image->text ("text_retrieval") and text->image ("image_retrieval") search.
 
     Scores are [num_images, num_texts] (both directions, which differ for token-wise models);
-    `image_of_text[t]` is the image that text t describes, so an image may have several texts.
-    Text retrieval hits at k when any of the image's texts ranks in the top k; image retrieval
-    when the text's image does. Ties count against the query: a candidate scoring exactly as
-    high as the best positive ranks ahead of it (no credit from an arbitrary tie order).
+    `positive[i, t]` says text t is a correct answer for image i (and i for t): the image's own
+    captions (several per image) or, for class-level relevance, any caption of its class.
+    A query hits at k when its best-scoring positive ranks in the top k. Ties count against the
+    query: a negative scoring exactly as high as that positive ranks ahead of it (no credit
+    from an arbitrary tie order).
     """
     i2t, t2i = np.asarray(image_to_text, np.float64), np.asarray(text_to_image, np.float64)
-    image_of_text = np.asarray(image_of_text)
-    num_images = i2t.shape[0]
-    positive = image_of_text[None, :] == np.arange(num_images)[:, None]  # [images, texts]
-    best = np.where(positive, i2t, -np.inf).max(axis=1)
-    text_rank = np.sum(~positive & (i2t >= best[:, None]), axis=1)
-    own = t2i[image_of_text, np.arange(len(image_of_text))]
-    image_rank = np.sum(~positive & (t2i >= own[None, :]), axis=0)
+    positive = np.asarray(positive, bool)
+    best_text = np.where(positive, i2t, -np.inf).max(axis=1)
+    text_rank = np.sum(~positive & (i2t >= best_text[:, None]), axis=1)
+    best_image = np.where(positive, t2i, -np.inf).max(axis=0)
+    image_rank = np.sum(~positive & (t2i >= best_image[None, :]), axis=0)
     out = {}
     for k in ks:
         out[f"text_retrieval_recall@{k}"] = float(np.mean(text_rank < k))

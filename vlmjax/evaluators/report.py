@@ -1,4 +1,4 @@
-"""Results files and tables: workdir/results.json and a printed evaluator x metric table."""
+"""Results files and tables: workdir/results.json and a printed table per evaluator."""
 
 import json
 import os
@@ -18,17 +18,21 @@ def write_results(workdir: str, results: Mapping) -> str:
     return path
 
 
-def results_table(results: Mapping) -> Table:
-    """One row per evaluator/dataset, one column per metric."""
-    metrics = sorted({m for values in results["evals"].values() for m in values})
-    table = Table(title=f"results at step {results['step']}")
-    table.add_column("evaluator/dataset")
-    for m in metrics:
-        table.add_column(m, justify="right")
+def results_tables(results: Mapping) -> list[Table]:
+    """One metric-per-row table per evaluator/dataset (evaluators report different metrics, so
+    one shared table would be mostly empty and too wide for a terminal)."""
+    tables = []
     for name, values in results["evals"].items():
-        table.add_row(name, *(f"{values[m]:.4f}" if m in values else "-" for m in metrics))
-    return table
+        table = Table(title=f"{name} at step {results['step']}")
+        table.add_column("metric")
+        table.add_column("value", justify="right")
+        for metric, value in values.items():
+            table.add_row(metric, f"{value:.4f}")
+        tables.append(table)
+    return tables
 
 
 def print_results(results: Mapping) -> None:
-    Console().print(results_table(results))
+    console = Console()
+    for table in results_tables(results):
+        console.print(table)

@@ -1,9 +1,9 @@
 """Image-text retrieval: recall@1/5/10 in both directions, scored as the model family scores pairs.
 
-The captioned set here is built from a labelled dataset (`per_image` captions of each image's
-class, like COCO's 5 per image); CLIP-like models rank by cosine of pooled embeddings, FILIP by
-its token-wise similarities (s_I for image->text, s_T for text->image), chosen from the
-checkpoint's model family (`evaluators.scoring`).
+The captioned set is built from a labelled dataset (`captions_per_image` captions of each
+image's class, like COCO's 5 per image), with pair or class relevance. CLIP-like models rank by
+cosine of pooled embeddings, FILIP by its token-wise similarities (s_I for image->text, s_T
+for text->image), chosen from the checkpoint's model family (`evaluators.scoring`).
 """
 
 from collections.abc import Mapping
@@ -31,7 +31,12 @@ DEFAULTS = {
     "captions_per_image": 5,
     "batch_size": 500,
     "seed": 0,  # which captions each image gets
+    # "pair": a caption is relevant to its own image only (COCO / Flickr30k protocol);
+    # "class": to every image of its class (metric learning's Recall@k). Captions of a
+    # labelled dataset describe the class, not the image, so "pair" mostly measures ties there.
+    "relevance": "pair",
 }
+RELEVANCE = ("pair", "class")
 
 
 class Retrieval:
@@ -46,8 +51,12 @@ class Retrieval:
         self.images, labels = images[: cfg["num_images"]], labels[: cfg["num_images"]]
         names, templates = caption_vocabulary(cfg["dataset"])
         table = build_caption_table(names, templates, ctx.tokenizer, ctx.context_length)
-        rows, self.image_of_text = sample_image_captions(labels, table, cfg["captions_per_image"],
-                                                         cfg["seed"])
+        rows, image_of_text = sample_image_captions(labels, table, cfg["captions_per_image"],
+                                                    cfg["seed"])
+        if cfg["relevance"] not in RELEVANCE:
+            raise ValueError(f"relevance must be one of {RELEVANCE}, got {cfg['relevance']!r}")
+        owner = np.arange(len(labels)) if cfg["relevance"] == "pair" else labels
+        self.positive = owner[:, None] == owner[image_of_text][None, :]
         self.texts = {"text": table.ids[rows], "text_mask": table.mask[rows]}
         mean, std, graphdef = data["image_mean"], data["image_std"], ctx.graphdef
         self.scoring = scoring = scoring_for(ctx.config)
@@ -88,5 +97,4 @@ class Retrieval:
                 t2i.append(np.asarray(b)[:real_images, :real_texts])
             i2t_rows.append(np.concatenate(i2t, axis=1))
             t2i_rows.append(np.concatenate(t2i, axis=1))
-        return retrieval_metrics(np.concatenate(i2t_rows), np.concatenate(t2i_rows),
-                                 self.image_of_text)
+        return retrieval_metrics(np.concatenate(i2t_rows), np.concatenate(t2i_rows), self.positive)
