@@ -99,7 +99,7 @@ def test_evaluator_run_on_a_planted_model(tmp_path):
     from vlmjax.data.datasets import dataset_prompts
     classnames, _ = dataset_prompts("fashion_mnist")
     config = {"data": {"dir": d, "image_mean": 0.0, "image_std": 1.0},
-              "model": {"name": "two_tower"}}
+              "model": {"name": "two_tower", "image": {"image_size": 28, "channels": 1}}}
     ctx = EvalContext(graphdef=nnx.split(PlantedModel(10))[0], tokenizer=ClassIdTokenizer(classnames),
                       context_length=4, mesh=make_mesh({"data": -1, "fsdp": 1, "tensor": 1}),
                       rules=(("batch", ("data", "fsdp")),), config=config)

@@ -148,7 +148,8 @@ def _check_filip(model: Mapping) -> None:
 
 def validate(config: ml_collections.ConfigDict, num_devices: int, process_count: int = 1) -> None:
     """Raises ConfigError on the first problem found; returns None when the config is usable."""
-    from vlmjax.data.datasets import check_dataset
+    from vlmjax.data.datasets import DATASETS, check_dataset
+    from vlmjax.data.eval_sources import check_eval_dataset, eval_prompts
     from vlmjax.evaluators.registry import evaluator_schema
     from vlmjax.models.sizes import resolve_vit
     from vlmjax.objectives.registry import get_objective, objective_schema
@@ -252,7 +253,14 @@ def validate(config: ml_collections.ConfigDict, num_devices: int, process_count:
     check_dataset(cfg["data"]["name"], cfg["data"]["dir"], key="data.dir", split=cfg["data"]["split"])
     for eval_name, eval_cfg in cfg["evals"].items():
         full = {**evaluator_schema(eval_name, eval_cfg["kind"]), **eval_cfg}
-        if "dataset" in full:
-            key = f"evals.{eval_name}.data_dir" if full.get("data_dir") else "data.dir"
+        if "dataset" not in full:
+            continue
+        key = f"evals.{eval_name}.data_dir" if full.get("data_dir") else "data.dir"
+        if eval_cfg["kind"] == "zeroshot":  # on-disk datasets and TFDS benchmarks
+            on_disk = full["dataset"] in DATASETS
+            data_dir = full["data_dir"] or (cfg["data"]["dir"] if on_disk else "")
+            check_eval_dataset(full["dataset"], full["split"], data_dir, key)
+            eval_prompts(full["dataset"], full["classnames_file"], full["templates_file"])
+        else:
             check_dataset(full["dataset"], full.get("data_dir") or cfg["data"]["dir"], key=key,
                           split=full.get("split"))

@@ -1,12 +1,13 @@
 """What every evaluator gets: the model graph, tokenizer, mesh and data-related config."""
 
 import dataclasses
+import functools
 from collections.abc import Callable, Mapping
 from typing import Any
 
 import jax
 import numpy as np
-from jax.sharding import Mesh
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from tqdm import tqdm
 
 from vlmjax.data.prefetch import process_rows, to_global
@@ -32,19 +33,51 @@ class EvalContext:
         return batch_sharding(self.mesh, self.rules)
 
 
+RowLoader = Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]  # indices -> (images, labels)
+
+
 def classify_images(images: np.ndarray, labels: np.ndarray, num_classes: int, batch_size: int,
                     sharding: jax.sharding.NamedSharding, top_classes: Callable[[dict], jax.Array],
                     desc: str) -> dict[str, float]:
-    """Classification metrics of `top_classes(global image batch) -> [b, k]` over all images.
+    """Classification metrics of `top_classes(global image batch) -> [b, k]` over in-memory images."""
+    return classify_rows(len(labels), lambda rows: (images[rows], labels[rows]), num_classes,
+                         batch_size, sharding, top_classes, desc)
 
-    Batches are zero-padded at the end of the data; padded rows are dropped before scoring.
+
+def classify_rows(num_rows: int, load_rows: RowLoader, num_classes: int, batch_size: int,
+                  sharding: jax.sharding.NamedSharding, top_classes: Callable[[dict], jax.Array],
+                  desc: str) -> dict[str, float]:
+    """Classification metrics over `num_rows` examples that `load_rows(indices)` decodes.
+
+    Each process loads only the rows its devices hold; the last batch is zero-padded and the
+    padded rows are dropped before scoring. `top_classes` returns replicated predictions, and
+    the labels are gathered the same way, so every process computes the same metrics.
     """
-    predictions = []
-    for start in tqdm(range(0, len(labels), batch_size), desc=desc, leave=False,
+    predictions, all_labels = [], []
+    for start in tqdm(range(0, num_rows, batch_size), desc=desc, leave=False,
                       disable=jax.process_index() != 0):
-        batch, real = padded_global_batch({"image": images}, start, batch_size, sharding)
-        predictions.append(np.asarray(top_classes(batch))[:real])
-    return classification_metrics(np.concatenate(predictions), labels, num_classes)
+        real = min(batch_size, num_rows - start)
+        mine = np.arange(batch_size)[process_rows(sharding, batch_size)]
+        images, labels = load_rows(start + mine[mine < real])
+        pad = len(mine) - len(labels)
+        if pad:
+            images = np.concatenate([images, np.zeros((pad, *images.shape[1:]), images.dtype)])
+            labels = np.concatenate([labels, np.zeros((pad,), labels.dtype)])
+        batch = to_global({"image": images, "label": labels.astype(np.int32)}, sharding)
+        predictions.append(np.asarray(top_classes({"image": batch["image"]}))[:real])
+        all_labels.append(np.asarray(_replicate(batch["label"]))[:real])
+    return classification_metrics(np.concatenate(predictions), np.concatenate(all_labels),
+                                  num_classes)
+
+
+@functools.cache
+def _replicator(mesh: Mesh) -> Callable[[jax.Array], jax.Array]:
+    return jax.jit(lambda a: a, out_shardings=NamedSharding(mesh, PartitionSpec()))
+
+
+def _replicate(x: jax.Array) -> jax.Array:
+    """A batch-sharded array as a fully replicated one (readable on every process)."""
+    return _replicator(x.sharding.mesh)(x)
 
 
 def padded_global_batch(arrays: Mapping[str, np.ndarray], start: int, batch_size: int,

@@ -1,4 +1,4 @@
-"""Zero-shot classification: class embeddings from prompt templates, argmax over classes."""
+"""Zero-shot classification on an on-disk dataset or a registered benchmark: prompts -> classes."""
 
 import logging
 from collections.abc import Mapping
@@ -6,10 +6,12 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 
-from vlmjax.data.datasets import dataset_prompts, load_split
-from vlmjax.evaluators.context import EvalContext, classify_images, padded_global_batch
+from vlmjax.data.datasets import DATASETS
+from vlmjax.data.eval_sources import eval_prompts, eval_rows
+from vlmjax.evaluators.context import EvalContext, classify_rows, padded_global_batch
 from vlmjax.evaluators.scoring import EmbeddingScoring, scoring_for
 from vlmjax.parallel.mesh import batch_shards, replicated
 from vlmjax.train.step import normalize_images
@@ -20,8 +22,9 @@ DEFAULTS = {
     "kind": "zeroshot",
     "dataset": "fashion_mnist",
     "split": "test",
-    "data_dir": "",  # "" = config.data.dir
-    "batch_size": 1000,
+    "data_dir": "",  # "" = config.data.dir (on-disk datasets) or TFDS's default (benchmarks)
+    "batch_size": 1000,  # images (and prompts) per batch
+    "num_images": 0,  # evaluate the first N images only; 0 = all
     "classnames_file": "",  # CLIP_benchmark-format JSON {dataset: [names]}
     "templates_file": "",  # CLIP_benchmark-format JSON {dataset: ["a photo of a {c}.", ...]}
     # Token-wise (FILIP) models only: rank classes by s_I ("i2t", the direction that scores an
@@ -52,13 +55,15 @@ class ZeroShotClassification:
         self.cfg, self.ctx = cfg, ctx
         data = ctx.config["data"]
         self.name = f"zeroshot/{cfg['dataset']}"
-        self.classnames, self.templates = dataset_prompts(
+        self.classnames, self.templates = eval_prompts(
             cfg["dataset"], cfg["classnames_file"], cfg["templates_file"])
         prompts = [t.format(c=c) for c in self.classnames for t in self.templates]
         ids, mask = ctx.tokenizer.encode(prompts, ctx.context_length)
         self.prompts = {"text": ids, "text_mask": mask}
-        self.images, self.labels = load_split(cfg["dataset"], cfg["data_dir"] or data["dir"],
-                                              cfg["split"])
+        # On-disk datasets default to config.data.dir; benchmarks to TFDS's data_dir.
+        data_dir = cfg["data_dir"] or (data["dir"] if cfg["dataset"] in DATASETS else "")
+        self.num_rows, self.load_rows = eval_rows(cfg["dataset"], cfg["split"], data_dir,
+                                                  ctx.config["model"]["image"], cfg["num_images"])
         mean, std, graphdef = data["image_mean"], data["image_std"], ctx.graphdef
         self.scoring = scoring = scoring_for(ctx.config, cfg["token_direction"])
         k = min(5, len(self.classnames))
@@ -80,15 +85,18 @@ class ZeroShotClassification:
         """The zero-shot classifier: [num_classes, e] weights, or prompt tokens by class."""
         n = len(self.prompts["text"])
         shards = batch_shards(self.ctx.batch_sharding)
-        padded = -(-n // shards) * shards
-        batch, _ = padded_global_batch(self.prompts, 0, padded, self.ctx.batch_sharding)
-        features = jax.tree.map(lambda a: jnp.asarray(jax.device_get(a)[:n]),
-                                self._encode_text(params, batch))
+        size = -(-min(n, self.cfg["batch_size"]) // shards) * shards  # prompts per batch
+        chunks = []
+        for start in range(0, n, size):
+            batch, real = padded_global_batch(self.prompts, start, size, self.ctx.batch_sharding)
+            chunks.append(jax.tree.map(lambda a, real=real: jax.device_get(a)[:real],
+                                       self._encode_text(params, batch)))
+        features = jax.tree.map(lambda *parts: jnp.asarray(np.concatenate(parts)), *chunks)
         return self.scoring.classifier(features, len(self.classnames))
 
     def run(self, params: dict) -> dict[str, float]:
         """acc1, acc5 and mean_per_class_recall of `params` on the configured split."""
         classes = jax.device_put(self.classifier(params), replicated(self.ctx.mesh))
-        return classify_images(self.images, self.labels, len(self.classnames),
-                               self.cfg["batch_size"], self.ctx.batch_sharding,
-                               lambda batch: self._top_classes(params, batch, classes), self.name)
+        return classify_rows(self.num_rows, self.load_rows, len(self.classnames),
+                             self.cfg["batch_size"], self.ctx.batch_sharding,
+                             lambda batch: self._top_classes(params, batch, classes), self.name)

@@ -1,0 +1,151 @@
+"""The benchmark registry and TFDS access: every registered dataset's class names and templates,
+name cleaning, the evaluation transform, a clear error for an unprepared dataset, and every
+benchmark's zero-shot pipeline end to end on tfds mock data (nothing on disk)."""
+
+import json
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import tensorflow_datasets as tfds
+from flax import nnx
+
+from tests.test_zeroshot import ClassIdTokenizer
+from vlmjax.data.benchmarks import benchmark_prompts, benchmarks, clean_name, num_classes
+from vlmjax.data.tfds_images import eval_transform, open_split
+from vlmjax.errors import DataError
+from vlmjax.evaluators.context import EvalContext
+from vlmjax.evaluators.zeroshot import ZeroShotClassification
+from vlmjax.parallel.mesh import make_mesh
+
+SIZE = 16
+
+
+def _classnames_file(tmp_path, name: str) -> str:
+    """A CLIP_benchmark-format file of made-up names for benchmarks whose TFDS names are ids."""
+    path = tmp_path / f"{name}_classnames.json"
+    path.write_text(json.dumps({name: [f"thing {i}" for i in range(num_classes(benchmarks()[name]))]}))
+    return str(path)
+
+
+def _prompts(tmp_path, name: str) -> tuple[list[str], list[str], str]:
+    needs_file = isinstance(benchmarks()[name].classnames, dict)
+    path = _classnames_file(tmp_path, name) if needs_file else ""
+    return (*benchmark_prompts(name, classnames_file=path), path)
+
+
+@pytest.mark.parametrize("name", sorted(benchmarks()))
+def test_registry_entry_has_one_distinct_name_per_label_and_templates(tmp_path, name):
+    classnames, templates, _ = _prompts(tmp_path, name)
+    assert len(classnames) == num_classes(benchmarks()[name])
+    assert len(set(classnames)) == len(classnames)
+    assert templates and all("{c}" in t for t in templates)
+    assert "test" in benchmarks()[name].splits or "train" in benchmarks()[name].splits
+
+
+def test_name_cleaning_rules():
+    assert clean_name("/b/bakery/shop", ("sun397_path", "underscores")) == "bakery shop"
+    assert clean_name("/a/apartment_building/outdoor", ("sun397_path", "underscores")) == \
+        "apartment building outdoor"
+    assert clean_name("HerbaceousVegetation", ("camel_case", "lower")) == "herbaceous vegetation"
+    assert clean_name("american_pit_bull_terrier", ("underscores", "lower")) == \
+        "american pit bull terrier"
+
+
+def test_user_files_and_their_errors(tmp_path):
+    with pytest.raises(DataError, match="needs evals.<name>.classnames_file: TFDS names ImageNet"):
+        benchmark_prompts("imagenet")
+    short = tmp_path / "short.json"
+    short.write_text(json.dumps({"imagenet1k": ["tench", "goldfish"]}))  # CLIP_benchmark's key
+    with pytest.raises(DataError, match="2 class names for imagenet, whose TFDS labels .* 1000"):
+        benchmark_prompts("imagenet", classnames_file=str(short))
+    templates = tmp_path / "templates.json"
+    templates.write_text(json.dumps({"vtab/dtd": ["a photo of a {c} texture.", "{c}."]}))
+    assert benchmark_prompts("dtd", templates_file=str(templates))[1] == \
+        ["a photo of a {c} texture.", "{c}."]
+    templates.write_text(json.dumps({"cars": ["{c}"]}))
+    with pytest.raises(DataError, match="no entry for 'dtd' or 'vtab/dtd'"):
+        benchmark_prompts("dtd", templates_file=str(templates))
+    with pytest.raises(DataError, match="benchmark 'imagenet1k' is not registered"):
+        benchmark_prompts("imagenet1k")
+
+
+def test_unprepared_benchmark_names_the_command_that_prepares_it(tmp_path):
+    with pytest.raises(DataError, match=r"dtd .* is not prepared .* prepare it with: pip install "
+                       r"tensorflow && tfds build dtd --file_format=array_record --data_dir=" +
+                       str(tmp_path)):
+        open_split("dtd", "test", str(tmp_path))
+    with pytest.raises(DataError, match="ILSVRC2012_img_val.tar"):
+        open_split("imagenet", "test", str(tmp_path))
+    with pytest.raises(DataError, match="eurosat has no split 'test'; choose one of train"):
+        open_split("eurosat", "test", str(tmp_path))
+
+
+def test_eval_transform_resizes_the_shorter_side_and_centre_crops():
+    image = np.zeros((40, 20, 3), np.uint8)
+    image[:, :, 0] = np.arange(40)[:, None] * 6  # a vertical ramp in red
+    out = eval_transform(image, 10, 3)
+    assert out.shape == (10, 10, 3)
+    # 20 -> 10 wide (x0.5), 40 -> 20 tall, then rows 5..14 are kept: the ramp's middle half.
+    assert 50 < out[0, 5, 0] < 70 and 160 < out[-1, 5, 0] < 180
+    gray = eval_transform(image, 10, 1)
+    assert gray.shape == (10, 10, 1)
+
+
+class PixelModel(nnx.Module):
+    """Predicts class (red value of pixel (0, 0)) mod C; text embedding = one-hot class id."""
+
+    def __init__(self, num_classes: int):
+        self.num_classes = num_classes
+
+    def encode_image(self, images):
+        value = jnp.round(images[:, 0, 0, 0] * 255.0).astype(jnp.int32)
+        return jax.nn.one_hot(value % self.num_classes, self.num_classes)
+
+    def encode_text(self, ids, mask):
+        return jax.nn.one_hot(ids[:, 0], self.num_classes)
+
+
+def test_every_benchmark_zero_shot_end_to_end_on_mock_data(tmp_path):
+    mesh = make_mesh({"data": -1, "fsdp": 1, "tensor": 1})
+    config = {"data": {"dir": "", "image_mean": 0.0, "image_std": 1.0},
+              "model": {"name": "two_tower", "image": {"image_size": SIZE, "channels": 3}}}
+    with tfds.testing.mock_data(num_examples=13):  # 13 rows: a padded last batch of 8
+        for name in sorted(benchmarks()):
+            classnames, _, path = _prompts(tmp_path, name)
+            split = "test" if "test" in benchmarks()[name].splits else "train"
+            c = len(classnames)
+            ctx = EvalContext(graphdef=nnx.split(PixelModel(c))[0],
+                              tokenizer=ClassIdTokenizer(classnames), context_length=4, mesh=mesh,
+                              rules=(("batch", ("data", "fsdp")),), config=config)
+            evaluator = ZeroShotClassification(
+                {"dataset": name, "split": split, "batch_size": 8, "classnames_file": path}, ctx)
+            metrics = evaluator.run({})
+            # The same examples read and transformed independently, scored in NumPy.
+            source = tfds.data_source(benchmarks()[name].tfds, split=benchmarks()[name].splits[split],
+                                      download=False)
+            labels = np.array([int(source[i]["label"]) for i in range(13)])
+            predicted = np.array([int(eval_transform(np.asarray(source[i]["image"]), SIZE, 3)[0, 0, 0]) % c
+                                  for i in range(13)])
+            assert metrics["acc1"] == pytest.approx(np.mean(predicted == labels)), name
+            present = np.unique(labels)
+            assert metrics["mean_per_class_recall"] == pytest.approx(
+                np.mean([np.mean(predicted[labels == k] == k) for k in present])), name
+            assert ("acc5" in metrics) == (c >= 5)
+
+
+def test_config_validation_reads_benchmarks_before_compiling(tiny_config, tmp_path):
+    from vlmjax.config.validate import validate
+    tiny_config.evals.imagenet = dict(kind="zeroshot", dataset="imagenet", split="test",
+                                      batch_size=8)
+    with pytest.raises(DataError, match="ILSVRC2012_img_val.tar"):  # not prepared (no mock)
+        validate(tiny_config, 8)
+    with tfds.testing.mock_data(num_examples=4):
+        with pytest.raises(DataError, match="needs evals.<name>.classnames_file"):
+            validate(tiny_config, 8)
+        tiny_config.evals.imagenet.classnames_file = _classnames_file(tmp_path, "imagenet")
+        validate(tiny_config, 8)
+        tiny_config.evals.imagenet.dataset = "imagenet1k"
+        with pytest.raises(DataError, match="neither an on-disk dataset .* nor a registered"):
+            validate(tiny_config, 8)
