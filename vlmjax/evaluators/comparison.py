@@ -1,0 +1,86 @@
+"""Side-by-side comparison of runs: datasets as columns, runs as rows, as the survey's tables.
+
+Pure functions over `{run: results.json content}`; `vlmjax.report` does the reading and writing.
+"""
+
+from collections.abc import Mapping
+
+import numpy as np
+
+# evaluator kind (the prefix of "<kind>/<dataset>") -> (CLIP_benchmark task, headline metric),
+# in the order reports show them.
+TASKS = {
+    "zeroshot": ("zeroshot_classification", "acc1"),
+    "caption_zeroshot": ("zeroshot_classification", "acc1"),
+    "retrieval": ("zeroshot_retrieval", "image_retrieval_recall@5"),
+    "captioning": ("captioning", "cider_d"),
+}
+
+
+def comparison_table(runs: Mapping[str, Mapping], kind: str, metric: str
+                     ) -> tuple[list[str], dict[str, dict[str, float]]]:
+    """(datasets, {run: {dataset: value}}) of one evaluator kind and metric, missing cells absent."""
+    datasets: list[str] = []
+    table: dict[str, dict[str, float]] = {}
+    for run, results in runs.items():
+        row = {}
+        for name, metrics in results["evals"].items():
+            evaluator, _, dataset = name.partition("/")
+            if evaluator == kind and metric in metrics:
+                row[dataset] = float(metrics[metric])
+                if dataset not in datasets:
+                    datasets.append(dataset)
+        if row:  # runs without this evaluator are left out of its table
+            table[run] = row
+    return datasets, table
+
+
+def markdown_table(datasets: list[str], table: Mapping[str, Mapping[str, float]], title: str,
+                   scale: float = 100.0) -> str:
+    """Runs x datasets (values x `scale`, one decimal) plus the mean over datasets a run has
+    all of; a missing cell is "-" and leaves that run's mean empty."""
+    lines = [f"**{title}**", "", "| run | " + " | ".join(datasets) + " | mean |",
+             "| --- |" + " ---: |" * (len(datasets) + 1)]
+    for run, row in table.items():
+        cells = [f"{scale * row[d]:.1f}" if d in row else "-" for d in datasets]
+        mean = f"{scale * np.mean([row[d] for d in datasets]):.1f}" if all(
+            d in row for d in datasets) else "-"
+        lines.append(f"| {run} | " + " | ".join(cells) + f" | {mean} |")
+    return "\n".join(lines) + "\n"
+
+
+def bar_chart(datasets: list[str], table: Mapping[str, Mapping[str, float]], title: str,
+              path: str, scale: float = 100.0) -> None:
+    """Grouped bars: one group per dataset, one bar per run, saved as PNG."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    runs = list(table)
+    width = 0.8 / max(len(runs), 1)
+    fig, ax = plt.subplots(figsize=(max(4.0, 1.2 * len(datasets) * max(1, len(runs)) / 2 + 2), 3.6))
+    x = np.arange(len(datasets))
+    for i, run in enumerate(runs):
+        values = [scale * table[run].get(d, np.nan) for d in datasets]
+        bars = ax.bar(x + (i - (len(runs) - 1) / 2) * width, values, width, label=run)
+        ax.bar_label(bars, fmt="%.1f", fontsize=7, padding=1)
+    ax.set_xticks(x, datasets)
+    ax.set_ylabel(title)
+    top = np.nanmax([scale * v for row in table.values() for v in row.values()] or [1.0])
+    ax.set_ylim(0, 1.25 * top)  # headroom for the legend above the bars
+    ax.legend(fontsize=8, loc="upper center", ncol=max(1, len(runs)), frameon=False)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def clip_benchmark_records(run: str, results: Mapping) -> dict[str, dict]:
+    """One CLIP_benchmark-format record per evaluated dataset of a run, keyed "<kind>_<dataset>"."""
+    out = {}
+    for name, metrics in results["evals"].items():
+        kind, _, dataset = name.partition("/")
+        task = TASKS.get(kind, (kind, None))[0]
+        out[f"{kind}_{dataset}"] = {"dataset": dataset, "model": run, "pretrained": run,
+                                    "task": task, "metrics": dict(metrics), "language": "en",
+                                    "step": results.get("step")}
+    return out

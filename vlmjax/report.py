@@ -1,0 +1,87 @@
+"""`python -m vlmjax.report RUN_DIR... [--out DIR] [--names a,b]`: runs side by side.
+
+Reads each run's results.json and writes to --out (default: report/):
+- `report.md`: per evaluator kind, a Markdown table of its headline metric, datasets as columns,
+  runs as rows, with the mean (zero-shot acc1, retrieval image R@5, captioning CIDEr-D);
+- `<kind>.png`: the same as grouped bars;
+- `clip_benchmark/<run>/<kind>_<dataset>.json`: CLIP_benchmark-format records of every metric.
+Runs are named by their directory (or --names).
+"""
+
+import argparse
+import json
+import os
+import sys
+
+from vlmjax.cli import run_main
+from vlmjax.errors import VlmjaxError
+
+TITLES = {"zeroshot": "zero-shot top-1 accuracy (%)", "caption_zeroshot":
+          "caption-likelihood zero-shot top-1 (%)", "retrieval": "image retrieval R@5 (%)",
+          "captioning": "captioning CIDEr-D (x100)"}
+
+
+def load_runs(directories: list[str], names: list[str] | None = None) -> dict[str, dict]:
+    """{run name: results.json} for each run directory (VlmjaxError naming a missing file)."""
+    if names and len(names) != len(directories):
+        raise VlmjaxError(f"--names gives {len(names)} names for {len(directories)} runs")
+    runs = {}
+    for i, directory in enumerate(directories):
+        path = os.path.join(directory, "results.json")
+        if not os.path.isfile(path):
+            raise VlmjaxError(f"{path} does not exist; evaluate the run first with "
+                              f"`python -m vlmjax.evaluate --workdir {directory}`")
+        with open(path) as f:
+            runs[names[i] if names else os.path.basename(os.path.normpath(directory))] = json.load(f)
+    return runs
+
+
+def write_report(runs: dict[str, dict], out: str) -> str:
+    """Writes report.md, one PNG per evaluator kind and the CLIP_benchmark JSON records."""
+    from vlmjax.evaluators.comparison import (
+        TASKS,
+        bar_chart,
+        clip_benchmark_records,
+        comparison_table,
+        markdown_table,
+    )
+
+    os.makedirs(out, exist_ok=True)
+    found = {name.partition("/")[0] for r in runs.values() for name in r["evals"]}
+    kinds = [k for k in TASKS if k in found] + sorted(found - set(TASKS))
+    sections = []
+    for kind in kinds:
+        metric = TASKS.get(kind, (kind, None))[1]
+        if metric is None:
+            continue
+        datasets, table = comparison_table(runs, kind, metric)
+        title = TITLES.get(kind, f"{kind} {metric}")
+        sections.append(markdown_table(datasets, table, title))
+        bar_chart(datasets, table, title, os.path.join(out, f"{kind}.png"))
+        sections.append(f"![{title}]({kind}.png)\n")
+    with open(os.path.join(out, "report.md"), "w") as f:
+        f.write("\n".join(sections))
+    for run, results in runs.items():
+        directory = os.path.join(out, "clip_benchmark", run)
+        os.makedirs(directory, exist_ok=True)
+        for key, record in clip_benchmark_records(run, results).items():
+            with open(os.path.join(directory, f"{key}.json"), "w") as f:
+                json.dump(record, f, indent=1)
+    return os.path.join(out, "report.md")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("runs", nargs="+", help="run directories (each with results.json)")
+    parser.add_argument("--out", default="report", help="output directory")
+    parser.add_argument("--names", default="", help="comma-separated run names for the tables")
+    args = parser.parse_args(sys.argv[1:])
+    runs = load_runs(args.runs, args.names.split(",") if args.names else None)
+    path = write_report(runs, args.out)
+    with open(path) as f:
+        print(f.read())
+    return 0
+
+
+if __name__ == "__main__":
+    run_main(main)
