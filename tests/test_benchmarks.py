@@ -149,3 +149,27 @@ def test_config_validation_reads_benchmarks_before_compiling(tiny_config, tmp_pa
         tiny_config.evals.imagenet.dataset = "imagenet1k"
         with pytest.raises(DataError, match="neither an on-disk dataset .* nor a registered"):
             validate(tiny_config, 8)
+
+
+def test_suite_config_evaluates_a_run_on_every_benchmark(tiny_config, tmp_path):
+    """`evaluate --config configs/eval/zeroshot_suite.py` keeps the run's model, takes the
+    suite's evaluators (validated before anything compiles)."""
+    import os
+
+    from tests.conftest import REPO
+    from vlmjax.config import config_from_args
+    from vlmjax.config.validate import validate
+    from vlmjax.errors import ConfigError
+    suite = os.path.join(REPO, "configs", "eval", "zeroshot_suite.py")
+    classnames = _classnames_file(tmp_path, "imagenet")
+    config = config_from_args(f"{suite}:{classnames}", ["evals.dtd.batch_size=64"], base=tiny_config)
+    assert config.model.to_dict() == tiny_config.model.to_dict()
+    assert sorted(config.evals) == sorted(["imagenet", "caltech101", "oxford_pets", "stanford_cars",
+                                           "flowers102", "food101", "sun397", "dtd", "eurosat"])
+    assert config.evals.dtd.batch_size == 64 and config.evals.imagenet.classnames_file == classnames
+    with tfds.testing.mock_data(num_examples=4):
+        validate(config, 8)
+    without = config_from_args(f"{suite}:without_imagenet", [], base=tiny_config)
+    assert "imagenet" not in without.evals
+    with pytest.raises(ConfigError, match="is an evaluation suite"):
+        config_from_args(suite, [])

@@ -151,3 +151,16 @@ def test_evaluate_without_checkpoint_is_one_line(tmp_path, synthetic_data_dir):
     assert result.returncode == 2
     assert "Traceback" not in result.stderr
     assert "no checkpoint in" in result.stderr and "vlmjax.train" in result.stderr
+
+
+def test_saved_config_of_an_older_version_gets_defaults_for_newer_keys(tmp_path, tiny_config):
+    import json
+
+    from vlmjax.train.workdir import load_saved_config
+    old = tiny_config.to_dict()
+    del old["model"]["coca"], old["model"]["filip"], old["train"]["grad_accum_steps"]
+    (tmp_path / "config.json").write_text(json.dumps(old))
+    loaded = load_saved_config(str(tmp_path))
+    assert loaded.model.filip.temperature_per_direction is False
+    assert loaded.train.grad_accum_steps == 1 and loaded.train.batch_size == tiny_config.train.batch_size
+    validate(loaded, 8)

@@ -1,7 +1,8 @@
 """`python -m vlmjax.evaluate --workdir DIR [--config c.py] [--step N]`: evaluate a checkpoint.
 
-Without --config the run's own config (workdir/config.json) is used; with it, its `evals`
-section (and overrides) choose what to run on the checkpoint's model.
+Without --config the run's own config (workdir/config.json) is used. With an experiment config,
+that config (and overrides) describes the model and what to run; with an evaluation suite
+(configs/eval/*.py, only `evals`), the run's own config gets the suite's evaluators.
 """
 
 import os
@@ -54,8 +55,9 @@ def main() -> int:
     initialize_processes(args)
     from vlmjax.config import config_from_args
     from vlmjax.train.workdir import load_saved_config
-    config = (config_from_args(args.config, overrides) if args.config
-              else load_saved_config(args.workdir))
+    saved = load_saved_config(args.workdir) if os.path.isfile(
+        os.path.join(args.workdir, "config.json")) or not args.config else None
+    config = config_from_args(args.config, overrides, base=saved) if args.config else saved
     evaluate(config, args.workdir, args.step)
     return 0
 

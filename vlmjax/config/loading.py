@@ -10,6 +10,11 @@ import ml_collections
 from vlmjax.errors import ConfigError
 
 
+def is_eval_suite(config: ml_collections.ConfigDict) -> bool:
+    """True for a config that only lists evaluators (configs/eval/*), not a whole experiment."""
+    return set(config.keys()) == {"evals"}
+
+
 def load_config_file(spec: str) -> ml_collections.ConfigDict:
     """Runs `get_config(arg)` of the file in `spec` = "path.py" or "path.py:arg"."""
     path, _, arg = spec.partition(":")
@@ -80,9 +85,20 @@ def apply_override(config: ml_collections.ConfigDict, key: str, raw: str) -> Non
         node[parts[-1]] = _parse_value(raw, current, key)
 
 
-def config_from_args(spec: str, overrides: list[str]) -> ml_collections.ConfigDict:
-    """Loads the config file, then applies `key=value` overrides in order."""
+def config_from_args(spec: str, overrides: list[str],
+                     base: ml_collections.ConfigDict | None = None) -> ml_collections.ConfigDict:
+    """Loads the config file, then applies `key=value` overrides in order.
+
+    An evaluation suite (a file whose config has only `evals`) needs `base`, the config of
+    the run it evaluates: the result is `base` with its evals replaced by the suite's.
+    """
     config = load_config_file(spec)
+    if is_eval_suite(config):
+        if base is None:
+            raise ConfigError(f"{spec} is an evaluation suite (only `evals`); use it with "
+                              "`python -m vlmjax.evaluate --workdir RUN --config ...`")
+        suite, config = config, ml_collections.ConfigDict(base.to_dict())
+        config.evals = suite.evals
     for item in overrides:
         key, sep, raw = item.partition("=")
         if not sep:

@@ -30,13 +30,27 @@ def save_config(config: ml_collections.ConfigDict, workdir: str) -> None:
 
 
 def load_saved_config(workdir: str) -> ml_collections.ConfigDict:
-    """The config a workdir was trained with."""
+    """The config a workdir was trained with, completed with defaults of newer keys."""
     path = os.path.join(workdir, "config.json")
     if not os.path.isfile(path):
         raise ConfigError(f"{path} does not exist: {workdir} was not created by vlmjax.train; "
                           "pass --config path/to/config.py or the right --workdir")
     with open(path) as f:
-        return ml_collections.ConfigDict(json.load(f))
+        saved = json.load(f)
+    # Keys added to the schema after the run was made take their defaults (which are what the
+    # code of that time did), so older workdirs stay evaluable.
+    from vlmjax.config import base_config
+    return ml_collections.ConfigDict(_with_defaults(saved, base_config().to_dict()))
+
+
+def _with_defaults(saved: dict, defaults: dict) -> dict:
+    merged = dict(saved)
+    for key, default in defaults.items():
+        if key not in merged:
+            merged[key] = default
+        elif isinstance(default, dict) and isinstance(merged[key], dict) and key != "evals":
+            merged[key] = _with_defaults(merged[key], default)
+    return merged
 
 
 def tokenizer_for_run(config: Mapping, workdir: str) -> Tokenizer:
