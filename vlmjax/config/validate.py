@@ -261,6 +261,9 @@ def validate(config: ml_collections.ConfigDict, num_devices: int, process_count:
             data_dir = full["data_dir"] or (cfg["data"]["dir"] if on_disk else "")
             check_eval_dataset(full["dataset"], full["split"], data_dir, key)
             eval_prompts(full["dataset"], full["classnames_file"], full["templates_file"])
+        elif eval_cfg["kind"] == "retrieval" and full["dataset"] not in DATASETS:
+            from vlmjax.data.karpathy_retrieval import open_retrieval_split
+            open_retrieval_split(full["dataset"], full["split"], full["data_dir"])
         else:
             check_dataset(full["dataset"], full.get("data_dir") or cfg["data"]["dir"], key=key,
                           split=full.get("split"))

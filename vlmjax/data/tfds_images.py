@@ -7,6 +7,7 @@ thread pool; each process decodes only the rows its devices hold.
 """
 
 import concurrent.futures
+import io
 import os
 from typing import Any
 
@@ -53,12 +54,24 @@ def eval_transform(image: np.ndarray, size: int, channels: int) -> np.ndarray:
     return out[..., None] if channels == 1 else out
 
 
+def decoded(image: Any) -> np.ndarray:
+    """A uint8 image array from a decoded feature or from encoded bytes (SkipDecoding)."""
+    if isinstance(image, bytes):
+        with Image.open(io.BytesIO(image)) as pil:
+            return np.asarray(pil.convert("RGB"), np.uint8)
+    return np.asarray(image)
+
+
 class BenchmarkImages:
-    """Rows of a benchmark split, transformed for the model: `rows(indices) -> (images, labels)`."""
+    """Rows of a benchmark split, transformed for the model: `rows(indices) -> (images, labels)`.
+
+    Takes a benchmark name or an opened random-access `source`; examples without a label
+    (retrieval sets) get label -1.
+    """
 
     def __init__(self, name: str, split: str, data_dir: str, size: int, channels: int,
-                 limit: int = 0, threads: int = 8):
-        self.source = open_split(name, split, data_dir)
+                 limit: int = 0, threads: int = 8, source: Any = None):
+        self.source = source if source is not None else open_split(name, split, data_dir)
         self.size, self.channels = size, channels
         self.length = min(len(self.source), limit) if limit else len(self.source)
         self.pool = concurrent.futures.ThreadPoolExecutor(max_workers=threads)
@@ -68,7 +81,8 @@ class BenchmarkImages:
 
     def _one(self, index: int) -> tuple[np.ndarray, int]:
         example = self.source[int(index)]
-        return eval_transform(np.asarray(example["image"]), self.size, self.channels), int(example["label"])
+        image = eval_transform(decoded(example["image"]), self.size, self.channels)
+        return image, int(example.get("label", -1))
 
     def rows(self, indices: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """uint8 images [len(indices), size, size, channels] and int32 labels."""

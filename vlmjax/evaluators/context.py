@@ -56,18 +56,25 @@ def classify_rows(num_rows: int, load_rows: RowLoader, num_classes: int, batch_s
     predictions, all_labels = [], []
     for start in tqdm(range(0, num_rows, batch_size), desc=desc, leave=False,
                       disable=jax.process_index() != 0):
-        real = min(batch_size, num_rows - start)
-        mine = np.arange(batch_size)[process_rows(sharding, batch_size)]
-        images, labels = load_rows(start + mine[mine < real])
-        pad = len(mine) - len(labels)
-        if pad:
-            images = np.concatenate([images, np.zeros((pad, *images.shape[1:]), images.dtype)])
-            labels = np.concatenate([labels, np.zeros((pad,), labels.dtype)])
-        batch = to_global({"image": images, "label": labels.astype(np.int32)}, sharding)
+        batch, real = loaded_global_batch(load_rows, num_rows, start, batch_size, sharding)
         predictions.append(np.asarray(top_classes({"image": batch["image"]}))[:real])
         all_labels.append(np.asarray(_replicate(batch["label"]))[:real])
     return classification_metrics(np.concatenate(predictions), np.concatenate(all_labels),
                                   num_classes)
+
+
+def loaded_global_batch(load_rows: RowLoader, num_rows: int, start: int, batch_size: int,
+                        sharding: jax.sharding.NamedSharding) -> tuple[dict, int]:
+    """Global batch {"image", "label"} of rows [start, start + batch_size), zero-padded past
+    `num_rows`; each process loads only the rows its devices hold. Returns (batch, real rows)."""
+    real = min(batch_size, num_rows - start)
+    mine = np.arange(batch_size)[process_rows(sharding, batch_size)]
+    images, labels = load_rows(start + mine[mine < real])
+    pad = len(mine) - len(labels)
+    if pad:
+        images = np.concatenate([images, np.zeros((pad, *images.shape[1:]), images.dtype)])
+        labels = np.concatenate([labels, np.zeros((pad,), labels.dtype)])
+    return to_global({"image": images, "label": labels.astype(np.int32)}, sharding), real
 
 
 @functools.cache

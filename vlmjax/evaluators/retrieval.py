@@ -1,9 +1,10 @@
 """Image-text retrieval: recall@1/5/10 in both directions, scored as the model family scores pairs.
 
-The captioned set is built from a labelled dataset (`captions_per_image` captions of each
-image's class, like COCO's 5 per image), with pair or class relevance. CLIP-like models rank by
-cosine of pooled embeddings, FILIP by its token-wise similarities (s_I for image->text, s_T
-for text->image), chosen from the checkpoint's model family (`evaluators.scoring`).
+Sets: COCO and Flickr30k in Karpathy's splits (`data.karpathy_retrieval`: every human caption
+of each image, pair relevance), or a labelled dataset (`captions_per_image` captions of each
+image's class, pair or class relevance). CLIP-like models rank by cosine of pooled embeddings,
+FILIP by its token-wise similarities (s_I for image->text, s_T for text->image), chosen from the
+checkpoint's model family (`evaluators.scoring`).
 """
 
 from collections.abc import Mapping
@@ -15,8 +16,8 @@ from flax import nnx
 from tqdm import tqdm
 
 from vlmjax.data.captions import build_caption_table, sample_image_captions
-from vlmjax.data.datasets import caption_vocabulary, load_split
-from vlmjax.evaluators.context import EvalContext, padded_global_batch
+from vlmjax.data.datasets import DATASETS, caption_vocabulary, load_split
+from vlmjax.evaluators.context import EvalContext, loaded_global_batch, padded_global_batch
 from vlmjax.evaluators.metrics import retrieval_metrics
 from vlmjax.evaluators.scoring import scoring_for
 from vlmjax.parallel.mesh import replicated
@@ -26,8 +27,9 @@ DEFAULTS = {
     "kind": "retrieval",
     "dataset": "fashion_mnist",
     "split": "test",
-    "data_dir": "",  # "" = config.data.dir
-    "num_images": 1000,  # the first N images of the split
+    # "" = config.data.dir (labelled datasets) or TFDS's default (coco, flickr30k)
+    "data_dir": "",
+    "num_images": 1000,  # the first N images of the split; 0 = all (Karpathy test: 5k / 1k)
     "captions_per_image": 5,
     "batch_size": 500,
     "seed": 0,  # which captions each image gets
@@ -47,17 +49,12 @@ class Retrieval:
         self.cfg, self.ctx = cfg, ctx
         data = ctx.config["data"]
         self.name = f"retrieval/{cfg['dataset']}"
-        images, labels = load_split(cfg["dataset"], cfg["data_dir"] or data["dir"], cfg["split"])
-        self.images, labels = images[: cfg["num_images"]], labels[: cfg["num_images"]]
-        names, templates = caption_vocabulary(cfg["dataset"])
-        table = build_caption_table(names, templates, ctx.tokenizer, ctx.context_length)
-        rows, image_of_text = sample_image_captions(labels, table, cfg["captions_per_image"],
-                                                    cfg["seed"])
         if cfg["relevance"] not in RELEVANCE:
             raise ValueError(f"relevance must be one of {RELEVANCE}, got {cfg['relevance']!r}")
-        owner = np.arange(len(labels)) if cfg["relevance"] == "pair" else labels
-        self.positive = owner[:, None] == owner[image_of_text][None, :]
-        self.texts = {"text": table.ids[rows], "text_mask": table.mask[rows]}
+        build = _labelled_set if cfg["dataset"] in DATASETS else _captioned_set
+        self.num_images, self.load_images, texts, self.positive = build(cfg, ctx)
+        ids, mask = ctx.tokenizer.encode(texts, ctx.context_length)
+        self.texts = {"text": ids, "text_mask": mask}
         mean, std, graphdef = data["image_mean"], data["image_std"], ctx.graphdef
         self.scoring = scoring = scoring_for(ctx.config)
 
@@ -74,19 +71,18 @@ class Retrieval:
         self._encode_texts = jax.jit(encode_texts, out_shardings=out)
         self._scores = jax.jit(scoring.scores, out_shardings=out)
 
-    def _features(self, encode: Any, arrays: Mapping[str, np.ndarray], params: dict) -> list:
-        """Features of every row, one padded global batch at a time: [(features, real rows)]."""
-        n, size = len(next(iter(arrays.values()))), self.cfg["batch_size"]
-        batches = []
-        for start in range(0, n, size):
-            batch, real = padded_global_batch(arrays, start, size, self.ctx.batch_sharding)
-            batches.append((encode(params, batch), real))
-        return batches
-
     def run(self, params: dict) -> dict[str, float]:
         """text_retrieval_recall@k and image_retrieval_recall@k for k = 1, 5, 10."""
-        images = self._features(self._encode_images, {"image": self.images}, params)
-        texts = self._features(self._encode_texts, self.texts, params)
+        size, sharding = self.cfg["batch_size"], self.ctx.batch_sharding
+        images = []
+        for start in range(0, self.num_images, size):
+            batch, real = loaded_global_batch(self.load_images, self.num_images, start, size,
+                                              sharding)
+            images.append((self._encode_images(params, {"image": batch["image"]}), real))
+        texts = []
+        for start in range(0, len(self.texts["text"]), size):
+            batch, real = padded_global_batch(self.texts, start, size, sharding)
+            texts.append((self._encode_texts(params, batch), real))
         i2t_rows, t2i_rows = [], []
         for image_features, real_images in tqdm(images, desc=self.name, leave=False,
                                                 disable=jax.process_index() != 0):
@@ -98,3 +94,33 @@ class Retrieval:
             i2t_rows.append(np.concatenate(i2t, axis=1))
             t2i_rows.append(np.concatenate(t2i, axis=1))
         return retrieval_metrics(np.concatenate(i2t_rows), np.concatenate(t2i_rows), self.positive)
+
+
+def _labelled_set(cfg: Mapping, ctx: EvalContext) -> tuple:
+    """A labelled dataset's images, each with `captions_per_image` captions of its class."""
+    images, labels = load_split(cfg["dataset"], cfg["data_dir"] or ctx.config["data"]["dir"],
+                                cfg["split"])
+    if cfg["num_images"]:
+        images, labels = images[: cfg["num_images"]], labels[: cfg["num_images"]]
+    names, templates = caption_vocabulary(cfg["dataset"])
+    table = build_caption_table(names, templates, ctx.tokenizer, ctx.context_length)
+    rows, image_of_text = sample_image_captions(labels, table, cfg["captions_per_image"], cfg["seed"])
+    owner = np.arange(len(labels)) if cfg["relevance"] == "pair" else labels
+    positive = owner[:, None] == owner[image_of_text][None, :]
+    return len(labels), lambda idx: (images[idx], labels[idx]), [table.texts[r] for r in rows], positive
+
+
+def _captioned_set(cfg: Mapping, ctx: EvalContext) -> tuple:
+    """COCO / Flickr30k (Karpathy splits): every caption of every image; pair relevance."""
+    from vlmjax.data.karpathy_retrieval import captions_of, open_retrieval_split
+    from vlmjax.data.tfds_images import BenchmarkImages
+    if cfg["relevance"] != "pair":
+        raise ValueError(f"{cfg['dataset']} has human captions of each image: use relevance='pair'")
+    source = open_retrieval_split(cfg["dataset"], cfg["split"], cfg["data_dir"])
+    texts, image_of_text = captions_of(source, cfg["num_images"])
+    num_images = int(image_of_text.max()) + 1 if len(image_of_text) else 0
+    image = ctx.config["model"]["image"]
+    images = BenchmarkImages(cfg["dataset"], cfg["split"], cfg["data_dir"], image["image_size"],
+                             image["channels"], limit=num_images, source=source)
+    positive = np.arange(num_images)[:, None] == image_of_text[None, :]
+    return num_images, images.rows, texts, positive
