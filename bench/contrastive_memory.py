@@ -17,11 +17,9 @@ the same at B = 4096, and the tile is negligible next to the [B, D] inputs and g
 
 import argparse
 import json
-import statistics
 import sys
-import time
 
-from memory_probe import GIB, reset_peak, run_child, status_gib
+from memory_probe import profile_compiled, run_child
 
 DIM = 512
 
@@ -53,25 +51,10 @@ def measure(implementation: str, loss: str, batch: int, chunk_size: int, max_gib
                                    chunk_size=chunk_size)[0]
 
     compiled = jax.jit(jax.value_and_grad(fn, argnums=(0, 1, 2))).lower(x, y, scale).compile()
-    analysis = compiled.memory_analysis()
-    xla_gib = (analysis.temp_size_in_bytes + analysis.argument_size_in_bytes
-               + analysis.output_size_in_bytes) / GIB
-    if xla_gib > max_gib:
-        return {"fits": False, "xla_gib": xla_gib}
-    process_peak = status_gib("VmHWM")
-    reset_peak()
-    before = status_gib("VmRSS")
     runs = 5 if batch <= 4096 else 2 if batch < 65536 else 1
-    if runs > 1:
-        jax.block_until_ready(compiled(x, y, scale))  # warm-up
-    times = []
-    for _ in range(runs):
-        start = time.perf_counter()
-        jax.block_until_ready(compiled(x, y, scale))
-        times.append(time.perf_counter() - start)
-    return {"fits": True, "peak_gib": status_gib("VmHWM") - before,
-            "rss_gib": max(process_peak, status_gib("VmHWM")), "xla_gib": xla_gib,
-            "seconds": statistics.median(times), "runs": runs}
+    out = profile_compiled(compiled, (x, y, scale), runs, max_gib)
+    out.pop("result", None)
+    return out
 
 
 def main() -> None:

@@ -14,11 +14,9 @@ Prints a table, then one JSON line of the figures.
 
 import argparse
 import json
-import statistics
 import sys
-import time
 
-from memory_probe import GIB, reset_peak, run_child, status_gib
+from memory_probe import GIB, profile_compiled, run_child
 
 N_IMAGE, N_TEXT, DIM = 50, 32, 256
 
@@ -52,26 +50,10 @@ def measure(implementation: str, batch: int, chunk_size: int, max_gib: float) ->
         return filip_loss(outputs, options, {"text_mask": mask})[0]
 
     compiled = jax.jit(jax.value_and_grad(fn, argnums=(0, 1, 2, 3))).lower(x, y, *scales).compile()
-    analysis = compiled.memory_analysis()
-    xla_gib = (analysis.temp_size_in_bytes + analysis.argument_size_in_bytes
-               + analysis.output_size_in_bytes) / GIB
-    if xla_gib > max_gib:
-        return {"fits": False, "xla_gib": xla_gib}
-    process_peak = status_gib("VmHWM")
-    reset_peak()
-    before = status_gib("VmRSS")
-    runs = 3 if batch < 2048 else 1
-    if runs > 1:
-        jax.block_until_ready(compiled(x, y, *scales))  # warm-up
-    times, values = [], []
-    for _ in range(runs):
-        start = time.perf_counter()
-        value, _ = jax.block_until_ready(compiled(x, y, *scales))
-        times.append(time.perf_counter() - start)
-        values.append(float(value))
-    return {"fits": True, "peak_gib": status_gib("VmHWM") - before,
-            "rss_gib": max(process_peak, status_gib("VmHWM")), "xla_gib": xla_gib,
-            "seconds": statistics.median(times), "runs": runs, "loss": values[0]}
+    out = profile_compiled(compiled, (x, y, *scales), 3 if batch < 2048 else 1, max_gib)
+    if out["fits"]:
+        out["loss"] = float(out.pop("result")[0])
+    return out
 
 
 def main() -> None:

@@ -5,8 +5,10 @@ Each case runs in its own process so its peak is its own; the child prints one J
 
 import json
 import os
+import statistics
 import subprocess
 import sys
+import time
 
 GIB = 2**30
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -33,3 +35,29 @@ def run_child(script: str, args: list[str]) -> dict:
     out = subprocess.run([sys.executable, script, "--child", *args], env=env, capture_output=True,
                          text=True, check=True, cwd=REPO)
     return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def profile_compiled(compiled, args: tuple, runs: int, max_gib: float) -> dict:
+    """XLA's memory estimate of a compiled function, then (if it fits under `max_gib`) the peak
+    RSS growth while running it `runs` times (after a warm-up when runs > 1), the process's
+    peak RSS and the median time; "result" is the last call's output (host)."""
+    import jax
+
+    analysis = compiled.memory_analysis()
+    xla_gib = (analysis.temp_size_in_bytes + analysis.argument_size_in_bytes
+               + analysis.output_size_in_bytes) / GIB
+    if xla_gib > max_gib:
+        return {"fits": False, "xla_gib": xla_gib}
+    process_peak = status_gib("VmHWM")
+    reset_peak()
+    before = status_gib("VmRSS")
+    if runs > 1:
+        jax.block_until_ready(compiled(*args))  # warm-up
+    times = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        result = jax.block_until_ready(compiled(*args))
+        times.append(time.perf_counter() - start)
+    return {"fits": True, "peak_gib": status_gib("VmHWM") - before,
+            "rss_gib": max(process_peak, status_gib("VmHWM")), "xla_gib": xla_gib,
+            "seconds": statistics.median(times), "runs": runs, "result": jax.device_get(result)}

@@ -113,7 +113,7 @@ def test_config_checks(synthetic_data_dir):
             ("objective.token_selection", 0.0, r"token_selection=0\.0 must lie in \(0, 1\]"),
             ("objective.selection_group", 5, r"selection_group=5 must be 0 .* divide"),
             ("objective.label_smoothing", 1.0, r"label_smoothing=1\.0 must lie in \[0, 1\)"),
-            ("objective.implementation", "flash", r"'flash' is not a FILIP loss implementation"),
+            ("objective.implementation", "flash", r"'flash' is not a contrastive loss implementation"),
             ("evals.zeroshot.token_direction", "up", r"token_direction is 'up'; choose one of"),
             ("evals.retrieval.relevance", "image", r"relevance is 'image'; choose 'pair'")):
         bad = _config("", synthetic_data_dir)

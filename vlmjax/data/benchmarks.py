@@ -16,6 +16,7 @@ import re
 from importlib import resources
 from typing import Any
 
+from vlmjax.data.datasets import read_keyed_json
 from vlmjax.errors import DataError
 
 
@@ -101,26 +102,6 @@ def num_classes(benchmark: Benchmark) -> int:
     import tensorflow_datasets as tfds
 
     return tfds.builder(benchmark.tfds, try_gcs=False).info.features["label"].num_classes
-
-
-def read_keyed_json(path: str, keys: tuple[str, ...], what: str) -> list[str]:
-    """The list under the first of `keys` present in a CLIP_benchmark-format JSON file
-    (`{dataset: [...]}`; a bare list is accepted as is)."""
-    try:
-        with open(path) as f:
-            data = json.load(f)
-    except (OSError, json.JSONDecodeError) as e:
-        raise DataError(f"cannot read {what} file {path}: {e}") from e
-    if isinstance(data, dict):
-        found = next((k for k in keys if k and k in data), None)
-        if found is None:
-            raise DataError(f"{what} file {path} has no entry for "
-                            f"{' or '.join(repr(k) for k in keys if k)} (it has "
-                            f"{', '.join(sorted(data)) or 'none'}); add one")
-        data = data[found]
-    if not isinstance(data, list) or not all(isinstance(x, str) for x in data):
-        raise DataError(f"{what} file {path} must map the dataset to a list of strings")
-    return data
 
 
 def benchmark_prompts(name: str, classnames_file: str = "", templates_file: str = ""

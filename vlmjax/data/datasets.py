@@ -79,19 +79,23 @@ def load_split(name: str, directory: str, split: str) -> tuple[np.ndarray, np.nd
     return get_dataset(name).load(directory, split)
 
 
-def _read_keyed_json(path: str, dataset: str, what: str) -> list[str]:
+def read_keyed_json(path: str, keys: tuple[str, ...], what: str) -> list[str]:
+    """The list under the first of `keys` present in a CLIP_benchmark-format JSON file
+    (`{dataset: [...]}`; a bare list is accepted as is)."""
     try:
         with open(path) as f:
             data = json.load(f)
     except (OSError, json.JSONDecodeError) as e:
         raise DataError(f"cannot read {what} file {path}: {e}") from e
     if isinstance(data, dict):
-        if dataset not in data:
-            raise DataError(f"{what} file {path} has no entry for {dataset!r} (it has "
+        found = next((k for k in keys if k and k in data), None)
+        if found is None:
+            raise DataError(f"{what} file {path} has no entry for "
+                            f"{' or '.join(repr(k) for k in keys if k)} (it has "
                             f"{', '.join(sorted(data)) or 'none'}); add one")
-        data = data[dataset]
+        data = data[found]
     if not isinstance(data, list) or not all(isinstance(x, str) for x in data):
-        raise DataError(f"{what} file {path} must map {dataset!r} to a list of strings")
+        raise DataError(f"{what} file {path} must map the dataset to a list of strings")
     return data
 
 
@@ -100,9 +104,9 @@ def dataset_prompts(name: str, classnames_file: str = "", templates_file: str = 
     """Class names and zero-shot templates (`{c}` placeholder): user JSON files or the asset."""
     asset = json.loads(resources.files("vlmjax.data").joinpath(
         "assets", get_dataset(name).asset).read_text())
-    classnames = (_read_keyed_json(classnames_file, name, "classnames") if classnames_file
+    classnames = (read_keyed_json(classnames_file, (name,), "classnames") if classnames_file
                   else asset["classnames"])
-    templates = (_read_keyed_json(templates_file, name, "templates") if templates_file
+    templates = (read_keyed_json(templates_file, (name,), "templates") if templates_file
                  else asset["templates"])
     if len(classnames) != len(asset["classnames"]):
         raise DataError(f"{len(classnames)} class names given for {name}, which has "

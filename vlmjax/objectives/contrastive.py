@@ -30,9 +30,10 @@ def contrastive_accuracy(logits: jax.Array) -> dict[str, jax.Array]:
     }
 
 
-def check_contrastive_options(config: Mapping) -> None:
-    """Raises ConfigError on an unknown config.objective.implementation or a bad chunk_size."""
-    objective = {**CONTRASTIVE_OPTIONS, **config["objective"]}
+def check_contrastive_options(config: Mapping, defaults: Mapping = CONTRASTIVE_OPTIONS) -> None:
+    """Raises ConfigError on an unknown config.objective.implementation or a bad chunk_size
+    (`defaults`: the objective's own option defaults)."""
+    objective = {**defaults, **config["objective"]}
     if objective["implementation"] not in IMPLEMENTATIONS:
         raise ConfigError(f"config.objective.implementation={objective['implementation']!r} is not "
                           f"a contrastive loss implementation; choose one of "

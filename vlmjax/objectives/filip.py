@@ -17,7 +17,7 @@ import jax
 import jax.numpy as jnp
 
 from vlmjax.errors import ConfigError
-from vlmjax.objectives.contrastive import IMPLEMENTATIONS, blockwise_ring
+from vlmjax.objectives.contrastive import blockwise_ring, check_contrastive_options
 from vlmjax.objectives.registry import Objective, register
 from vlmjax.objectives.ring import batch_ring
 from vlmjax.objectives.token_selection import select_tokens
@@ -91,14 +91,8 @@ def filip_loss(outputs: Mapping[str, jax.Array], options: Mapping,
 
 
 def _check(config: Mapping) -> None:
+    check_contrastive_options(config, FILIP_OPTIONS)
     objective = {**FILIP_OPTIONS, **config["objective"]}
-    if objective["implementation"] not in IMPLEMENTATIONS:
-        raise ConfigError(f"config.objective.implementation={objective['implementation']!r} is not "
-                          f"a FILIP loss implementation; choose one of "
-                          f"{', '.join(map(repr, IMPLEMENTATIONS))}")
-    if objective["chunk_size"] <= 0:
-        raise ConfigError(f"config.objective.chunk_size={objective['chunk_size']} must be positive; "
-                          "use e.g. --config.objective.chunk_size=32")
     if not 0 <= objective["label_smoothing"] < 1:
         raise ConfigError(f"config.objective.label_smoothing={objective['label_smoothing']} must "
                           "lie in [0, 1); use e.g. 0.0 or 0.1")
