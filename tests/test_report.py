@@ -13,7 +13,7 @@ RUNS = {
     "clip": {"step": 10, "evals": {
         "zeroshot/cifar10": {"acc1": 0.5, "acc5": 0.9},
         "zeroshot/dtd": {"acc1": 0.25},
-        "retrieval/fashion_mnist": {"image_retrieval_recall@5": 0.75, "text_retrieval_recall@5": 0.5}}},
+        "retrieval/fashion_mnist": {"image_retrieval_recall@1": 0.75, "text_retrieval_recall@1": 0.5}}},
     "filip": {"step": 20, "evals": {"zeroshot/cifar10": {"acc1": 0.625}}},
 }
 
@@ -24,7 +24,7 @@ def test_table_has_runs_as_rows_datasets_as_columns_and_the_mean():
     text = markdown_table(datasets, table, "zero-shot")
     assert "| clip | 50.0 | 25.0 | 37.5 |" in text
     assert "| filip | 62.5 | - | - |" in text  # a missing dataset leaves the mean empty
-    datasets, table = comparison_table(RUNS, "retrieval", "image_retrieval_recall@5")
+    datasets, table = comparison_table(RUNS, "retrieval", "image_retrieval_recall@1")
     assert datasets == ["fashion_mnist"] and list(table) == ["clip"]  # filip has no retrieval
 
 
@@ -46,8 +46,9 @@ def test_report_files_and_a_missing_run(tmp_path):
     with open(write_report(runs, str(out))) as f:
         report = f.read()
     assert report.index("zero-shot") < report.index("retrieval")
-    for name in ("zeroshot.png", "retrieval.png", "clip_benchmark/CLIP/zeroshot_dtd.json",
-                 "clip_benchmark/FILIP/zeroshot_cifar10.json"):
+    assert "| CLIP | 50.0 | 50.0 |" in report and "| CLIP | 75.0 | 75.0 |" in report
+    for name in ("zeroshot_acc1.png", "retrieval_text_retrieval_recall1.png",
+                 "clip_benchmark/CLIP/zeroshot_dtd.json", "clip_benchmark/FILIP/zeroshot_cifar10.json"):
         assert (out / name).stat().st_size > 0, name
     with pytest.raises(VlmjaxError, match="results.json does not exist; evaluate the run first"):
         load_runs([str(tmp_path / "nothing")])

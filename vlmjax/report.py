@@ -1,9 +1,9 @@
 """`python -m vlmjax.report RUN_DIR... [--out DIR] [--names a,b]`: runs side by side.
 
 Reads each run's results.json and writes to --out (default: report/):
-- `report.md`: per evaluator kind, a Markdown table of its headline metric, datasets as columns,
-  runs as rows, with the mean (zero-shot acc1, retrieval image R@5, captioning CIDEr-D);
-- `<kind>.png`: the same as grouped bars;
+- `report.md`: per evaluator kind, Markdown tables of its headline metrics, datasets as columns,
+  runs as rows, with the mean (zero-shot acc1, retrieval R@1 both ways, captioning CIDEr-D);
+- `<kind>_<metric>.png`: the same as grouped bars;
 - `clip_benchmark/<run>/<kind>_<dataset>.json`: CLIP_benchmark-format records of every metric.
 Runs are named by their directory (or --names).
 """
@@ -15,10 +15,6 @@ import sys
 
 from vlmjax.cli import run_main
 from vlmjax.errors import VlmjaxError
-
-TITLES = {"zeroshot": "zero-shot top-1 accuracy (%)", "caption_zeroshot":
-          "caption-likelihood zero-shot top-1 (%)", "retrieval": "image retrieval R@5 (%)",
-          "captioning": "captioning CIDEr-D (x100)"}
 
 
 def load_runs(directories: list[str], names: list[str] | None = None) -> dict[str, dict]:
@@ -39,6 +35,7 @@ def load_runs(directories: list[str], names: list[str] | None = None) -> dict[st
 def write_report(runs: dict[str, dict], out: str) -> str:
     """Writes report.md, one PNG per evaluator kind and the CLIP_benchmark JSON records."""
     from vlmjax.evaluators.comparison import (
+        HEADLINES,
         TASKS,
         bar_chart,
         clip_benchmark_records,
@@ -51,14 +48,12 @@ def write_report(runs: dict[str, dict], out: str) -> str:
     kinds = [k for k in TASKS if k in found] + sorted(found - set(TASKS))
     sections = []
     for kind in kinds:
-        metric = TASKS.get(kind, (kind, None))[1]
-        if metric is None:
-            continue
-        datasets, table = comparison_table(runs, kind, metric)
-        title = TITLES.get(kind, f"{kind} {metric}")
-        sections.append(markdown_table(datasets, table, title))
-        bar_chart(datasets, table, title, os.path.join(out, f"{kind}.png"))
-        sections.append(f"![{title}]({kind}.png)\n")
+        for metric, title in HEADLINES.get(kind, ()):
+            datasets, table = comparison_table(runs, kind, metric)
+            figure = f"{kind}_{metric.replace('@', '')}.png"
+            sections.append(markdown_table(datasets, table, title))
+            bar_chart(datasets, table, title, os.path.join(out, figure))
+            sections.append(f"![{title}]({figure})\n")
     with open(os.path.join(out, "report.md"), "w") as f:
         f.write("\n".join(sections))
     for run, results in runs.items():

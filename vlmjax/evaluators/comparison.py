@@ -7,13 +7,21 @@ from collections.abc import Mapping
 
 import numpy as np
 
-# evaluator kind (the prefix of "<kind>/<dataset>") -> (CLIP_benchmark task, headline metric),
-# in the order reports show them.
+# evaluator kind (the prefix of "<kind>/<dataset>") -> CLIP_benchmark task, in report order.
 TASKS = {
-    "zeroshot": ("zeroshot_classification", "acc1"),
-    "caption_zeroshot": ("zeroshot_classification", "acc1"),
-    "retrieval": ("zeroshot_retrieval", "image_retrieval_recall@5"),
-    "captioning": ("captioning", "cider_d"),
+    "zeroshot": "zeroshot_classification",
+    "caption_zeroshot": "zeroshot_classification",
+    "retrieval": "zeroshot_retrieval",
+    "captioning": "captioning",
+}
+# The tables a report shows per evaluator kind: (metric, title); R@1 both ways for retrieval,
+# as the survey's retrieval tables.
+HEADLINES = {
+    "zeroshot": (("acc1", "zero-shot top-1 accuracy (%)"),),
+    "caption_zeroshot": (("acc1", "caption-likelihood zero-shot top-1 (%)"),),
+    "retrieval": (("text_retrieval_recall@1", "image-to-text retrieval R@1 (%)"),
+                  ("image_retrieval_recall@1", "text-to-image retrieval R@1 (%)")),
+    "captioning": (("cider_d", "captioning CIDEr-D (x100)"),),
 }
 
 
@@ -79,7 +87,7 @@ def clip_benchmark_records(run: str, results: Mapping) -> dict[str, dict]:
     out = {}
     for name, metrics in results["evals"].items():
         kind, _, dataset = name.partition("/")
-        task = TASKS.get(kind, (kind, None))[0]
+        task = TASKS.get(kind, kind)
         out[f"{kind}_{dataset}"] = {"dataset": dataset, "model": run, "pretrained": run,
                                     "task": task, "metrics": dict(metrics), "language": "en",
                                     "step": results.get("step")}
