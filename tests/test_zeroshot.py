@@ -115,3 +115,17 @@ def test_evaluator_run_on_a_planted_model(tmp_path):
     # prediction followed by the four smallest other class ids.
     top5 = [[p] + [c for c in range(10) if c != p][:4] for p in predicted]
     assert metrics["acc5"] == pytest.approx(np.mean([y in t for y, t in zip(labels, top5, strict=True)]))
+    # Evaluating a checkpoint: class-prompt features are cached per checkpoint and dataset.
+    import dataclasses
+    cached_ctx = dataclasses.replace(ctx, checkpoint="step_7", cache_dir=str(tmp_path / "cache"))
+    cfg = {"dataset": "fashion_mnist", "split": "test", "batch_size": 40}
+    first = ZeroShotClassification(cfg, cached_ctx)
+    assert first.run({}) == metrics
+    files = list((tmp_path / "cache" / "zeroshot").iterdir())
+    assert len(files) == 1 and files[0].name.startswith("fashion_mnist_step_7_")
+    second = ZeroShotClassification(cfg, cached_ctx)
+    second._encode_text = None  # would fail if called: the features come from the cache
+    assert second.run({}) == metrics
+    other = ZeroShotClassification(cfg, dataclasses.replace(cached_ctx, checkpoint="step_8"))
+    other.run({})
+    assert len(list((tmp_path / "cache" / "zeroshot").iterdir())) == 2

@@ -40,7 +40,8 @@ def evaluate(config, workdir: str, step: int | None = None) -> dict:
     evaluators = build_evaluators(cfg["evals"], EvalContext(
         graphdef=layout.graphdef, tokenizer=tokenizer,
         context_length=cfg["tokenizer"]["context_length"], mesh=mesh,
-        rules=cfg["sharding_rules"], config=cfg))
+        rules=cfg["sharding_rules"], config=cfg, checkpoint=f"step_{step}",
+        cache_dir=os.path.join(workdir, "cache")))
     writer = MetricsWriter(workdir, enabled=False)
     results = run_evaluators(evaluators, state["params"], step, workdir, writer)
     if jax.process_index() == 0:

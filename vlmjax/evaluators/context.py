@@ -27,6 +27,10 @@ class EvalContext:
     mesh: Mesh
     rules: Rules
     config: Mapping  # the full experiment config (data dir, normalisation, ...)
+    # Evaluating a saved checkpoint (vlmjax.evaluate): which one, and where evaluators may cache
+    # what depends only on it (class-prompt features). Empty during training: nothing cached.
+    checkpoint: str = ""
+    cache_dir: str = ""
 
     @property
     def batch_sharding(self) -> jax.sharding.NamedSharding:

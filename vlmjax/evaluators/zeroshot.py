@@ -1,6 +1,9 @@
 """Zero-shot classification on an on-disk dataset or a registered benchmark: prompts -> classes."""
 
+import hashlib
+import json
 import logging
+import os
 from collections.abc import Mapping
 from typing import Any
 
@@ -43,6 +46,13 @@ def predict_topk(image_embeds: jax.Array, classifier: jax.Array, k: int) -> jax.
     return jax.lax.top_k(EmbeddingScoring().class_scores(image_embeds, classifier), k)[1]
 
 
+def _save_atomically(path: str, arrays: Mapping[str, jax.Array]) -> None:
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    tmp = f"{path}.{os.getpid()}.tmp.npz"
+    np.savez(tmp, **{k: np.asarray(v) for k, v in arrays.items()})
+    os.replace(tmp, path)
+
+
 class ZeroShotClassification:
     """Scores every test image against every class's prompts, ensembled over templates.
 
@@ -83,6 +93,33 @@ class ZeroShotClassification:
 
     def classifier(self, params: dict) -> Any:
         """The zero-shot classifier: [num_classes, e] weights, or prompt tokens by class."""
+        path = self._cache_path()
+        if path and os.path.isfile(path):
+            with np.load(path) as cached:
+                features = {k: jnp.asarray(v) for k, v in cached.items()}
+            log.info("%s: class-prompt features from %s", self.name, path)
+        else:
+            features = self._prompt_features(params)
+            if path and jax.process_index() == 0:
+                _save_atomically(path, features)
+        features = features["embeds"] if set(features) == {"embeds"} else features
+        return self.scoring.classifier(features, len(self.classnames))
+
+    def _cache_path(self) -> str:
+        """Cache file of this checkpoint's prompt features: keyed by everything they depend on."""
+        if not (self.ctx.cache_dir and self.ctx.checkpoint):
+            return ""
+        key = hashlib.sha256()
+        for part in (self.cfg["dataset"], self.ctx.config["model"]["name"],
+                     json.dumps([self.classnames, self.templates])):
+            key.update(part.encode())
+        key.update(np.ascontiguousarray(self.prompts["text"]).tobytes())
+        key.update(np.ascontiguousarray(self.prompts["text_mask"]).tobytes())
+        return os.path.join(self.ctx.cache_dir, "zeroshot", f"{self.cfg['dataset']}_"
+                            f"{self.ctx.checkpoint}_{key.hexdigest()[:16]}.npz")
+
+    def _prompt_features(self, params: dict) -> dict[str, jax.Array]:
+        """Features of every prompt, in batches: {"embeds"} or the token-wise leaves."""
         n = len(self.prompts["text"])
         shards = batch_shards(self.ctx.batch_sharding)
         size = -(-min(n, self.cfg["batch_size"]) // shards) * shards  # prompts per batch
@@ -92,7 +129,7 @@ class ZeroShotClassification:
             chunks.append(jax.tree.map(lambda a, real=real: jax.device_get(a)[:real],
                                        self._encode_text(params, batch)))
         features = jax.tree.map(lambda *parts: jnp.asarray(np.concatenate(parts)), *chunks)
-        return self.scoring.classifier(features, len(self.classnames))
+        return features if isinstance(features, dict) else {"embeds": features}
 
     def run(self, params: dict) -> dict[str, float]:
         """acc1, acc5 and mean_per_class_recall of `params` on the configured split."""
