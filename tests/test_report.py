@@ -52,3 +52,14 @@ def test_report_files_and_a_missing_run(tmp_path):
         assert (out / name).stat().st_size > 0, name
     with pytest.raises(VlmjaxError, match="results.json does not exist; evaluate the run first"):
         load_runs([str(tmp_path / "nothing")])
+
+
+def test_results_of_the_same_checkpoint_accumulate(tmp_path):
+    from vlmjax.evaluators.report import write_results
+    write_results(str(tmp_path), {"step": 5, "evals": {"captioning/x": {"cider_d": 1.0}}})
+    write_results(str(tmp_path), {"step": 5, "evals": {"zeroshot/x": {"acc1": 0.5}}})
+    with open(tmp_path / "results.json") as f:
+        assert json.load(f)["evals"] == {"captioning/x": {"cider_d": 1.0}, "zeroshot/x": {"acc1": 0.5}}
+    write_results(str(tmp_path), {"step": 6, "evals": {"zeroshot/x": {"acc1": 0.7}}})
+    with open(tmp_path / "results.json") as f:
+        assert json.load(f) == {"step": 6, "evals": {"zeroshot/x": {"acc1": 0.7}}}  # a new step

@@ -9,8 +9,19 @@ from rich.table import Table
 
 
 def write_results(workdir: str, results: Mapping) -> str:
-    """Atomically writes `{"step": int, "evals": {"<evaluator>/<dataset>": {metric: value}}}`."""
+    """Atomically writes `{"step": int, "evals": {"<evaluator>/<dataset>": {metric: value}}}`.
+
+    Results of the same step already there are kept unless re-evaluated (they describe the same
+    checkpoint): evaluating it with another suite adds to the file instead of replacing it.
+    """
     path = os.path.join(workdir, "results.json")
+    try:
+        with open(path) as f:
+            previous = json.load(f)
+    except (OSError, json.JSONDecodeError):
+        previous = {}
+    if previous.get("step") == results["step"]:
+        results = {**results, "evals": {**previous.get("evals", {}), **results["evals"]}}
     tmp = path + ".tmp"
     with open(tmp, "w") as f:
         json.dump(results, f, indent=2)
