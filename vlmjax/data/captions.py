@@ -35,16 +35,17 @@ def build_caption_table(caption_names: list[list[str]], templates: list[str],
     return CaptionTable(texts=texts, offsets=offsets, ids=ids, mask=mask)
 
 
-def sample_image_captions(labels: np.ndarray, table: CaptionTable, per_image: int, seed: int
+def sample_image_captions(labels: np.ndarray, offsets: np.ndarray, per_image: int, seed: int
                           ) -> tuple[np.ndarray, np.ndarray]:
     """`per_image` distinct captions of each image's class, drawn without replacement.
 
-    Returns caption rows of `table` [N * per_image] and the image each one describes, as a
-    labelled dataset's stand-in for a captioned retrieval set (COCO has 5 captions per image).
+    `offsets` are `caption_texts`' class offsets. Returns caption indices [N * per_image] and
+    the image each one describes: a labelled dataset's stand-in for a captioned retrieval set
+    (COCO has 5 captions per image).
     """
     rng = np.random.default_rng(seed)
     rows = []
     for label in labels:
-        first, last = table.offsets[label], table.offsets[label + 1]
+        first, last = offsets[label], offsets[label + 1]
         rows.append(first + rng.choice(last - first, size=per_image, replace=False))
     return np.concatenate(rows), np.repeat(np.arange(len(labels)), per_image)

@@ -15,7 +15,7 @@ import numpy as np
 from flax import nnx
 from tqdm import tqdm
 
-from vlmjax.data.captions import build_caption_table, sample_image_captions
+from vlmjax.data.captions import caption_texts, sample_image_captions
 from vlmjax.data.datasets import DATASETS, caption_vocabulary, load_split
 from vlmjax.evaluators.context import EvalContext, loaded_global_batch, padded_global_batch
 from vlmjax.evaluators.metrics import retrieval_metrics
@@ -103,11 +103,12 @@ def _labelled_set(cfg: Mapping, ctx: EvalContext) -> tuple:
     if cfg["num_images"]:
         images, labels = images[: cfg["num_images"]], labels[: cfg["num_images"]]
     names, templates = caption_vocabulary(cfg["dataset"])
-    table = build_caption_table(names, templates, ctx.tokenizer, ctx.context_length)
-    rows, image_of_text = sample_image_captions(labels, table, cfg["captions_per_image"], cfg["seed"])
+    texts, offsets = caption_texts(names, templates)  # tokenized once, below, as sampled
+    rows, image_of_text = sample_image_captions(labels, offsets, cfg["captions_per_image"],
+                                                cfg["seed"])
     owner = np.arange(len(labels)) if cfg["relevance"] == "pair" else labels
     positive = owner[:, None] == owner[image_of_text][None, :]
-    return len(labels), lambda idx: (images[idx], labels[idx]), [table.texts[r] for r in rows], positive
+    return len(labels), lambda idx: (images[idx], labels[idx]), [texts[r] for r in rows], positive
 
 
 def _captioned_set(cfg: Mapping, ctx: EvalContext) -> tuple:

@@ -18,14 +18,11 @@ import jax
 import jax.numpy as jnp
 
 from vlmjax.models.registry import get_model_spec
+from vlmjax.models.two_tower import l2_normalize
 from vlmjax.objectives.token_similarity import dense_token_similarities
 
 Features = Any  # a pytree of arrays whose leaves have the batch first
 TOKEN_DIRECTIONS = ("i2t", "t2i", "mean")  # which token-wise similarity zero-shot ranks by
-
-
-def _normalize(x: jax.Array) -> jax.Array:
-    return x * jax.lax.rsqrt(jnp.maximum(jnp.sum(x * x, axis=-1, keepdims=True), 1e-12))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -45,7 +42,7 @@ class EmbeddingScoring:
 
     def classifier(self, prompts: Features, num_classes: int) -> Features:
         """[C * T, e] class-major prompt embeddings -> [C, e] renormalised template means."""
-        return _normalize(prompts.reshape(num_classes, -1, prompts.shape[-1]).mean(axis=1))
+        return l2_normalize(prompts.reshape(num_classes, -1, prompts.shape[-1]).mean(axis=1))
 
     def class_scores(self, images: Features, classifier: Features) -> jax.Array:
         return jnp.einsum("be,ce->bc", images, classifier)

@@ -27,19 +27,19 @@ def _token_counts(mask: jax.Array) -> jax.Array:
 
 
 def _masked_token_sims(x: jax.Array, x_mask: jax.Array, y: jax.Array, y_mask: jax.Array
-                       ) -> tuple[jax.Array, jax.Array, jax.Array]:
+                       ) -> tuple[jax.Array, jax.Array]:
     """Token similarities [i, k, j, r] with invalid text tokens (for max over r) and invalid
-    image tokens (for max over k) set to -inf: (over_text, over_image, raw)."""
+    image tokens (for max over k) set to -inf: (over_text, over_image)."""
     s = jnp.einsum("ikd,jrd->ikjr", x, y, preferred_element_type=jnp.float32)
     over_text = jnp.where(y_mask[None, None], s, -jnp.inf)
     over_image = jnp.where(x_mask[:, :, None, None], s, -jnp.inf)
-    return over_text, over_image, s
+    return over_text, over_image
 
 
 def _tile_similarities(x: jax.Array, x_mask: jax.Array, y: jax.Array, y_mask: jax.Array
                        ) -> tuple[jax.Array, jax.Array]:
     """(s_I, s_T), each [i, j], of a block of images against a block of texts."""
-    over_text, over_image, _ = _masked_token_sims(x, x_mask, y, y_mask)
+    over_text, over_image = _masked_token_sims(x, x_mask, y, y_mask)
     best_text = jnp.max(over_text, axis=3)  # [i, k, j]: each image token's best text token
     best_image = jnp.max(over_image, axis=1)  # [i, j, r]: each text token's best image token
     # `where`, not a product: a masked token's -inf must not turn the sum into nan.
@@ -57,7 +57,7 @@ def dense_token_similarities(x: jax.Array, x_mask: jax.Array, y: jax.Array, y_ma
 def _tile_gradients(x: jax.Array, x_mask: jax.Array, y: jax.Array, y_mask: jax.Array,
                     g_image: jax.Array, g_text: jax.Array) -> tuple[jax.Array, jax.Array]:
     """d<g_image, s_I> + d<g_text, s_T> w.r.t. the tile's image and text tokens."""
-    over_text, over_image, _ = _masked_token_sims(x, x_mask, y, y_mask)
+    over_text, over_image = _masked_token_sims(x, x_mask, y, y_mask)
     n, m = x.shape[1], y.shape[1]
     # Weight of each (i, k, j) max in s_I and each (i, j, r) max in s_T.
     w_image = jnp.where(x_mask, 1.0 / _token_counts(x_mask)[:, None], 0.0)[:, :, None] * g_image[:, None]
