@@ -78,8 +78,8 @@ def test_unprepared_benchmark_names_the_command_that_prepares_it(tmp_path):
         open_split("dtd", "test", str(tmp_path))
     with pytest.raises(DataError, match="ILSVRC2012_img_val.tar"):
         open_split("imagenet", "test", str(tmp_path))
-    with pytest.raises(DataError, match="eurosat has no split 'test'; choose one of train"):
-        open_split("eurosat", "test", str(tmp_path))
+    with pytest.raises(DataError, match="imagenet_v2 has no split 'train'; choose one of test"):
+        open_split("imagenet_v2", "train", str(tmp_path))
 
 
 def test_eval_transform_resizes_the_shorter_side_and_centre_crops():
