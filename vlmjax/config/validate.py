@@ -259,8 +259,9 @@ def validate(config: ml_collections.ConfigDict, num_devices: int, process_count:
         if eval_cfg["kind"] == "zeroshot":  # on-disk datasets and TFDS benchmarks
             on_disk = full["dataset"] in DATASETS
             data_dir = full["data_dir"] or (cfg["data"]["dir"] if on_disk else "")
-            check_eval_dataset(full["dataset"], full["split"], data_dir, key)
-            eval_prompts(full["dataset"], full["classnames_file"], full["templates_file"])
+            check_eval_dataset(full["dataset"], full["split"], data_dir, key, full["split_file"])
+            eval_prompts(full["dataset"], full["classnames_file"], full["templates_file"],
+                         full["split_file"])
         elif eval_cfg["kind"] == "retrieval" and full["dataset"] not in DATASETS:
             from vlmjax.data.karpathy_retrieval import open_retrieval_split
             open_retrieval_split(full["dataset"], full["split"], full["data_dir"])

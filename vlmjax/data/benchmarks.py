@@ -5,12 +5,16 @@ zero-shot evaluates), where its class names come from (the TFDS label names clea
 rules, an inline list, or a file the user must give, e.g. ImageNet's WordNet ids), its prompt
 templates (`{c}` placeholder; the single hand-crafted prompt per dataset of CoOp, whose
 datasets these are: CLIP's larger ensembles come in through `templates_file`), its key in
-CLIP_benchmark-format JSON files, and the command that prepares it. A dataset not in the
-registry is an error, never a fallback to another dataset's names or templates.
+CLIP_benchmark-format JSON files, and the command that prepares it. A dataset TFDS has no
+builder for names the module of ours that registers one (`module`); a dataset with CoOp split
+files says how their image paths match the TFDS examples (`coop`, read by `data.coop_splits`).
+A dataset not in the registry is an error, never a fallback to another dataset's names or
+templates.
 """
 
 import dataclasses
 import functools
+import importlib
 import json
 import re
 from importlib import resources
@@ -33,6 +37,8 @@ class Benchmark:
     prepare: str  # how to prepare it; {tfds} and {data_dir} are filled in
     clip_benchmark_key: str = ""  # its key in CLIP_benchmark's classnames / templates JSON
     label_source: str = "names"  # "wnid": TFDS labels are WordNet ids, not words
+    module: str = ""  # our module that registers the TFDS builder (datasets TFDS lacks)
+    coop: dict | None = None  # CoOp split file name and how its paths match TFDS examples
 
 
 def _sun397_path(name: str) -> str:
@@ -61,7 +67,8 @@ def benchmarks() -> dict[str, Benchmark]:
                               templates=tuple(entry["templates"]), classnames=entry["classnames"],
                               clean=tuple(entry.get("clean", ())), prepare=entry["prepare"],
                               clip_benchmark_key=entry.get("clip_benchmark_key", ""),
-                              label_source=entry.get("label_source", "names"))
+                              label_source=entry.get("label_source", "names"),
+                              module=entry.get("module", ""), coop=entry.get("coop"))
     return out
 
 
@@ -89,29 +96,48 @@ def clean_name(name: str, rules: tuple[str, ...]) -> str:
     return " ".join(name.split())
 
 
-def tfds_label_names(benchmark: Benchmark) -> list[str]:
-    """Label names from the TFDS dataset's metadata (shipped with tensorflow-datasets: no
-    download, no TensorFlow)."""
+def register_builder(benchmark: Benchmark) -> None:
+    """Imports the module that registers the benchmark's TFDS builder, where it is one of ours."""
+    if benchmark.module:
+        importlib.import_module(benchmark.module)
+
+
+def tfds_info(benchmark: Benchmark) -> Any:
+    """The TFDS dataset's metadata (shipped with tensorflow-datasets or defined by our builder:
+    no download, no TensorFlow)."""
     import tensorflow_datasets as tfds
 
-    return list(tfds.builder(benchmark.tfds, try_gcs=False).info.features["label"].names)
+    register_builder(benchmark)
+    return tfds.builder(benchmark.tfds, try_gcs=False).info
+
+
+def tfds_label_names(benchmark: Benchmark) -> list[str]:
+    """Label names from the TFDS dataset's metadata."""
+    return list(tfds_info(benchmark).features["label"].names)
 
 
 def num_classes(benchmark: Benchmark) -> int:
     """The number of labels of the benchmark's TFDS dataset."""
-    import tensorflow_datasets as tfds
-
-    return tfds.builder(benchmark.tfds, try_gcs=False).info.features["label"].num_classes
+    return tfds_info(benchmark).features["label"].num_classes
 
 
-def benchmark_prompts(name: str, classnames_file: str = "", templates_file: str = ""
-                      ) -> tuple[list[str], list[str]]:
-    """Class names (in label order) and templates of a benchmark, user files taking precedence."""
+def benchmark_prompts(name: str, classnames_file: str = "", templates_file: str = "",
+                      split_file: str = "") -> tuple[list[str], list[str]]:
+    """Class names (in label order) and templates of a benchmark, user files taking precedence;
+    with a CoOp `split_file`, labels are CoOp's and so are the default names."""
     benchmark = get_benchmark(name)
     keys = (name, benchmark.clip_benchmark_key)
     source = benchmark.classnames
+    if split_file:
+        from vlmjax.data.coop_splits import coop_classnames
+        coop_names = coop_classnames(benchmark, split_file)
+        expected, space = len(coop_names), f"CoOp split file ({split_file}) has"
+    else:
+        expected, space = num_classes(benchmark), f"TFDS labels ({benchmark.tfds}) have"
     if classnames_file:
         classnames = read_keyed_json(classnames_file, keys, "classnames")
+    elif split_file:
+        classnames = coop_names
     elif isinstance(source, dict):
         raise DataError(f"benchmark {name} needs evals.<name>.classnames_file: "
                         f"{source['file_required']}")
@@ -119,11 +145,9 @@ def benchmark_prompts(name: str, classnames_file: str = "", templates_file: str 
         classnames = [clean_name(n, benchmark.clean) for n in tfds_label_names(benchmark)]
     else:
         classnames = [clean_name(n, benchmark.clean) for n in source]
-    expected = num_classes(benchmark)
     if len(classnames) != expected:
-        raise DataError(f"{len(classnames)} class names for {name}, whose TFDS labels "
-                        f"({benchmark.tfds}) have {expected} classes"
-                        + (f" (from {classnames_file})" if classnames_file else ""))
+        raise DataError(f"{len(classnames)} class names for {name}, whose {space} "
+                        f"{expected} classes" + (f" (from {classnames_file})" if classnames_file else ""))
     templates = (read_keyed_json(templates_file, keys, "templates") if templates_file
                  else list(benchmark.templates))
     if not templates or any("{c}" not in t for t in templates):

@@ -14,22 +14,35 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from vlmjax.data.benchmarks import Benchmark, get_benchmark, tfds_split
+from vlmjax.data.benchmarks import Benchmark, get_benchmark, register_builder, tfds_info, tfds_split
 from vlmjax.errors import DataError
 
 
 def open_split(name: str, split: str, data_dir: str = "") -> Any:
     """The random-access TFDS source of a benchmark split (DataError with the fix if absent)."""
+    benchmark = get_benchmark(name)
+    return open_tfds(benchmark, tfds_split(benchmark, split), data_dir)
+
+
+def open_tfds(benchmark: Benchmark, tfds_name_split: str, data_dir: str = "",
+              skip_decoding: bool = False) -> Any:
+    """A TFDS split of the benchmark's dataset, read at random; `skip_decoding` leaves every
+    image feature encoded (for reading only file names and labels, or decoding later)."""
     import tensorflow_datasets as tfds
 
-    benchmark = get_benchmark(name)
-    tfds_name_split = tfds_split(benchmark, split)
+    decoders = None
+    if skip_decoding:
+        decoders = {key: tfds.decode.SkipDecoding() for key, feature
+                    in tfds_info(benchmark).features.items()
+                    if isinstance(feature, tfds.features.Image)}
+    register_builder(benchmark)
     try:
         return tfds.data_source(benchmark.tfds, split=tfds_name_split, data_dir=data_dir or None,
-                                download=False)
+                                download=False, decoders=decoders)
     except Exception as e:  # tfds reports a missing dataset as several unrelated errors
-        raise DataError(f"benchmark {name} ({benchmark.tfds}, split {tfds_name_split}) is not "
-                        f"prepared as array_record in {data_dir or 'the TFDS default data_dir'} "
+        raise DataError(f"benchmark {benchmark.name} ({benchmark.tfds}, split {tfds_name_split}) "
+                        f"is not prepared as array_record in "
+                        f"{data_dir or 'the TFDS default data_dir'} "
                         f"({type(e).__name__}: {str(e).splitlines()[0][:160]}); prepare it with: "
                         f"{prepare_command(benchmark, data_dir)}") from e
 

@@ -30,6 +30,8 @@ DEFAULTS = {
     "num_images": 0,  # evaluate the first N images only; 0 = all
     "classnames_file": "",  # CLIP_benchmark-format JSON {dataset: [names]}
     "templates_file": "",  # CLIP_benchmark-format JSON {dataset: ["a photo of a {c}.", ...]}
+    # Benchmarks only: CoOp's split_zhou_<Name>.json (or its folder): CoOp's rows, labels, names.
+    "split_file": "",
     # Token-wise (FILIP) models only: rank classes by s_I ("i2t", the direction that scores an
     # image against texts), s_T ("t2i") or their mean.
     "token_direction": "i2t",
@@ -66,14 +68,15 @@ class ZeroShotClassification:
         data = ctx.config["data"]
         self.name = f"zeroshot/{cfg['dataset']}"
         self.classnames, self.templates = eval_prompts(
-            cfg["dataset"], cfg["classnames_file"], cfg["templates_file"])
+            cfg["dataset"], cfg["classnames_file"], cfg["templates_file"], cfg["split_file"])
         prompts = [t.format(c=c) for c in self.classnames for t in self.templates]
         ids, mask = ctx.tokenizer.encode(prompts, ctx.context_length)
         self.prompts = {"text": ids, "text_mask": mask}
         # On-disk datasets default to config.data.dir; benchmarks to TFDS's data_dir.
         data_dir = cfg["data_dir"] or (data["dir"] if cfg["dataset"] in DATASETS else "")
         self.num_rows, self.load_rows = eval_rows(cfg["dataset"], cfg["split"], data_dir,
-                                                  ctx.config["model"]["image"], cfg["num_images"])
+                                                  ctx.config["model"]["image"], cfg["num_images"],
+                                                  cfg["split_file"])
         mean, std, graphdef = data["image_mean"], data["image_std"], ctx.graphdef
         self.scoring = scoring = scoring_for(ctx.config, cfg["token_direction"])
         k = min(5, len(self.classnames))
