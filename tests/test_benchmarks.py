@@ -80,6 +80,9 @@ def test_unprepared_benchmark_names_the_command_that_prepares_it(tmp_path):
         open_split("imagenet", "test", str(tmp_path))
     with pytest.raises(DataError, match="imagenet_v2 has no split 'train'; choose one of test"):
         open_split("imagenet_v2", "train", str(tmp_path))
+    with pytest.raises(DataError, match=r"fgvc_aircraft .* is not prepared .*`python -m "
+                       r"vlmjax.data.manual_benchmarks --dataset fgvc_aircraft"):
+        open_split("fgvc_aircraft", "test", str(tmp_path))
 
 
 def test_eval_transform_resizes_the_shorter_side_and_centre_crops():
@@ -165,7 +168,8 @@ def test_suite_config_evaluates_a_run_on_every_benchmark(tiny_config, tmp_path):
     config = config_from_args(f"{suite}:{classnames}", ["evals.dtd.batch_size=64"], base=tiny_config)
     assert config.model.to_dict() == tiny_config.model.to_dict()
     assert sorted(config.evals) == sorted(["imagenet", "caltech101", "oxford_pets", "stanford_cars",
-                                           "flowers102", "food101", "sun397", "dtd", "eurosat"])
+                                           "flowers102", "food101", "fgvc_aircraft", "sun397",
+                                           "dtd", "eurosat", "ucf101"])
     assert config.evals.dtd.batch_size == 64 and config.evals.imagenet.classnames_file == classnames
     with tfds.testing.mock_data(num_examples=4):
         validate(config, 8)
