@@ -63,15 +63,18 @@ def prepared(tmp_path_factory):
     return data_dir, fgvc, ucf
 
 
-def _by_file(source) -> dict[str, int]:
-    return {source[i]["file_name"].decode(): int(source[i]["label"]) for i in range(len(source))}
+def _read_back(name: str, data_dir: str) -> dict[str, dict[str, int]]:
+    """split -> {file name: label} of every registered split, read through open_split."""
+    sources = {split: open_split(name, split, data_dir) for split in get_benchmark(name).splits}
+    return {split: {s[i]["file_name"].decode(): int(s[i]["label"]) for i in range(len(s))}
+            for split, s in sources.items()}
 
 
 def test_fgvc_aircraft_builder_keeps_the_official_splits_and_variant_labels(prepared):
     data_dir, fgvc, _ = prepared
-    for split, rows in fgvc.items():
-        assert _by_file(open_split("fgvc_aircraft", split, data_dir)) == \
-            {f"images/{image_id}.jpg": label for image_id, label, _ in rows}
+    assert _read_back("fgvc_aircraft", data_dir) == {
+        split: {f"images/{image_id}.jpg": label for image_id, label, _ in rows}
+        for split, rows in fgvc.items()}
     classnames, templates = benchmark_prompts("fgvc_aircraft")
     assert classnames[0] == "707-320" and classnames[99] == "Yak-42" and "F/A-18" in classnames
     assert templates == ["a photo of a {c}, a type of aircraft."]
@@ -81,9 +84,9 @@ def test_fgvc_aircraft_builder_keeps_the_official_splits_and_variant_labels(prep
 
 def test_ucf101_builder_reads_coop_split_file_and_names_classes_in_words(prepared):
     data_dir, _, ucf = prepared
-    for split, rows in ucf.items():
-        assert _by_file(open_split("ucf101", split, data_dir)) == \
-            {f"UCF-101-midframes/{path}": label for path, label, _ in rows}
+    assert _read_back("ucf101", data_dir) == {
+        split: {f"UCF-101-midframes/{path}": label for path, label, _ in rows}
+        for split, rows in ucf.items()}
     classnames, templates = benchmark_prompts("ucf101")
     assert (classnames[0], classnames[36], classnames[100]) == \
         ("Apply Eye Makeup", "Handstand Pushups", "Yo Yo")
