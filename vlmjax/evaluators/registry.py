@@ -8,13 +8,24 @@ from collections.abc import Mapping
 from typing import Any
 
 from vlmjax.errors import ConfigError
-from vlmjax.evaluators import caption_zeroshot, captioning, retrieval, zeroshot
+from vlmjax.evaluators import (
+    caption_zeroshot,
+    captioning,
+    fewshot,
+    linear_probe,
+    retrieval,
+    unsupervised,
+    zeroshot,
+)
 
 EVALUATORS: dict[str, tuple[type, Mapping]] = {
     "zeroshot": (zeroshot.ZeroShotClassification, zeroshot.DEFAULTS),
     "caption_zeroshot": (caption_zeroshot.CaptionZeroShotClassification, caption_zeroshot.DEFAULTS),
     "captioning": (captioning.Captioning, captioning.DEFAULTS),
     "retrieval": (retrieval.Retrieval, retrieval.DEFAULTS),
+    "linear_probe": (linear_probe.LinearProbe, linear_probe.DEFAULTS),
+    "fewshot": (fewshot.FewShot, fewshot.DEFAULTS),
+    "unsupervised": (unsupervised.Unsupervised, unsupervised.DEFAULTS),
 }
 
 

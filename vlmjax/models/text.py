@@ -55,10 +55,15 @@ class TextTransformer(nnx.Module):
         self.ln_final = layers.LayerNorm(w, rngs=rngs)
         self.proj = layers.param(rngs, layers.normal(w ** -0.5), (w, embed_dim), ("embed", "joint"))
 
-    def __call__(self, ids: jax.Array, mask: jax.Array,
-                 dtype: jnp.dtype = jnp.float32) -> dict[str, jax.Array]:
-        """ids, mask: [b, L] -> {"embedding": [b, e], "tokens": [b, L, d]}."""
-        x = jnp.take(self.token_embed[...], ids, axis=0).astype(dtype)
+    def __call__(self, ids: jax.Array, mask: jax.Array, dtype: jnp.dtype = jnp.float32,
+                 token_embeds: jax.Array | None = None) -> dict[str, jax.Array]:
+        """ids, mask: [b, L] -> {"embedding": [b, e], "tokens": [b, L, d]}.
+
+        `token_embeds` [b, L, d] replaces the embedding lookup of `ids` (prompt learning feeds
+        learned context vectors through it); pooling still reads the mask.
+        """
+        x = (jnp.take(self.token_embed[...], ids, axis=0) if token_embeds is None
+             else token_embeds).astype(dtype)
         x = x + self.pos_embed[...][: ids.shape[1]].astype(dtype)
         x = constrain(x, ("batch", "length", "embed"))
         x = self.ln_final(self.encoder(x, causal=True))

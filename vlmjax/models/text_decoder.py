@@ -38,15 +38,18 @@ class UnimodalDecoder(nnx.Module):
         """ids [b, L] -> unimodal token states [b, L, d] (no CLS: causal, so identical)."""
         return self.encoder(self._embed(ids, dtype), causal=True)
 
-    def _embed(self, ids: jax.Array, dtype: jnp.dtype) -> jax.Array:
-        x = jnp.take(self.token_embed[...], ids, axis=0).astype(dtype)
+    def _embed(self, ids: jax.Array, dtype: jnp.dtype, token_embeds: jax.Array | None = None
+               ) -> jax.Array:
+        x = (jnp.take(self.token_embed[...], ids, axis=0) if token_embeds is None
+             else token_embeds).astype(dtype)
         x = x + self.pos_embed[...][: ids.shape[1]].astype(dtype)
         return constrain(x, ("batch", "length", "embed"))
 
-    def __call__(self, ids: jax.Array, mask: jax.Array,
-                 dtype: jnp.dtype = jnp.float32) -> dict[str, jax.Array]:
-        """ids, mask [b, L] -> {"embedding": [b, e] from the CLS, "tokens": [b, L, d]}."""
-        x = self._embed(ids, dtype)
+    def __call__(self, ids: jax.Array, mask: jax.Array, dtype: jnp.dtype = jnp.float32,
+                 token_embeds: jax.Array | None = None) -> dict[str, jax.Array]:
+        """ids, mask [b, L] -> {"embedding": [b, e] from the CLS, "tokens": [b, L, d]};
+        `token_embeds` [b, L, d] replaces the lookup of `ids` (prompt learning)."""
+        x = self._embed(ids, dtype, token_embeds)
         cls = jnp.broadcast_to(self.cls_token[...].astype(dtype), (x.shape[0], 1, x.shape[-1]))
         x = jnp.concatenate([x, cls], axis=1)
         keys = jnp.concatenate([mask.astype(bool), jnp.ones((mask.shape[0], 1), bool)], axis=1)

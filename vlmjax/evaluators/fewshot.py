@@ -1,0 +1,147 @@
+"""Few-shot transfer: k labelled images per class, several methods, mean and std over seeds.
+
+For each seed and k (default 1, 2, 4, 8, 16; 3 seeds), the k shots per class and a validation
+set of min(k, 4) more per class are drawn from the train split's frozen features
+(`transfer.shots`). Each method picks its hyperparameters on that validation set, learns from
+the k shots only, and is scored on the whole test split:
+- `linear_probe`: logistic regression, C by CLIP's sweep;
+- `closed_form`: big_vision's ridge regression, the l2 strength from its grid;
+- `tip_adapter`: the training-free cache model, alpha / beta by the paper's grid search;
+- `tip_adapter_f`: its keys fine-tuned, then alpha / beta searched again;
+- `coop`: learned prompt context through the frozen text tower.
+Metrics are `<method>/<k>shot/acc1` (mean over seeds), `.../acc1_std` and
+`.../mean_per_class_recall`.
+"""
+
+import dataclasses
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import numpy as np
+
+from vlmjax.errors import ConfigError
+from vlmjax.evaluators.context import EvalContext
+from vlmjax.evaluators.transfer_setup import COMMON, TransferSetup, metrics_of
+from vlmjax.transfer import closed_form, coop, logistic, tip_adapter
+from vlmjax.transfer.shots import few_shot_split
+
+DEFAULTS = {
+    "kind": "fewshot",
+    **COMMON,
+    "shots": (1, 2, 4, 8, 16),
+    "seeds": 3,
+    "methods": ("linear_probe", "closed_form", "tip_adapter", "tip_adapter_f", "coop"),
+    "max_iter": 1000,  # L-BFGS iterations per fit (linear_probe)
+    "tip_f_epochs": 20,
+    "coop_context_init": "",  # "" = 16 random vectors (CoOp's default); e.g. "a photo of a"
+    "coop_num_context": 16,
+    "coop_epochs": 0,  # 0 = CoOp's schedule (50 / 100 / 200 epochs by shots)
+}
+TEXT_METHODS = ("tip_adapter", "tip_adapter_f", "coop")
+
+
+@dataclasses.dataclass(frozen=True)
+class ShotTask:
+    """One (k, seed) draw: what a method learns from and what it is scored on."""
+
+    train: tuple[np.ndarray, np.ndarray]
+    val: tuple[np.ndarray, np.ndarray]
+    test_features: np.ndarray
+    num_classes: int
+    shots: int
+    seed: int
+    classifier: np.ndarray | None  # zero-shot class embeddings [C, e]
+    coop: coop.CoopTrainer | None
+    cfg: Mapping
+
+
+def _linear_probe(t: ShotTask) -> np.ndarray:
+    # Rows padded to 16 shots per class: every k reuses one compiled fit.
+    pad = t.num_classes * max(t.cfg["shots"])
+    best_c, _ = logistic.search_c(t.train, t.val, t.num_classes, t.cfg["max_iter"], pad_rows_to=pad)
+    head = logistic.fit_logistic(*t.train, t.num_classes, [best_c], t.cfg["max_iter"],
+                                 pad_rows_to=pad)[0]
+    return head.logits(t.test_features)
+
+
+def _closed_form(t: ShotTask) -> np.ndarray:
+    weights, whitening = closed_form.ridge_weights(*t.train, t.num_classes)
+    val_scores = closed_form.ridge_scores(weights, whitening, t.val[0])
+    accuracy = (val_scores.argmax(axis=-1) == t.val[1][None]).mean(axis=1)
+    best = len(accuracy) - 1 - int(np.argmax(accuracy[::-1]))  # ties: the strongest l2
+    return closed_form.ridge_scores(weights[best: best + 1], whitening, t.test_features)[0]
+
+
+def _tip(t: ShotTask) -> tip_adapter.TipAdapter:
+    return tip_adapter.TipAdapter(classifier=t.classifier, keys=t.train[0], labels=t.train[1])
+
+
+def _tip_adapter(t: ShotTask) -> np.ndarray:
+    return tip_adapter.search(_tip(t), *t.val).logits(t.test_features)
+
+
+def _tip_adapter_f(t: ShotTask) -> np.ndarray:
+    tuned = tip_adapter.fine_tune_keys(_tip(t), epochs=t.cfg["tip_f_epochs"], seed=t.seed)
+    return tip_adapter.search(tuned, *t.val).logits(t.test_features)
+
+
+def _coop(t: ShotTask) -> np.ndarray:
+    context = t.coop.train(*t.train, shots=t.shots, seed=t.seed)
+    return t.test_features @ t.coop.classifier(context).T
+
+
+METHODS: dict[str, Callable[[ShotTask], np.ndarray]] = {
+    "linear_probe": _linear_probe, "closed_form": _closed_form, "tip_adapter": _tip_adapter,
+    "tip_adapter_f": _tip_adapter_f, "coop": _coop,
+}
+
+
+def coop_trainer(ctx: EvalContext, params: Any, classnames: list[str], cfg: Mapping
+                 ) -> coop.CoopTrainer:
+    """A CoOp trainer for `params` with the evaluator's context options."""
+    init = cfg["coop_context_init"]
+    context = init or " ".join([coop.PLACEHOLDER] * cfg["coop_num_context"])
+    prompts = coop.class_prompts(ctx.tokenizer, classnames, context, ctx.context_length)
+    return coop.CoopTrainer(ctx.graphdef, params, prompts,
+                            {"context_init": init, "epochs": cfg["coop_epochs"]})
+
+
+class FewShot:
+    """`run(params)` -> per method and k: mean / std over seeds of test accuracy."""
+
+    def __init__(self, cfg: Mapping, ctx: EvalContext):
+        self.cfg = cfg = {**DEFAULTS, **cfg}
+        unknown = sorted(set(cfg["methods"]) - set(METHODS))
+        if unknown:
+            raise ConfigError(f"evals fewshot: unknown methods {unknown}; choose from {sorted(METHODS)}")
+        self.ctx = ctx
+        self.name = f"fewshot/{cfg['dataset']}"
+        text_methods = sorted(set(cfg["methods"]) & set(TEXT_METHODS))
+        self.setup = TransferSetup(cfg, ctx, needs_text=bool(text_methods),
+                                   why="few-shot " + "/".join(text_methods))
+
+    def run(self, params: dict) -> dict[str, float]:
+        cfg, setup = self.cfg, self.setup
+        x, y = setup.split(params, "train")
+        tx, ty = setup.split(params, "test")
+        classifier = setup.text_classifier(params) if setup.zeroshot else None
+        trainer = (coop_trainer(self.ctx, params, setup.zeroshot.classnames, cfg)
+                   if "coop" in cfg["methods"] else None)
+        runs: dict[tuple[str, int], list[dict]] = {}
+        for seed in range(cfg["seeds"]):
+            for k in sorted(cfg["shots"]):
+                train, val = few_shot_split(y, setup.num_classes, k, seed)
+                task = ShotTask(train=(x[train], y[train]), val=(x[val], y[val]), test_features=tx,
+                                num_classes=setup.num_classes, shots=k, seed=seed,
+                                classifier=classifier, coop=trainer, cfg=cfg)
+                for method in cfg["methods"]:
+                    runs.setdefault((method, k), []).append(
+                        metrics_of(METHODS[method](task), ty, setup.num_classes))
+        out = {}
+        for (method, k), results in runs.items():
+            acc = [r["acc1"] for r in results]
+            out[f"{method}/{k}shot/acc1"] = float(np.mean(acc))
+            out[f"{method}/{k}shot/acc1_std"] = float(np.std(acc))
+            out[f"{method}/{k}shot/mean_per_class_recall"] = float(
+                np.mean([r["mean_per_class_recall"] for r in results]))
+        return out

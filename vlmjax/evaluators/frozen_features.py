@@ -1,0 +1,94 @@
+"""Frozen image features of a dataset split, extracted once per checkpoint and cached on disk.
+
+Transfer evaluators (linear probe, few-shot, unsupervised) learn from features, not pixels.
+Extraction runs sharded over the mesh like zero-shot evaluation (each process decodes the rows
+its devices hold, the padded last batch is dropped). When a saved checkpoint is evaluated, the
+features are cached under workdir/cache/features, keyed by checkpoint, dataset, split and
+preprocessing (image size, channels, normalisation, row limit), so every method and every
+later evaluation of that checkpoint reuses them.
+"""
+
+import hashlib
+import json
+import logging
+import os
+from typing import Any
+
+import jax
+import numpy as np
+from flax import nnx
+from tqdm import tqdm
+
+from vlmjax.data.datasets import DATASETS
+from vlmjax.data.eval_sources import eval_rows
+from vlmjax.evaluators.context import EvalContext, _replicate, loaded_global_batch
+from vlmjax.parallel.mesh import batch_shards, replicated
+from vlmjax.train.step import normalize_images
+
+log = logging.getLogger(__name__)
+
+
+def default_data_dir(ctx: EvalContext, dataset: str, data_dir: str) -> str:
+    """On-disk datasets default to config.data.dir; benchmarks to TFDS's data_dir ("")."""
+    return data_dir or (ctx.config["data"]["dir"] if dataset in DATASETS else "")
+
+
+class FeatureExtractor:
+    """`features(params, dataset, split) -> (float32 [N, e] L2-normalised embeddings, labels)`.
+
+    The features are the model's pooled, normalised image embeddings: the space its text
+    classifier lives in, which Tip-Adapter, CoOp and pseudo-labelling need, and what
+    CLIP_benchmark's linear probe uses.
+    """
+
+    def __init__(self, ctx: EvalContext, batch_size: int, data_dir: str = "", limit: int = 0):
+        self.ctx, self.data_dir, self.limit = ctx, data_dir, limit
+        shards = batch_shards(ctx.batch_sharding)
+        self.batch_size = -(-batch_size // shards) * shards
+        data, graphdef = ctx.config["data"], ctx.graphdef
+        mean, std = data["image_mean"], data["image_std"]
+
+        def encode(params: Any, images: jax.Array) -> jax.Array:
+            return nnx.merge(graphdef, params).encode_image(normalize_images(images, mean, std))
+
+        self._encode = jax.jit(encode, out_shardings=replicated(ctx.mesh))
+
+    def _cache_path(self, dataset: str, split: str) -> str:
+        ctx = self.ctx
+        if not (ctx.cache_dir and ctx.checkpoint):
+            return ""
+        data, image = ctx.config["data"], ctx.config["model"]["image"]
+        preprocessing = {"model": ctx.config["model"]["name"], "size": image["image_size"],
+                         "channels": image["channels"], "mean": data["image_mean"],
+                         "std": data["image_std"], "limit": self.limit,
+                         "data_dir": default_data_dir(ctx, dataset, self.data_dir)}
+        key = hashlib.sha256(json.dumps(preprocessing, sort_keys=True).encode()).hexdigest()[:16]
+        return os.path.join(ctx.cache_dir, "features", f"{dataset}_{split}_{ctx.checkpoint}_{key}.npz")
+
+    def features(self, params: Any, dataset: str, split: str) -> tuple[np.ndarray, np.ndarray]:
+        """Features and int labels of every row of the split (the first `limit` if set)."""
+        path = self._cache_path(dataset, split)
+        if path and os.path.isfile(path):
+            with np.load(path) as cached:
+                log.info("features of %s/%s from %s", dataset, split, path)
+                return cached["features"], cached["labels"]
+        features, labels = self._extract(params, dataset, split)
+        if path and jax.process_index() == 0:
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            tmp = f"{path}.{os.getpid()}.tmp.npz"
+            np.savez(tmp, features=features, labels=labels)
+            os.replace(tmp, path)  # readers never see a partial file
+        return features, labels
+
+    def _extract(self, params: Any, dataset: str, split: str) -> tuple[np.ndarray, np.ndarray]:
+        data_dir = default_data_dir(self.ctx, dataset, self.data_dir)
+        num_rows, load_rows = eval_rows(dataset, split, data_dir, self.ctx.config["model"]["image"],
+                                        self.limit)
+        features, labels = [], []
+        for start in tqdm(range(0, num_rows, self.batch_size), desc=f"features {dataset}/{split}",
+                          leave=False, disable=jax.process_index() != 0):
+            batch, real = loaded_global_batch(load_rows, num_rows, start, self.batch_size,
+                                              self.ctx.batch_sharding)
+            features.append(np.asarray(self._encode(params, batch["image"]))[:real])
+            labels.append(np.asarray(_replicate(batch["label"]))[:real])
+        return np.concatenate(features).astype(np.float32), np.concatenate(labels).astype(np.int64)

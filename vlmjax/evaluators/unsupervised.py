@@ -1,0 +1,80 @@
+"""Unsupervised transfer (UPL, Huang et al. 2022): learn from zero-shot pseudo-labels only.
+
+The zero-shot classifier labels the train split; for each class the `per_class` images most
+confidently predicted as it (UPL's default 16) become its training set, and a linear head
+(`linear`) or CoOp prompts (`coop`) are trained on them. No ground-truth label is used: the
+linear head's C is chosen on the next `per_class` most confident images of each class, a
+pseudo-labelled validation set. Reports each method's test accuracy, its gain over zero-shot,
+and (as a diagnostic) how many pseudo-labels were right.
+"""
+
+from collections.abc import Mapping
+
+import numpy as np
+
+from vlmjax.errors import ConfigError
+from vlmjax.evaluators.context import EvalContext
+from vlmjax.evaluators.fewshot import coop_trainer
+from vlmjax.evaluators.transfer_setup import COMMON, TransferSetup, metrics_of
+from vlmjax.transfer.logistic import fit_logistic, search_c
+from vlmjax.transfer.shots import confident_per_class
+
+DEFAULTS = {
+    "kind": "unsupervised",
+    **COMMON,
+    "per_class": 16,
+    "methods": ("linear", "coop"),
+    "max_iter": 1000,
+    "coop_context_init": "",
+    "coop_num_context": 16,
+    "coop_epochs": 0,  # 0 = CoOp's schedule for `per_class` shots
+}
+METHODS = ("linear", "coop")
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    z = logits - logits.max(axis=1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=1, keepdims=True)
+
+
+class Unsupervised:
+    """`run(params)` -> zero-shot acc1 and, per method, acc1 and gain over zero-shot."""
+
+    def __init__(self, cfg: Mapping, ctx: EvalContext):
+        self.cfg = cfg = {**DEFAULTS, **cfg}
+        unknown = sorted(set(cfg["methods"]) - set(METHODS))
+        if unknown:
+            raise ConfigError(f"evals unsupervised: unknown methods {unknown}; choose from {METHODS}")
+        self.ctx = ctx
+        self.name = f"unsupervised/{cfg['dataset']}"
+        self.setup = TransferSetup(cfg, ctx, needs_text=True, why="unsupervised transfer")
+
+    def run(self, params: dict) -> dict[str, float]:
+        cfg, setup = self.cfg, self.setup
+        x, y = setup.split(params, "train")
+        tx, ty = setup.split(params, "test")
+        classifier = setup.text_classifier(params)
+        scale = float(np.exp(np.asarray(params["logit_scale"])))
+        probs = softmax(scale * x @ classifier.T)
+        train, pseudo = confident_per_class(probs, cfg["per_class"])
+        val, val_pseudo = confident_per_class(probs, cfg["per_class"], skip=cfg["per_class"])
+        zeroshot = metrics_of(tx @ classifier.T, ty, setup.num_classes)["acc1"]
+        out = {"zeroshot/acc1": zeroshot, "pseudo_label_accuracy": float(np.mean(y[train] == pseudo)),
+               "pseudo_labelled": float(len(train))}
+        for method in cfg["methods"]:
+            if method == "linear":
+                rows = cfg["per_class"] * setup.num_classes  # one compiled shape
+                best_c, _ = search_c((x[train], pseudo), (x[val], val_pseudo), setup.num_classes,
+                                     cfg["max_iter"], pad_rows_to=rows)
+                head = fit_logistic(x[train], pseudo, setup.num_classes, [best_c], cfg["max_iter"],
+                                    pad_rows_to=rows)[0]
+                scores = head.logits(tx)
+            else:
+                trainer = coop_trainer(self.ctx, params, setup.zeroshot.classnames, cfg)
+                context = trainer.train(x[train], pseudo, shots=cfg["per_class"], seed=0)
+                scores = tx @ trainer.classifier(context).T
+            acc = metrics_of(scores, ty, setup.num_classes)["acc1"]
+            out[f"{method}/acc1"] = acc
+            out[f"{method}/gain"] = acc - zeroshot
+        return out

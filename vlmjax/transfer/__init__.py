@@ -1,0 +1,1 @@
+"""Transfer learning on frozen features: linear probe, few-shot methods, prompt learning."""
