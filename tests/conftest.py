@@ -49,3 +49,18 @@ def tiny_config(synthetic_data_dir: str):
     config = load_config_file(TINY_CONFIG)
     config.data.dir = synthetic_data_dir
     return config
+
+
+@pytest.fixture(scope="session")
+def trained_run(tmp_path_factory, synthetic_data_dir):
+    """A tiny CLIP trained 40 steps (evaluated at 20 and 40): (config, workdir, results).
+    Shared by test_train and the transfer tests; tests that write into it copy it first."""
+    from vlmjax.config import load_config_file
+    from vlmjax.train.loop import train
+    config = load_config_file(TINY_CONFIG)
+    config.data.dir = synthetic_data_dir
+    config.train.num_steps = 40
+    config.train.eval_every = 20
+    workdir = str(tmp_path_factory.mktemp("run"))
+    results = train(config, workdir)
+    return config, workdir, results

@@ -14,23 +14,12 @@ from vlmjax.errors import CheckpointError
 from vlmjax.evaluate import evaluate
 from vlmjax.train.loop import train
 
+# `trained_run` (conftest): a tiny CLIP trained 40 steps, shared with the transfer tests.
+
 
 def _params_at(workdir: str, step: int) -> dict:
     path = os.path.join(workdir, "checkpoints", str(step), "state")
     return ocp.StandardCheckpointer().restore(path)["params"]
-
-
-@pytest.fixture(scope="module")
-def trained_run(tmp_path_factory, synthetic_data_dir):
-    from tests.conftest import TINY_CONFIG
-    from vlmjax.config import load_config_file
-    config = load_config_file(TINY_CONFIG)
-    config.data.dir = synthetic_data_dir
-    config.train.num_steps = 40
-    config.train.eval_every = 20
-    workdir = str(tmp_path_factory.mktemp("run"))
-    results = train(config, workdir)
-    return config, workdir, results
 
 
 def test_results_json_and_accuracy(trained_run):

@@ -36,8 +36,9 @@ def test_logistic_regression_matches_scikit_learn():
 
 def test_regularisation_sweep_is_coarse_to_fine():
     x, y = _blobs(600, 8, 3, seed=1, spread=3.0)  # the shapes above: no new compilation
-    best, sweep = logistic.search_c((x[:450], y[:450]), (x[450:], y[450:]), 3, max_iter=200,
+    head, sweep = logistic.search_c((x[:450], y[:450]), (x[450:], y[450:]), 3, max_iter=200,
                                     pad_rows_to=700)
+    best = head.c
     log_c = np.log10(list(sweep))
     assert set(np.round(log_c, 6)) >= {-6, -4, -2, 0, 2, 4, 6}  # the coarse grid
     assert len(sweep) <= 7 + 2 * 4  # then two neighbours per halving: 1, 1/2, 1/4, 1/8 decade

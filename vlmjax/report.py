@@ -2,7 +2,9 @@
 
 Reads each run's results.json and writes to --out (default: report/):
 - `report.md`: per evaluator kind, Markdown tables of its headline metrics, datasets as columns,
-  runs as rows, with the mean (zero-shot acc1, retrieval R@1 both ways, captioning CIDEr-D);
+  runs as rows, with the mean (zero-shot acc1, retrieval R@1 both ways, captioning CIDEr-D,
+  linear probe / k-shot per method / fine-tune / unsupervised acc1), then per run with transfer
+  results one table of every setup (rows) by dataset;
 - `<kind>_<metric>.png`: the same as grouped bars;
 - `clip_benchmark/<run>/<kind>_<dataset>.json`: CLIP_benchmark-format records of every metric.
 Runs are named by their directory (or --names).
@@ -35,12 +37,13 @@ def load_runs(directories: list[str], names: list[str] | None = None) -> dict[st
 def write_report(runs: dict[str, dict], out: str) -> str:
     """Writes report.md, one PNG per evaluator kind and the CLIP_benchmark JSON records."""
     from vlmjax.evaluators.comparison import (
-        HEADLINES,
         TASKS,
         bar_chart,
         clip_benchmark_records,
         comparison_table,
+        headlines,
         markdown_table,
+        transfer_summary,
     )
 
     os.makedirs(out, exist_ok=True)
@@ -48,12 +51,17 @@ def write_report(runs: dict[str, dict], out: str) -> str:
     kinds = [k for k in TASKS if k in found] + sorted(found - set(TASKS))
     sections = []
     for kind in kinds:
-        for metric, title in HEADLINES.get(kind, ()):
+        for metric, title in headlines(kind, runs):
             datasets, table = comparison_table(runs, kind, metric)
             figure = f"{kind}_{metric.replace('@', '')}.png"
             sections.append(markdown_table(datasets, table, title))
             bar_chart(datasets, table, title, os.path.join(out, figure))
             sections.append(f"![{title}]({figure})\n")
+    for run, results in runs.items():
+        datasets, rows = transfer_summary(results)
+        if len(rows) > 1:  # more than zero-shot: this run has transfer results
+            sections.append(markdown_table(datasets, rows, f"transfer top-1 (%) of {run}",
+                                           row_label="setup"))
     with open(os.path.join(out, "report.md"), "w") as f:
         f.write("\n".join(sections))
     for run, results in runs.items():

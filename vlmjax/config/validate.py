@@ -151,6 +151,7 @@ def validate(config: ml_collections.ConfigDict, num_devices: int, process_count:
     from vlmjax.data.datasets import DATASETS, check_dataset
     from vlmjax.data.eval_sources import check_eval_dataset, eval_prompts
     from vlmjax.evaluators.registry import evaluator_schema
+    from vlmjax.evaluators.transfer_setup import TRANSFER_KINDS, check_transfer_config
     from vlmjax.models.sizes import resolve_vit
     from vlmjax.objectives.registry import get_objective, objective_schema
     from vlmjax.tokenizers import KINDS as TOKENIZER_KINDS
@@ -262,6 +263,8 @@ def validate(config: ml_collections.ConfigDict, num_devices: int, process_count:
             check_eval_dataset(full["dataset"], full["split"], data_dir, key, full["split_file"])
             eval_prompts(full["dataset"], full["classnames_file"], full["templates_file"],
                          full["split_file"])
+        elif eval_cfg["kind"] in TRANSFER_KINDS:
+            check_transfer_config(eval_name, full, cfg, batch_shards)
         elif eval_cfg["kind"] == "retrieval" and full["dataset"] not in DATASETS:
             from vlmjax.data.karpathy_retrieval import open_retrieval_split
             open_retrieval_split(full["dataset"], full["split"], full["data_dir"])

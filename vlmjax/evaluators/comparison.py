@@ -3,6 +3,7 @@
 Pure functions over `{run: results.json content}`; `vlmjax.report` does the reading and writing.
 """
 
+import re
 from collections.abc import Mapping
 
 import numpy as np
@@ -22,7 +23,50 @@ HEADLINES = {
     "retrieval": (("text_retrieval_recall@1", "image-to-text retrieval R@1 (%)"),
                   ("image_retrieval_recall@1", "text-to-image retrieval R@1 (%)")),
     "captioning": (("cider_d", "captioning CIDEr-D (x100)"),),
+    "linear_probe": (("acc1", "linear probe top-1 (%)"),),
+    "finetune": (("acc1", "fine-tuned top-1 (%)"),),
 }
+FEWSHOT_METHODS = ("linear_probe", "closed_form", "tip_adapter", "tip_adapter_f", "coop")
+_FEWSHOT = re.compile(r"^(?P<method>\w+)/(?P<k>\d+)shot/acc1$")
+_UNSUPERVISED = re.compile(r"^(?P<method>\w+)/acc1$")
+
+
+def _method_order(method: str) -> int:
+    return FEWSHOT_METHODS.index(method) if method in FEWSHOT_METHODS else len(FEWSHOT_METHODS)
+
+
+def headlines(kind: str, runs: Mapping[str, Mapping]) -> list[tuple[str, str]]:
+    """(metric, title) of the tables a report shows for an evaluator kind: fixed ones, or for
+    few-shot one per (method, k) and for unsupervised one per method, as the runs report them."""
+    if kind not in ("fewshot", "unsupervised"):
+        return list(HEADLINES.get(kind, ()))
+    found = {metric for results in runs.values() for name, metrics in results["evals"].items()
+             if name.partition("/")[0] == kind for metric in metrics}
+    if kind == "unsupervised":
+        return [(m, f"unsupervised ({m.split('/')[0]}) top-1 (%)") for m in sorted(found)
+                if _UNSUPERVISED.match(m) and not m.startswith("zeroshot/")]
+    matched = [(_FEWSHOT.match(m), m) for m in found]
+    ordered = sorted((_method_order(g["method"]), int(g["k"]), m) for g, m in matched if g)
+    return [(m, f"{k}-shot {m.split('/')[0]} top-1 (%)") for _, k, m in ordered]
+
+
+def transfer_summary(results: Mapping) -> tuple[list[str], dict[str, dict[str, float]]]:
+    """One run's transfer results as the survey lays them out: (datasets, {setup: {dataset:
+    acc1}}) with setups zero-shot, linear probe, k-shot per method, fine-tune, unsupervised."""
+    rows: dict[str, dict[str, float]] = {}
+    datasets: list[str] = []
+    runs = {"run": results}
+    setups = [("zeroshot", "acc1", "zero-shot"), ("linear_probe", "acc1", "linear probe")]
+    setups += [("fewshot", m, title.replace(" top-1 (%)", "")) for m, title in headlines("fewshot", runs)]
+    setups += [("finetune", "acc1", "fine-tune")]
+    setups += [("unsupervised", m, title.replace(" top-1 (%)", ""))
+               for m, title in headlines("unsupervised", runs)]
+    for kind, metric, label in setups:
+        names, table = comparison_table(runs, kind, metric)
+        if table:
+            rows[label] = table["run"]
+            datasets += [d for d in names if d not in datasets]
+    return datasets, rows
 
 
 def comparison_table(runs: Mapping[str, Mapping], kind: str, metric: str
@@ -44,10 +88,10 @@ def comparison_table(runs: Mapping[str, Mapping], kind: str, metric: str
 
 
 def markdown_table(datasets: list[str], table: Mapping[str, Mapping[str, float]], title: str,
-                   scale: float = 100.0) -> str:
+                   scale: float = 100.0, row_label: str = "run") -> str:
     """Runs x datasets (values x `scale`, one decimal) plus the mean over datasets a run has
     all of; a missing cell is "-" and leaves that run's mean empty."""
-    lines = [f"**{title}**", "", "| run | " + " | ".join(datasets) + " | mean |",
+    lines = [f"**{title}**", "", f"| {row_label} | " + " | ".join(datasets) + " | mean |",
              "| --- |" + " ---: |" * (len(datasets) + 1)]
     for run, row in table.items():
         cells = [f"{scale * row[d]:.1f}" if d in row else "-" for d in datasets]

@@ -58,10 +58,8 @@ class ShotTask:
 def _linear_probe(t: ShotTask) -> np.ndarray:
     # Rows padded to 16 shots per class: every k reuses one compiled fit.
     pad = t.num_classes * max(t.cfg["shots"])
-    best_c, _ = logistic.search_c(t.train, t.val, t.num_classes, t.cfg["max_iter"], pad_rows_to=pad)
-    head = logistic.fit_logistic(*t.train, t.num_classes, [best_c], t.cfg["max_iter"],
-                                 pad_rows_to=pad)[0]
-    return head.logits(t.test_features)
+    head, _ = logistic.search_c(t.train, t.val, t.num_classes, t.cfg["max_iter"], pad_rows_to=pad)
+    return head.logits(t.test_features)  # fit on the shots with the C the shots' val chose
 
 
 def _closed_form(t: ShotTask) -> np.ndarray:
@@ -96,14 +94,18 @@ METHODS: dict[str, Callable[[ShotTask], np.ndarray]] = {
 }
 
 
-def coop_trainer(ctx: EvalContext, params: Any, classnames: list[str], cfg: Mapping
+def coop_prompts(ctx: EvalContext, classnames: list[str], cfg: Mapping) -> coop.Prompts:
+    """CoOp's class prompts for the evaluator's context options (built when the evaluator is,
+    so that a context too long for the text tower fails before training or evaluating)."""
+    context = cfg["coop_context_init"] or " ".join([coop.PLACEHOLDER] * cfg["coop_num_context"])
+    return coop.class_prompts(ctx.tokenizer, classnames, context, ctx.context_length)
+
+
+def coop_trainer(ctx: EvalContext, params: Any, prompts: coop.Prompts, cfg: Mapping
                  ) -> coop.CoopTrainer:
-    """A CoOp trainer for `params` with the evaluator's context options."""
-    init = cfg["coop_context_init"]
-    context = init or " ".join([coop.PLACEHOLDER] * cfg["coop_num_context"])
-    prompts = coop.class_prompts(ctx.tokenizer, classnames, context, ctx.context_length)
+    """A CoOp trainer of context vectors for the frozen `params`."""
     return coop.CoopTrainer(ctx.graphdef, params, prompts,
-                            {"context_init": init, "epochs": cfg["coop_epochs"]})
+                            {"context_init": cfg["coop_context_init"], "epochs": cfg["coop_epochs"]})
 
 
 class FewShot:
@@ -119,14 +121,15 @@ class FewShot:
         text_methods = sorted(set(cfg["methods"]) & set(TEXT_METHODS))
         self.setup = TransferSetup(cfg, ctx, needs_text=bool(text_methods),
                                    why="few-shot " + "/".join(text_methods))
+        self.prompts = (coop_prompts(ctx, self.setup.zeroshot.classnames, cfg)
+                        if "coop" in cfg["methods"] else None)
 
     def run(self, params: dict) -> dict[str, float]:
         cfg, setup = self.cfg, self.setup
         x, y = setup.split(params, "train")
         tx, ty = setup.split(params, "test")
         classifier = setup.text_classifier(params) if setup.zeroshot else None
-        trainer = (coop_trainer(self.ctx, params, setup.zeroshot.classnames, cfg)
-                   if "coop" in cfg["methods"] else None)
+        trainer = coop_trainer(self.ctx, params, self.prompts, cfg) if self.prompts else None
         runs: dict[tuple[str, int], list[dict]] = {}
         for seed in range(cfg["seeds"]):
             for k in sorted(cfg["shots"]):

@@ -41,8 +41,9 @@ class FeatureExtractor:
     CLIP_benchmark's linear probe uses.
     """
 
-    def __init__(self, ctx: EvalContext, batch_size: int, data_dir: str = "", limit: int = 0):
-        self.ctx, self.data_dir, self.limit = ctx, data_dir, limit
+    def __init__(self, ctx: EvalContext, batch_size: int, data_dir: str = "", limit: int = 0,
+                 split_file: str = ""):
+        self.ctx, self.data_dir, self.limit, self.split_file = ctx, data_dir, limit, split_file
         shards = batch_shards(ctx.batch_sharding)
         self.batch_size = -(-batch_size // shards) * shards
         data, graphdef = ctx.config["data"], ctx.graphdef
@@ -61,7 +62,8 @@ class FeatureExtractor:
         preprocessing = {"model": ctx.config["model"]["name"], "size": image["image_size"],
                          "channels": image["channels"], "mean": data["image_mean"],
                          "std": data["image_std"], "limit": self.limit,
-                         "data_dir": default_data_dir(ctx, dataset, self.data_dir)}
+                         "data_dir": default_data_dir(ctx, dataset, self.data_dir),
+                         "split_file": os.path.abspath(self.split_file) if self.split_file else ""}
         key = hashlib.sha256(json.dumps(preprocessing, sort_keys=True).encode()).hexdigest()[:16]
         return os.path.join(ctx.cache_dir, "features", f"{dataset}_{split}_{ctx.checkpoint}_{key}.npz")
 
@@ -83,7 +85,7 @@ class FeatureExtractor:
     def _extract(self, params: Any, dataset: str, split: str) -> tuple[np.ndarray, np.ndarray]:
         data_dir = default_data_dir(self.ctx, dataset, self.data_dir)
         num_rows, load_rows = eval_rows(dataset, split, data_dir, self.ctx.config["model"]["image"],
-                                        self.limit)
+                                        self.limit, self.split_file)
         features, labels = [], []
         for start in tqdm(range(0, num_rows, self.batch_size), desc=f"features {dataset}/{split}",
                           leave=False, disable=jax.process_index() != 0):

@@ -40,8 +40,8 @@ class LinearProbe:
             keep, held = carve_validation(len(y), cfg["val_fraction"])
             x, y, vx, vy = x[keep], y[keep], x[held], y[held]
         rows = len(y) + len(vy)  # the sweep and the refit share one compiled shape
-        best_c, _ = search_c((x, y), (vx, vy), setup.num_classes, cfg["max_iter"], pad_rows_to=rows)
+        best, _ = search_c((x, y), (vx, vy), setup.num_classes, cfg["max_iter"], pad_rows_to=rows)
         head = fit_logistic(np.concatenate([x, vx]), np.concatenate([y, vy]), setup.num_classes,
-                            [best_c], cfg["max_iter"], pad_rows_to=rows)[0]
+                            [best.c], cfg["max_iter"], pad_rows_to=rows, init=best)[0]
         tx, ty = setup.split(params, "test")
-        return {**metrics_of(head.logits(tx), ty, setup.num_classes), "C": best_c}
+        return {**metrics_of(head.logits(tx), ty, setup.num_classes), "C": best.c}

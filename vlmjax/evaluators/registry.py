@@ -12,6 +12,7 @@ from vlmjax.evaluators import (
     caption_zeroshot,
     captioning,
     fewshot,
+    finetune,
     linear_probe,
     retrieval,
     unsupervised,
@@ -26,6 +27,7 @@ EVALUATORS: dict[str, tuple[type, Mapping]] = {
     "linear_probe": (linear_probe.LinearProbe, linear_probe.DEFAULTS),
     "fewshot": (fewshot.FewShot, fewshot.DEFAULTS),
     "unsupervised": (unsupervised.Unsupervised, unsupervised.DEFAULTS),
+    "finetune": (finetune.FineTune, finetune.DEFAULTS),
 }
 
 

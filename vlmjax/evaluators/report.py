@@ -43,7 +43,26 @@ def results_tables(results: Mapping) -> list[Table]:
     return tables
 
 
+def transfer_table(results: Mapping) -> Table | None:
+    """Setups (zero-shot, linear probe, k-shot methods, fine-tune, unsupervised) by dataset,
+    top-1 in %, or None when the results hold no transfer evaluation."""
+    from vlmjax.evaluators.comparison import transfer_summary
+    datasets, rows = transfer_summary(results)
+    if len(rows) < 2:
+        return None
+    table = Table(title=f"transfer top-1 (%) at step {results['step']}")
+    table.add_column("setup")
+    for dataset in datasets:
+        table.add_column(dataset, justify="right")
+    for setup, values in rows.items():
+        table.add_row(setup, *(f"{100 * values[d]:.1f}" if d in values else "-" for d in datasets))
+    return table
+
+
 def print_results(results: Mapping) -> None:
     console = Console()
     for table in results_tables(results):
         console.print(table)
+    summary = transfer_table(results)
+    if summary is not None:
+        console.print(summary)

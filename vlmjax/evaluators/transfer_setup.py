@@ -12,6 +12,7 @@ from vlmjax.evaluators.context import EvalContext
 from vlmjax.evaluators.frozen_features import FeatureExtractor
 from vlmjax.evaluators.metrics import classification_metrics
 from vlmjax.evaluators.scoring import EmbeddingScoring, scoring_for
+from vlmjax.models.registry import get_model_spec
 
 # Keys every transfer evaluator takes (each adds its own).
 COMMON = {
@@ -23,14 +24,22 @@ COMMON = {
     "num_images": 0,  # use the first N images of each split only; 0 = all
     "classnames_file": "",  # for the zero-shot classifier (methods that use text)
     "templates_file": "",
+    # CoOp's split_zhou_*.json (benchmarks): its train / val / test rows and label space, the
+    # splits on which few-shot numbers are comparable across papers.
+    "split_file": "",
 }
 
 
-def class_count(dataset: str) -> int:
-    """Number of classes of an on-disk dataset or registered benchmark (no class names needed)."""
+def class_count(dataset: str, split_file: str = "") -> int:
+    """Number of classes of an on-disk dataset, a registered benchmark or a CoOp split file
+    (whose label space may differ from the dataset's); no user class names needed."""
     if dataset in datasets.DATASETS:
         return len(datasets.dataset_prompts(dataset)[0])
-    return benchmarks.num_classes(benchmarks.get_benchmark(dataset))
+    benchmark = benchmarks.get_benchmark(dataset)
+    if split_file:
+        from vlmjax.data.coop_splits import coop_classnames
+        return len(coop_classnames(benchmark, split_file))
+    return benchmarks.num_classes(benchmark)
 
 
 def metrics_of(scores: np.ndarray, labels: np.ndarray, num_classes: int) -> dict[str, float]:
@@ -45,8 +54,9 @@ class TransferSetup:
 
     def __init__(self, cfg: Mapping, ctx: EvalContext, needs_text: bool, why: str = ""):
         self.cfg, self.ctx = cfg, ctx
-        self.extractor = FeatureExtractor(ctx, cfg["batch_size"], cfg["data_dir"], cfg["num_images"])
-        self.num_classes = class_count(cfg["dataset"])
+        self.extractor = FeatureExtractor(ctx, cfg["batch_size"], cfg["data_dir"], cfg["num_images"],
+                                          cfg["split_file"])
+        self.num_classes = class_count(cfg["dataset"], cfg["split_file"])
         self.zeroshot = None
         if needs_text:
             if not isinstance(scoring_for(ctx.config), EmbeddingScoring):
@@ -57,7 +67,7 @@ class TransferSetup:
             from vlmjax.evaluators.zeroshot import ZeroShotClassification
             self.zeroshot = ZeroShotClassification(
                 {k: cfg[k] for k in ("dataset", "data_dir", "batch_size", "num_images",
-                                     "classnames_file", "templates_file")}
+                                     "classnames_file", "templates_file", "split_file")}
                 | {"split": cfg["test_split"]}, ctx)
 
     def split(self, params: Any, which: str) -> tuple[np.ndarray, np.ndarray]:
@@ -72,3 +82,47 @@ class TransferSetup:
     def text_classifier(self, params: Any) -> np.ndarray:
         """[C, e] zero-shot class embeddings (prompt ensemble, renormalised)."""
         return np.asarray(self.zeroshot.classifier(params), np.float32)
+
+
+TRANSFER_KINDS = ("linear_probe", "fewshot", "unsupervised", "finetune")
+
+
+def check_transfer_config(name: str, full: Mapping, config: Mapping, batch_shards: int) -> None:
+    """Raises ConfigError / DataError before anything compiles if a transfer evaluator's config
+    cannot run: unreadable splits, missing class names, bad method lists or sizes."""
+    from vlmjax.data.eval_sources import check_eval_dataset, eval_prompts
+    from vlmjax.evaluators import fewshot, unsupervised
+
+    def fail(key: str, problem: str, fix: str) -> None:
+        raise ConfigError(f"config.evals.{name}.{key} {problem}; {fix}")
+
+    on_disk = full["dataset"] in datasets.DATASETS
+    data_dir = full["data_dir"] or (config["data"]["dir"] if on_disk else "")
+    key = f"evals.{name}.data_dir" if full["data_dir"] else "data.dir"
+    for split_key in ("train_split", "test_split", "val_split"):
+        if full.get(split_key):
+            check_eval_dataset(full["dataset"], full[split_key], data_dir, key, full["split_file"])
+    methods = tuple(full.get("methods", ()))
+    allowed = {"fewshot": fewshot.METHODS, "unsupervised": unsupervised.METHODS}.get(full["kind"], ())
+    unknown = sorted(set(methods) - set(allowed))
+    if unknown or (full["kind"] in ("fewshot", "unsupervised") and not methods):
+        fail("methods", f"= {list(methods)} has unknown or no methods {unknown}",
+             f"choose among {', '.join(allowed)}")
+    shots = tuple(full.get("shots", (1,)))
+    if not shots or any(not isinstance(k, int) or k < 1 for k in shots):
+        fail("shots", f"= {list(shots)}",
+             "give positive whole numbers of images per class, e.g. (1, 2, 4, 8, 16)")
+    for count in ("seeds", "per_class", "max_iter"):
+        if count in full and full[count] < 1:
+            fail(count, f"= {full[count]} is below 1", "use a positive number")
+    if full.get("train_batch_size", batch_shards) % batch_shards:
+        fail("train_batch_size", f"= {full['train_batch_size']} does not divide over "
+             f"{batch_shards} batch shards", f"use a multiple of {batch_shards}")
+    needs_text = full["kind"] in ("finetune", "unsupervised") or (
+        full["kind"] == "fewshot" and set(methods) & set(fewshot.TEXT_METHODS))
+    if needs_text and get_model_spec(config["model"]["name"]).scoring != "embedding":
+        fail("kind", f"= {full['kind']!r} (methods {list(methods)}) needs one text embedding per "
+             f"class, which model {config['model']['name']!r} (token-wise scoring) has not",
+             "use the linear_probe kind or the few-shot methods linear_probe / closed_form")
+    if needs_text:
+        eval_prompts(full["dataset"], full["classnames_file"], full["templates_file"], full["split_file"])

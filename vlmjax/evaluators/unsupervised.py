@@ -14,9 +14,9 @@ import numpy as np
 
 from vlmjax.errors import ConfigError
 from vlmjax.evaluators.context import EvalContext
-from vlmjax.evaluators.fewshot import coop_trainer
+from vlmjax.evaluators.fewshot import coop_prompts, coop_trainer
 from vlmjax.evaluators.transfer_setup import COMMON, TransferSetup, metrics_of
-from vlmjax.transfer.logistic import fit_logistic, search_c
+from vlmjax.transfer.logistic import search_c
 from vlmjax.transfer.shots import confident_per_class
 
 DEFAULTS = {
@@ -49,6 +49,8 @@ class Unsupervised:
         self.ctx = ctx
         self.name = f"unsupervised/{cfg['dataset']}"
         self.setup = TransferSetup(cfg, ctx, needs_text=True, why="unsupervised transfer")
+        self.prompts = (coop_prompts(ctx, self.setup.zeroshot.classnames, cfg)
+                        if "coop" in cfg["methods"] else None)
 
     def run(self, params: dict) -> dict[str, float]:
         cfg, setup = self.cfg, self.setup
@@ -65,13 +67,11 @@ class Unsupervised:
         for method in cfg["methods"]:
             if method == "linear":
                 rows = cfg["per_class"] * setup.num_classes  # one compiled shape
-                best_c, _ = search_c((x[train], pseudo), (x[val], val_pseudo), setup.num_classes,
-                                     cfg["max_iter"], pad_rows_to=rows)
-                head = fit_logistic(x[train], pseudo, setup.num_classes, [best_c], cfg["max_iter"],
-                                    pad_rows_to=rows)[0]
+                head, _ = search_c((x[train], pseudo), (x[val], val_pseudo), setup.num_classes,
+                                   cfg["max_iter"], pad_rows_to=rows)
                 scores = head.logits(tx)
             else:
-                trainer = coop_trainer(self.ctx, params, setup.zeroshot.classnames, cfg)
+                trainer = coop_trainer(self.ctx, params, self.prompts, cfg)
                 context = trainer.train(x[train], pseudo, shots=cfg["per_class"], seed=0)
                 scores = tx @ trainer.classifier(context).T
             acc = metrics_of(scores, ty, setup.num_classes)["acc1"]

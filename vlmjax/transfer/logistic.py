@@ -1,20 +1,26 @@
 """L2-regularised multinomial logistic regression on frozen features, fit by L-BFGS in JAX.
 
 The objective is scikit-learn's (`LogisticRegression(C=c)` with lbfgs), divided by the number of
-examples: mean cross-entropy + ||W||^2 / (2 c N), the bias unpenalised. Fits for several C run
-at once (vmap), which is what makes the CLIP paper's regularisation sweep cheap: a coarse grid
-of C from 1e-6 to 1e6 every two decades, then the interval around the best value is halved
-until it reaches 8 steps per decade (CLIP, appendix A.3).
+examples: mean cross-entropy + ||W||^2 / (2 c N), the bias unpenalised. One compiled solver
+serves every C and (with zero-weight padding rows) every training-set size, and the
+regularisation sweep starts each fit from the nearest solution already found. (Standardising
+the features, a common preconditioner, was measured to triple the iterations on normalised
+embeddings, here and in scikit-learn, so the solver works on the features as they are.)
+The sweep is the CLIP paper's (appendix A.3): C from 1e-6 to 1e6 every two decades, then the
+interval around the best value is halved until it reaches 8 steps per decade.
 """
 
 import dataclasses
 import functools
+import logging
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 import optax.tree_utils as otu
+
+log = logging.getLogger(__name__)
 
 COARSE_LOG10_C = tuple(range(-6, 7, 2))  # 1e-6 ... 1e6
 FINEST_STEP = 1 / 8  # decades
@@ -27,12 +33,10 @@ class LinearHead:
     w: np.ndarray  # [d, C]
     b: np.ndarray  # [C]
     c: float  # the inverse regularisation strength it was fit with
+    iterations: int = 0
 
     def logits(self, features: np.ndarray) -> np.ndarray:
         return np.asarray(features, np.float32) @ self.w + self.b
-
-
-FITS_PER_CALL = len(COARSE_LOG10_C)  # C values fit together: one compiled shape per data shape
 
 
 def _objective(params: dict, x: jax.Array, y: jax.Array, weight: jax.Array, c: jax.Array
@@ -44,69 +48,74 @@ def _objective(params: dict, x: jax.Array, y: jax.Array, weight: jax.Array, c: j
     return jnp.sum(weight * ce) / total + jnp.sum(params["w"] ** 2) / (2 * c * total)
 
 
-@functools.partial(jax.jit, static_argnames=("num_classes",))
-def _fit_many(x: jax.Array, y: jax.Array, weight: jax.Array, cs: jax.Array, num_classes: int,
-              max_iter: int, tol: float) -> dict:
-    """Fits one head per value of `cs` (vmapped L-BFGS, zoom line search); leaves [len(cs), ...].
+@jax.jit
+def _fit(x: jax.Array, y: jax.Array, weight: jax.Array, c: jax.Array, init: dict,
+         max_iter: jax.Array, tol: jax.Array) -> tuple[dict, jax.Array]:
+    """L-BFGS from `init` until the largest gradient entry is below `tol` (scikit-learn's lbfgs
+    criterion) or after `max_iter` iterations; returns the parameters and the iterations."""
+    fun = functools.partial(_objective, x=x, y=y, weight=weight, c=c)
+    # Backtracking (Armijo) line search: compiles in about half the time of optax's zoom
+    # search and converges the same on this convex objective.
+    opt = optax.lbfgs(linesearch=optax.scale_by_backtracking_linesearch(
+        max_backtracking_steps=20, store_grad=True))
+    value_and_grad = optax.value_and_grad_from_state(fun)
 
-    Stops when the largest gradient entry is below `tol` (scikit-learn's lbfgs criterion) or
-    after `max_iter` iterations.
-    """
+    def step(carry: tuple) -> tuple:
+        params, state = carry
+        value, grad = value_and_grad(params, state=state)
+        updates, state = opt.update(grad, state, params, value=value, grad=grad, value_fn=fun)
+        return optax.apply_updates(params, updates), state
 
-    def fit(c: jax.Array) -> dict:
-        fun = functools.partial(_objective, x=x, y=y, weight=weight, c=c)
-        # Backtracking (Armijo) line search: compiles in about half the time of optax's zoom
-        # search and converges the same on this convex objective.
-        opt = optax.lbfgs(linesearch=optax.scale_by_backtracking_linesearch(
-            max_backtracking_steps=20, store_grad=True))
-        value_and_grad = optax.value_and_grad_from_state(fun)
-        init = {"w": jnp.zeros((x.shape[1], num_classes), x.dtype),
-                "b": jnp.zeros((num_classes,), x.dtype)}
+    def running(carry: tuple) -> jax.Array:
+        _, state = carry
+        count, grad = otu.tree_get(state, "count"), otu.tree_get(state, "grad")
+        largest = jnp.max(jnp.stack([jnp.max(jnp.abs(g)) for g in jax.tree.leaves(grad)]))
+        return (count == 0) | ((count < max_iter) & (largest > tol))
 
-        def step(carry):
-            params, state = carry
-            value, grad = value_and_grad(params, state=state)
-            updates, state = opt.update(grad, state, params, value=value, grad=grad, value_fn=fun)
-            return optax.apply_updates(params, updates), state
+    params, state = jax.lax.while_loop(running, step, (init, opt.init(init)))
+    return params, otu.tree_get(state, "count")
 
-        def running(carry):
-            _, state = carry
-            count, grad = otu.tree_get(state, "count"), otu.tree_get(state, "grad")
-            largest = jnp.max(jnp.stack([jnp.max(jnp.abs(g)) for g in jax.tree.leaves(grad)]))
-            return (count == 0) | ((count < max_iter) & (largest > tol))
 
-        params, _ = jax.lax.while_loop(running, step, (init, opt.init(init)))
-        return params
+class LogisticProblem:
+    """One training set on device, padded to a fixed row count (zero-weight rows) so that
+    problems of different sizes share one compiled solver."""
 
-    return jax.vmap(fit)(cs)
+    def __init__(self, features: np.ndarray, labels: np.ndarray, num_classes: int,
+                 pad_rows_to: int = 0):
+        n = len(labels)
+        rows = max(n, pad_rows_to)
+        x = np.zeros((rows, features.shape[1]), np.float32)
+        x[:n] = features
+        y = np.zeros((rows,), np.int32)
+        y[:n] = labels
+        self.x, self.y = jnp.asarray(x), jnp.asarray(y)
+        self.weight = jnp.asarray((np.arange(rows) < n).astype(np.float32))
+        self.num_classes = num_classes
+
+    def fit(self, c: float, init: LinearHead | None = None, max_iter: int = 1000,
+            tol: float = 1e-4) -> LinearHead:
+        """The minimiser for inverse regularisation `c`, started from `init` or from zero."""
+        start = ({"w": jnp.zeros((self.x.shape[1], self.num_classes), jnp.float32),
+                  "b": jnp.zeros((self.num_classes,), jnp.float32)} if init is None
+                 else {"w": jnp.asarray(init.w), "b": jnp.asarray(init.b)})
+        params, count = jax.device_get(_fit(self.x, self.y, self.weight, jnp.float32(c), start,
+                                            jnp.int32(max_iter), jnp.float32(tol)))
+        if int(count) >= max_iter:
+            log.info("L-BFGS stopped at max_iter=%d before converging (C=%g)", max_iter, c)
+        return LinearHead(w=params["w"], b=params["b"], c=float(c), iterations=int(count))
 
 
 def fit_logistic(features: np.ndarray, labels: np.ndarray, num_classes: int, cs: list[float],
                  max_iter: int = 1000, tol: float = 1e-4, pad_rows_to: int = 0,
-                 fits_per_call: int = FITS_PER_CALL) -> list[LinearHead]:
-    """One head per inverse regularisation strength in `cs`.
-
-    C values are fit `fits_per_call` at a time (the last group padded) and rows are zero-weight
-    padded to `pad_rows_to`, so that sweeps, refits and few-shot sets of different sizes reuse
-    one compiled program.
-    """
-    n = len(labels)
-    rows = max(n, pad_rows_to)
-    x = np.zeros((rows, features.shape[1]), np.float32)
-    x[:n] = features
-    y = np.zeros((rows,), np.int32)
-    y[:n] = labels
-    weight = (np.arange(rows) < n).astype(np.float32)
-    heads, width = [], fits_per_call
-    for start in range(0, len(cs), width):
-        chunk = list(cs[start: start + width])
-        padded = chunk + [chunk[-1]] * (width - len(chunk))
-        params = jax.device_get(_fit_many(jnp.asarray(x), jnp.asarray(y), jnp.asarray(weight),
-                                          jnp.asarray(padded, jnp.float32), num_classes,
-                                          max_iter, tol))
-        heads += [LinearHead(w=params["w"][i], b=params["b"][i], c=float(c))
-                  for i, c in enumerate(chunk)]
-    return heads
+                 init: LinearHead | None = None) -> list[LinearHead]:
+    """One head per inverse regularisation strength in `cs` (fit in increasing C, each warm-
+    started from the previous one; the first from `init` or zero), returned in `cs` order."""
+    problem = LogisticProblem(features, labels, num_classes, pad_rows_to)
+    heads: dict[float, LinearHead] = {}
+    previous = init
+    for c in sorted(set(cs)):
+        previous = heads[c] = problem.fit(c, previous, max_iter, tol)
+    return [heads[c] for c in cs]
 
 
 def accuracy(head: LinearHead, features: np.ndarray, labels: np.ndarray) -> float:
@@ -115,19 +124,18 @@ def accuracy(head: LinearHead, features: np.ndarray, labels: np.ndarray) -> floa
 
 def search_c(train: tuple[np.ndarray, np.ndarray], val: tuple[np.ndarray, np.ndarray],
              num_classes: int, max_iter: int = 1000, pad_rows_to: int = 0
-             ) -> tuple[float, dict[float, float]]:
-    """CLIP's coarse-to-fine sweep of C on a validation split: (best C, {C: val accuracy}).
-
-    Ties go to the smaller C (the stronger regularisation).
-    """
+             ) -> tuple[LinearHead, dict[float, float]]:
+    """CLIP's coarse-to-fine sweep of C on a validation split: (the best head, {C: val
+    accuracy}). Ties go to the smaller C (the stronger regularisation)."""
+    problem = LogisticProblem(*train, num_classes, pad_rows_to)
+    heads: dict[float, LinearHead] = {}
     scores: dict[float, float] = {}
 
     def evaluate(log_cs: list[float]) -> None:
-        todo = [lc for lc in log_cs if lc not in scores and -6 <= lc <= 6]
-        if todo:
-            heads = fit_logistic(*train, num_classes, [10.0 ** lc for lc in todo], max_iter,
-                                 pad_rows_to=pad_rows_to)
-            scores.update({lc: accuracy(h, *val) for lc, h in zip(todo, heads, strict=True)})
+        for lc in sorted(lc for lc in log_cs if lc not in scores and -6 <= lc <= 6):
+            nearest = min(heads, key=lambda done: abs(done - lc), default=None)
+            heads[lc] = problem.fit(10.0 ** lc, heads.get(nearest), max_iter)
+            scores[lc] = accuracy(heads[lc], *val)
 
     evaluate([float(lc) for lc in COARSE_LOG10_C])
     step = 2.0
@@ -136,4 +144,4 @@ def search_c(train: tuple[np.ndarray, np.ndarray], val: tuple[np.ndarray, np.nda
         best = max(sorted(scores), key=lambda lc: scores[lc])
         evaluate([best - step, best + step])
     best = max(sorted(scores), key=lambda lc: scores[lc])
-    return 10.0 ** best, {10.0 ** lc: acc for lc, acc in sorted(scores.items())}
+    return heads[best], {10.0 ** lc: acc for lc, acc in sorted(scores.items())}

@@ -74,31 +74,38 @@ def search(adapter: TipAdapter, features: np.ndarray, labels: np.ndarray) -> Tip
     return dataclasses.replace(adapter, alpha=ALPHAS[a], beta=BETAS[b])
 
 
+@jax.jit
+def _train_keys(keys: jax.Array, labels: jax.Array, classifier: jax.Array, batches: jax.Array,
+                alpha: jax.Array, beta: jax.Array, lr: jax.Array) -> jax.Array:
+    """Keys after one AdamW step per row of `batches` (indices into the shots)."""
+    features, values = keys, jax.nn.one_hot(labels, classifier.shape[0])
+    schedule = optax.cosine_decay_schedule(lr, batches.shape[0])
+    opt = optax.adamw(schedule, eps=1e-4, weight_decay=0.01)
+
+    def loss(k: jax.Array, rows: jax.Array) -> jax.Array:
+        logits = tip_logits(features[rows], classifier, k, values, alpha, beta)
+        return optax.softmax_cross_entropy_with_integer_labels(logits, labels[rows]).mean()
+
+    def step(carry: tuple, rows: jax.Array) -> tuple[tuple, None]:
+        k, state = carry
+        updates, state = opt.update(jax.grad(loss)(k, rows), state, k)
+        return (optax.apply_updates(k, updates), state), None
+
+    (keys, _), _ = jax.lax.scan(step, (keys, opt.init(keys)), batches)
+    return keys
+
+
 def fine_tune_keys(adapter: TipAdapter, epochs: int = 20, batch_size: int = 256, lr: float = 1e-3,
                    seed: int = 0) -> TipAdapter:
     """Tip-Adapter-F: the cache keys trained with cross-entropy on the shots (keys initialised
     from the shots' features), alpha and beta held at the adapter's values."""
     n = len(adapter.labels)
     steps_per_epoch = -(-n // batch_size)
-    schedule = optax.cosine_decay_schedule(lr, epochs * steps_per_epoch)
-    opt = optax.adamw(schedule, eps=1e-4, weight_decay=0.01)
-    features = jnp.asarray(adapter.keys)
-    labels = jnp.asarray(adapter.labels)
-    values, classifier = adapter.values(), jnp.asarray(adapter.classifier)
-    order = np.stack([np.random.default_rng(seed + e).permutation(np.resize(np.arange(n),
-                      steps_per_epoch * batch_size)) for e in range(epochs)])
-    batches = jnp.asarray(order.reshape(epochs * steps_per_epoch, -1))
-
-    def loss(keys: jax.Array, rows: jax.Array) -> jax.Array:
-        logits = tip_logits(features[rows], classifier, keys, values, adapter.alpha, adapter.beta)
-        return optax.softmax_cross_entropy_with_integer_labels(logits, labels[rows]).mean()
-
-    def step(carry, rows):
-        keys, state = carry
-        grad = jax.grad(loss)(keys, rows)
-        updates, state = opt.update(grad, state, keys)
-        return (optax.apply_updates(keys, updates), state), None
-
-    keys = jnp.asarray(adapter.keys)
-    (keys, _), _ = jax.jit(lambda k, b: jax.lax.scan(step, (k, opt.init(k)), b))(keys, batches)
+    # Each epoch a permutation, cut into full batches (topped up from its start).
+    order = np.stack([np.resize(np.random.default_rng(seed + e).permutation(n),
+                                steps_per_epoch * batch_size) for e in range(epochs)])
+    keys = _train_keys(jnp.asarray(adapter.keys), jnp.asarray(adapter.labels),
+                       jnp.asarray(adapter.classifier),
+                       jnp.asarray(order.reshape(epochs * steps_per_epoch, batch_size)),
+                       jnp.float32(adapter.alpha), jnp.float32(adapter.beta), jnp.float32(lr))
     return dataclasses.replace(adapter, keys=np.asarray(keys))
