@@ -63,3 +63,29 @@ def test_results_of_the_same_checkpoint_accumulate(tmp_path):
     write_results(str(tmp_path), {"step": 6, "evals": {"zeroshot/x": {"acc1": 0.7}}})
     with open(tmp_path / "results.json") as f:
         assert json.load(f) == {"step": 6, "evals": {"zeroshot/x": {"acc1": 0.7}}}  # a new step
+
+
+def test_transfer_results_get_a_table_per_setup_and_a_summary(tmp_path):
+    from vlmjax.evaluators.comparison import headlines, transfer_summary
+    fewshot = {"coop/1shot/acc1": 0.5, "coop/1shot/acc1_std": 0.1, "linear_probe/16shot/acc1": 0.8,
+               "linear_probe/2shot/acc1": 0.6}
+    results = {"step": 5, "evals": {
+        "zeroshot/pets": {"acc1": 0.4}, "zeroshot/dtd": {"acc1": 0.3},
+        "linear_probe/pets": {"acc1": 0.9, "C": 1.0}, "fewshot/pets": fewshot,
+        "finetune/pets": {"acc1": 0.95}, "unsupervised/pets": {"zeroshot/acc1": 0.4, "linear/acc1": 0.45}}}
+    # k-shot tables in method order (linear probe first), then by k; not the std.
+    assert [m for m, _ in headlines("fewshot", {"a": results})] == [
+        "linear_probe/2shot/acc1", "linear_probe/16shot/acc1", "coop/1shot/acc1"]
+    assert headlines("unsupervised", {"a": results}) == [("linear/acc1", "unsupervised (linear) top-1 (%)")]
+    datasets, rows = transfer_summary(results)
+    assert datasets == ["pets", "dtd"]
+    assert list(rows) == ["zero-shot", "linear probe", "2-shot linear_probe", "16-shot linear_probe",
+                          "1-shot coop", "fine-tune", "unsupervised (linear)"]
+    assert rows["zero-shot"] == {"pets": 0.4, "dtd": 0.3} and rows["1-shot coop"] == {"pets": 0.5}
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "results.json").write_text(json.dumps(results))
+    with open(write_report(load_runs([str(run)]), str(tmp_path / "out"))) as f:
+        report = f.read()
+    assert "**transfer top-1 (%) of run**" in report and "| 16-shot linear_probe | 80.0 | - | - |" in report
+    assert os.path.isfile(tmp_path / "out" / "fewshot_linear_probe_16shot_acc1.png")

@@ -53,7 +53,7 @@ def write_report(runs: dict[str, dict], out: str) -> str:
     for kind in kinds:
         for metric, title in headlines(kind, runs):
             datasets, table = comparison_table(runs, kind, metric)
-            figure = f"{kind}_{metric.replace('@', '')}.png"
+            figure = f"{kind}_{metric.replace('@', '').replace('/', '_')}.png"
             sections.append(markdown_table(datasets, table, title))
             bar_chart(datasets, table, title, os.path.join(out, figure))
             sections.append(f"![{title}]({figure})\n")
