@@ -7,6 +7,7 @@ here is a typo, and `validate` reports it with the closest known key.
 import math
 
 import ml_collections
+from ml_collections import config_dict
 
 # Logical axis name -> mesh axes. Parameters and activations are annotated with the logical
 # names; only these rules decide how they are laid out on the mesh (MaxText's scheme).
@@ -27,6 +28,15 @@ DEFAULT_SHARDING_RULES = (
 )
 
 
+# Keys that take a float or a per-channel list (see `channel_stat`).
+PER_CHANNEL_KEYS = ("data.image_mean", "data.image_std")
+
+
+def channel_stat(value: float) -> config_dict.FieldReference:
+    """A field that accepts a float or a per-channel list (ConfigDict fields are typed otherwise)."""
+    return config_dict.FieldReference(value, field_type=object)
+
+
 def base_config() -> ml_collections.ConfigDict:
     """Every known key with its default value and type."""
     c = ml_collections.ConfigDict()
@@ -40,8 +50,10 @@ def base_config() -> ml_collections.ConfigDict:
     c.data.name = "fashion_mnist"
     c.data.dir = "/usr/share/datasets/fashion-mnist"
     c.data.split = "train"
-    c.data.image_mean = 0.5  # per-channel normalisation applied on device
-    c.data.image_std = 0.5
+    # Normalisation applied on device: one value for every channel, or one per channel (a list
+    # as long as model.image.channels, e.g. CLIP's (0.48145466, 0.4578275, 0.40821073)).
+    c.data.image_mean = channel_stat(0.5)
+    c.data.image_std = channel_stat(0.5)
     c.data.flip = False  # random horizontal flip
     c.data.translate = 0  # random shift by up to this many pixels (zero padded)
     c.data.num_threads = 2  # grain read threads

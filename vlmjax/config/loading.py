@@ -7,6 +7,7 @@ import os
 
 import ml_collections
 
+from vlmjax.config.defaults import PER_CHANNEL_KEYS, channel_stat
 from vlmjax.errors import ConfigError
 
 
@@ -38,6 +39,14 @@ def load_config_file(spec: str) -> ml_collections.ConfigDict:
 
 
 def _parse_value(raw: str, current: object, key: str) -> object:
+    if key in PER_CHANNEL_KEYS:  # a float or one float per channel
+        value = ast.literal_eval(raw) if raw.strip() else raw
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, (list, tuple)):
+            return tuple(value)
+        raise ConfigError(f"config.{key}={raw!r} is neither a float nor a per-channel list; "
+                          f"e.g. --config.{key}=0.5 or --config.{key}=(0.48,0.46,0.41)")
     if isinstance(current, bool):
         lowered = raw.lower()
         if lowered in ("true", "1", "yes"):
@@ -81,8 +90,12 @@ def apply_override(config: ml_collections.ConfigDict, key: str, raw: str) -> Non
     if isinstance(current, ml_collections.ConfigDict):
         raise ConfigError(f"--config.{key} names a section; set one of its keys instead: "
                           f"{', '.join(current.keys())}")
+    value = _parse_value(raw, current, key)
     with node.unlocked():
-        node[parts[-1]] = _parse_value(raw, current, key)
+        if key in PER_CHANNEL_KEYS:  # a config rebuilt from JSON typed the field float or list
+            del node[parts[-1]]
+            value = channel_stat(value)
+        node[parts[-1]] = value
 
 
 def config_from_args(spec: str, overrides: list[str],

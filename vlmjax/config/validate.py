@@ -10,7 +10,7 @@ from typing import Any
 
 import ml_collections
 
-from vlmjax.config.defaults import base_config
+from vlmjax.config.defaults import PER_CHANNEL_KEYS, base_config
 from vlmjax.errors import ConfigError
 
 MESH_AXES = ("data", "fsdp", "tensor")
@@ -83,6 +83,10 @@ def check_against_schema(cfg: Mapping, schema: Mapping, prefix: str = "") -> Non
                 _fail(path, f"must be a section (ConfigDict), got {type(value).__name__}",
                       "set its sub-keys instead, e.g. " + f"--config.{path}.<key>=...")
             check_against_schema(value, default, prefix=path + ".")
+        elif path in PER_CHANNEL_KEYS and isinstance(value, (list, tuple)):
+            if not value or not all(_type_ok(v, 0.0) for v in value):
+                _fail(path, f"={value!r} must be a float or a list of floats (one per channel)",
+                      f"e.g. --config.{path}=0.5 or --config.{path}=(0.48,0.46,0.41)")
         elif not _type_ok(value, default):
             _fail(path, f"has type {type(value).__name__} ({value!r}) but must be "
                   f"{type(default).__name__}", f"e.g. --config.{path}={default!r}")
@@ -115,6 +119,19 @@ def resolve_mesh_shape(mesh_cfg: Mapping, num_devices: int) -> dict[str, int]:
         _fail("mesh", f"sizes multiply to {fixed} but there are {num_devices} devices",
               "make the product equal the device count, or set one axis to -1")
     return sizes
+
+
+def _check_channel_stats(cfg: Mapping) -> None:
+    """image_mean/std: a float, or one value per image channel; std positive."""
+    channels = cfg["model"]["image"]["channels"]
+    for key in PER_CHANNEL_KEYS:
+        value = _get(cfg, key)
+        values = list(value) if isinstance(value, (list, tuple)) else [value]
+        if len(values) not in (1, channels):
+            _fail(key, f"has {len(values)} values but model.image.channels={channels}",
+                  f"give one value or {channels}")
+        if key.endswith("std") and min(values) <= 0:
+            _fail(key, "must be positive", "use the dataset's pixel std, e.g. 0.5")
 
 
 def _check_coca(model: Mapping) -> None:
@@ -191,8 +208,7 @@ def validate(config: ml_collections.ConfigDict, num_devices: int, process_count:
         _fail("optimizer.b1", "and b2 must lie in [0, 1)", "use e.g. b1=0.9, b2=0.98")
     if cfg["model"]["max_logit_scale"] <= 0:
         _fail("model.max_logit_scale", "must be positive", "the CLIP default is 100")
-    if cfg["data"]["image_std"] <= 0:
-        _fail("data.image_std", "must be positive", "use the dataset's pixel std, e.g. 0.5")
+    _check_channel_stats(cfg)
     if cfg["tokenizer"]["context_length"] < 2:
         _fail("tokenizer.context_length", "must be at least 2", "CLIP uses 77")
 

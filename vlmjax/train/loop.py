@@ -24,7 +24,7 @@ from vlmjax.parallel.mesh import batch_sharding, make_mesh, replicated
 from vlmjax.train.checkpoint import Checkpointer
 from vlmjax.train.metrics_writer import MetricsWriter, plot_curves
 from vlmjax.train.state import StateLayout, model_builder, state_layout
-from vlmjax.train.step import StepSpec, jit_train_step
+from vlmjax.train.step import StepSpec, channel_stats, jit_train_step
 from vlmjax.train.workdir import is_main_process, save_config, tokenizer_for_run
 
 log = logging.getLogger(__name__)
@@ -53,8 +53,8 @@ def _step_spec(config: Mapping, layout: StateLayout, mesh: jax.sharding.Mesh) ->
         objective_options={k: v for k, v in config["objective"].items() if k != "name"},
         tx=layout.tx, schedule=layout.schedule,
         post_update=lambda params: layout.model_spec.post_update(params, config["model"]),
-        locked=layout.locked, image_mean=config["data"]["image_mean"],
-        image_std=config["data"]["image_std"], mesh=mesh, rules=config["sharding_rules"],
+        locked=layout.locked, image_mean=channel_stats(config["data"]["image_mean"]),
+        image_std=channel_stats(config["data"]["image_std"]), mesh=mesh, rules=config["sharding_rules"],
         grad_accum_steps=config["train"]["grad_accum_steps"])
 
 
@@ -93,7 +93,8 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
         writer = MetricsWriter(workdir, enabled=is_main_process())
         if ckpt.latest_step() is not None:
             state, data_state, start = ckpt.restore(None, layout.abstract)
-            iterator.set_state(data_state)
+            if data_state:  # an imported checkpoint (vlmjax.convert) has no data position
+                iterator.set_state(data_state)
             writer.truncate_after(start)
             log.info("resumed from step %d", start)
         else:

@@ -1,7 +1,7 @@
 """The train step: a pure top-level function of (state, batch), jitted once with shardings."""
 
 import dataclasses
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import jax
@@ -25,20 +25,31 @@ class StepSpec:
     schedule: optax.Schedule
     post_update: Callable[[dict], dict]
     locked: Any  # bool tree like params: True for parameters of a locked (LiT) tower
-    image_mean: float
-    image_std: float
+    image_mean: float | tuple[float, ...]  # one value, or one per channel
+    image_std: float | tuple[float, ...]
     mesh: Mesh
     rules: Rules
     grad_accum_steps: int = 1
 
 
-def normalize_images(images: jax.Array, mean: float, std: float) -> jax.Array:
-    """uint8 [b, H, W, c] -> float32 (x / 255 - mean) / std, done on device."""
+def channel_stats(value: float | Sequence[float]) -> float | tuple[float, ...]:
+    """A config's image_mean/std as a float or a tuple (lists from JSON are unhashable)."""
+    return tuple(float(v) for v in value) if isinstance(value, (list, tuple)) else float(value)
+
+
+def normalize_images(images: jax.Array, mean: float | Sequence[float],
+                     std: float | Sequence[float]) -> jax.Array:
+    """uint8 [b, H, W, c] -> float32 (x / 255 - mean) / std, done on device.
+
+    mean and std are scalars or per-channel sequences (broadcast over the last axis).
+    """
+    mean, std = jnp.asarray(mean, jnp.float32), jnp.asarray(std, jnp.float32)
     return (images.astype(jnp.float32) / 255.0 - mean) / std
 
 
 def model_outputs(graphdef: Any, params: dict, batch: Mapping[str, jax.Array],
-                  mean: float, std: float) -> dict[str, jax.Array]:
+                  mean: float | Sequence[float], std: float | Sequence[float]
+                  ) -> dict[str, jax.Array]:
     """Runs the model on a batch of uint8 images and tokens."""
     model = nnx.merge(graphdef, params)
     return model(normalize_images(batch["image"], mean, std), batch["text"], batch["text_mask"])
