@@ -1,0 +1,37 @@
+"""`python -m vlmjax.convert --from hf --source DIR --workdir RUN`: import weights as a vlmjax run;
+`python -m vlmjax.convert --to hf --workdir RUN --output DIR`: export a run for transformers.
+"""
+
+import argparse
+
+from vlmjax.cli import run_main
+
+
+def main(argv: list[str] | None = None) -> int:
+    from vlmjax.interop.sources import SOURCES
+    parser = argparse.ArgumentParser(description=__doc__)
+    direction = parser.add_mutually_exclusive_group(required=True)
+    direction.add_argument("--from", dest="source_kind", choices=list(SOURCES),
+                           help="import: the format of --source")
+    direction.add_argument("--to", dest="target_kind", choices=["hf"],
+                           help="export: write --workdir's latest checkpoint in this format")
+    parser.add_argument("--source", help="import: the directory or file to read")
+    parser.add_argument("--workdir", required=True, help="vlmjax run directory")
+    parser.add_argument("--output", help="export: the directory to write")
+    parser.add_argument("--step", type=int, default=None, help="export: checkpoint step (latest)")
+    args = parser.parse_args(argv)
+    if args.source_kind:
+        if not args.source:
+            parser.error("--from needs --source PATH")
+        from vlmjax.interop.sources import get_source
+        get_source(args.source_kind)(args.source, args.workdir)
+    else:
+        if not args.output:
+            parser.error("--to needs --output DIR")
+        from vlmjax.interop.hf_export import export_hf
+        export_hf(args.workdir, args.output, args.step)
+    return 0
+
+
+if __name__ == "__main__":
+    run_main(main)

@@ -1,0 +1,117 @@
+"""Which Hugging Face CLIPModel tensor is which vlmjax parameter, and how its layout differs.
+
+One table serves both directions (import and export), so they cannot drift apart. Each entry
+names the HF key, the vlmjax path ("image/encoder/layers/0/attn/query") and a layout kind:
+
+  same       identical layout
+  linear     torch Linear weight [out, in] <-> [in, out]
+  qkv        [heads * head_dim, dim] <-> [dim, heads, head_dim]
+  qkv_bias   [heads * head_dim] <-> [heads, head_dim]
+  attn_out   [dim, heads * head_dim] <-> [heads, head_dim, dim]
+  patch      conv [out, in, p, p] <-> [p, p, in, out]
+
+HF CLIP's patch convolution has no bias: vlmjax's `image/patch_bias` is zero on import and must
+be zero to export. Text pooling agrees: HF pools at the first `eos_token_id` (or at argmax of
+the ids for configs with the old eos id 2), vlmjax at the last real token of the mask; with
+CLIP BPE, whose end-of-text id is the largest and only appears last, both are the same position.
+"""
+
+import dataclasses
+
+import numpy as np
+
+# HF buffers that are not parameters (older checkpoints saved them).
+IGNORED_SUFFIXES = ("embeddings.position_ids",)
+# vlmjax parameters that HF CLIP does not have; imported as zeros, exported only when zero.
+ZERO_ONLY = ("image/patch_bias",)
+
+
+@dataclasses.dataclass(frozen=True)
+class Entry:
+    hf: str
+    ours: str
+    kind: str
+    heads: int = 0
+
+
+def _layer_entries(hf_prefix: str, our_prefix: str, depth: int, heads: int) -> list[Entry]:
+    out = []
+    for i in range(depth):
+        hf, ours = f"{hf_prefix}.encoder.layers.{i}", f"{our_prefix}/encoder/layers/{i}"
+        for name, proj in (("query", "q_proj"), ("key", "k_proj"), ("value", "v_proj")):
+            out.append(Entry(f"{hf}.self_attn.{proj}.weight", f"{ours}/attn/{name}", "qkv", heads))
+            out.append(Entry(f"{hf}.self_attn.{proj}.bias", f"{ours}/attn/{name}_bias",
+                             "qkv_bias", heads))
+        out += [
+            Entry(f"{hf}.self_attn.out_proj.weight", f"{ours}/attn/out", "attn_out", heads),
+            Entry(f"{hf}.self_attn.out_proj.bias", f"{ours}/attn/out_bias", "same"),
+            Entry(f"{hf}.layer_norm1.weight", f"{ours}/ln_attn/scale", "same"),
+            Entry(f"{hf}.layer_norm1.bias", f"{ours}/ln_attn/bias", "same"),
+            Entry(f"{hf}.layer_norm2.weight", f"{ours}/ln_mlp/scale", "same"),
+            Entry(f"{hf}.layer_norm2.bias", f"{ours}/ln_mlp/bias", "same"),
+            Entry(f"{hf}.mlp.fc1.weight", f"{ours}/mlp/fc1", "linear"),
+            Entry(f"{hf}.mlp.fc1.bias", f"{ours}/mlp/fc1_bias", "same"),
+            Entry(f"{hf}.mlp.fc2.weight", f"{ours}/mlp/fc2", "linear"),
+            Entry(f"{hf}.mlp.fc2.bias", f"{ours}/mlp/fc2_bias", "same"),
+        ]
+    return out
+
+
+def clip_entries(image_depth: int, image_heads: int, text_depth: int, text_heads: int
+                 ) -> list[Entry]:
+    """Every tensor of a HF CLIPModel with these depths and head counts."""
+    v, t = "vision_model", "text_model"
+    return [
+        Entry("logit_scale", "logit_scale", "same"),
+        Entry(f"{v}.embeddings.class_embedding", "image/cls_token", "same"),
+        Entry(f"{v}.embeddings.patch_embedding.weight", "image/patch_embed", "patch"),
+        Entry(f"{v}.embeddings.position_embedding.weight", "image/pos_embed", "same"),
+        Entry(f"{v}.pre_layrnorm.weight", "image/ln_pre/scale", "same"),
+        Entry(f"{v}.pre_layrnorm.bias", "image/ln_pre/bias", "same"),
+        *_layer_entries(v, "image", image_depth, image_heads),
+        Entry(f"{v}.post_layernorm.weight", "image/ln_post/scale", "same"),
+        Entry(f"{v}.post_layernorm.bias", "image/ln_post/bias", "same"),
+        Entry("visual_projection.weight", "image/proj", "linear"),
+        Entry(f"{t}.embeddings.token_embedding.weight", "text/token_embed", "same"),
+        Entry(f"{t}.embeddings.position_embedding.weight", "text/pos_embed", "same"),
+        *_layer_entries(t, "text", text_depth, text_heads),
+        Entry(f"{t}.final_layer_norm.weight", "text/ln_final/scale", "same"),
+        Entry(f"{t}.final_layer_norm.bias", "text/ln_final/bias", "same"),
+        Entry("text_projection.weight", "text/proj", "linear"),
+    ]
+
+
+def to_ours(x: np.ndarray, entry: Entry) -> np.ndarray:
+    """A HF tensor in vlmjax's layout."""
+    h = entry.heads
+    if entry.kind == "linear":
+        return x.T
+    if entry.kind == "qkv":
+        return x.T.reshape(x.shape[1], h, x.shape[0] // h)
+    if entry.kind == "qkv_bias":
+        return x.reshape(h, x.shape[0] // h)
+    if entry.kind == "attn_out":
+        return x.T.reshape(h, x.shape[1] // h, x.shape[0])
+    if entry.kind == "patch":
+        return x.transpose(2, 3, 1, 0)
+    return x
+
+
+def to_hf(x: np.ndarray, entry: Entry) -> np.ndarray:
+    """A vlmjax parameter in HF's layout (the inverse of `to_ours`)."""
+    if entry.kind == "linear":
+        return x.T
+    if entry.kind == "qkv":
+        return x.reshape(x.shape[0], -1).T
+    if entry.kind == "qkv_bias":
+        return x.reshape(-1)
+    if entry.kind == "attn_out":
+        return x.reshape(-1, x.shape[-1]).T
+    if entry.kind == "patch":
+        return x.transpose(3, 2, 0, 1)
+    return x
+
+
+def hf_shape(our_shape: tuple[int, ...], entry: Entry) -> tuple[int, ...]:
+    """The HF shape that maps to a vlmjax parameter of `our_shape`."""
+    return to_hf(np.broadcast_to(np.float32(0), our_shape), entry).shape

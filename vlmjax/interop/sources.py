@@ -1,0 +1,30 @@
+"""String-keyed registry of weight sources for `python -m vlmjax.convert --from NAME`.
+
+Each source is a function (source path, workdir) -> None in its own module, imported lazily so
+one source's dependencies never load for another.
+"""
+
+import importlib
+from collections.abc import Callable
+
+from vlmjax.errors import ConfigError
+
+# name -> "module:function", or None for a source that is planned but not written yet.
+SOURCES: dict[str, str | None] = {
+    "hf": "vlmjax.interop.hf_import:import_hf",
+    "open_clip": None,
+    "big_vision": None,
+}
+
+
+def get_source(name: str) -> Callable[[str, str], None]:
+    """The import function registered as `name`, or a ConfigError saying what exists."""
+    if name not in SOURCES:
+        raise ConfigError(f"--from {name!r} is not a known source; choose one of "
+                          f"{', '.join(SOURCES)}")
+    target = SOURCES[name]
+    if target is None:
+        ready = ", ".join(k for k, v in SOURCES.items() if v)
+        raise ConfigError(f"--from {name} is not implemented yet; available now: {ready}")
+    module, _, function = target.partition(":")
+    return getattr(importlib.import_module(module), function)
