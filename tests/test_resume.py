@@ -13,7 +13,7 @@ import orbax.checkpoint as ocp
 
 from tests.conftest import REPO, TINY_CONFIG
 
-STEPS = 300
+STEPS = 120  # kill after step 50, resume from the checkpoint at 40
 
 
 def _command(workdir: str, data_dir: str) -> list[str]:
@@ -23,9 +23,13 @@ def _command(workdir: str, data_dir: str) -> list[str]:
             "--config.data.flip=true", "--config.data.translate=2"]
 
 
-def _env() -> dict:
+def _env(cache_dir: str) -> dict:
+    """8 CPU devices; the three runs share a persistent compilation cache, so only the first
+    one compiles (the programs are identical)."""
     return {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=8",
-            "JAX_PLATFORMS": "cpu"}
+            "JAX_PLATFORMS": "cpu", "JAX_COMPILATION_CACHE_DIR": cache_dir,
+            "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
+            "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0"}
 
 
 def _logged_steps(workdir: str) -> list[int]:
@@ -45,10 +49,11 @@ def _final_params(workdir: str) -> dict:
 
 def test_sigkill_then_resume_equals_uninterrupted_run(tmp_path, synthetic_data_dir):
     reference, interrupted = str(tmp_path / "reference"), str(tmp_path / "interrupted")
-    subprocess.run(_command(reference, synthetic_data_dir), cwd=REPO, env=_env(), check=True,
+    env = _env(str(tmp_path / "compilation_cache"))
+    subprocess.run(_command(reference, synthetic_data_dir), cwd=REPO, env=env, check=True,
                    capture_output=True, timeout=600)
 
-    proc = subprocess.Popen(_command(interrupted, synthetic_data_dir), cwd=REPO, env=_env(),
+    proc = subprocess.Popen(_command(interrupted, synthetic_data_dir), cwd=REPO, env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 300
     # Kill once a checkpoint is committed and training has moved past it.
@@ -64,7 +69,7 @@ def test_sigkill_then_resume_equals_uninterrupted_run(tmp_path, synthetic_data_d
     killed_at = _logged_steps(interrupted)[-1]
     assert killed_at < STEPS
 
-    resumed = subprocess.run(_command(interrupted, synthetic_data_dir), cwd=REPO, env=_env(),
+    resumed = subprocess.run(_command(interrupted, synthetic_data_dir), cwd=REPO, env=env,
                              capture_output=True, text=True, timeout=600)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert "resumed from step" in resumed.stderr

@@ -14,7 +14,6 @@ DIR holds the split JSON and the images: for COCO `dataset_coco.json`, `val2014/
 `flickr30k-images/`.
 """
 
-import argparse
 import json
 import os
 from typing import Any
@@ -22,6 +21,7 @@ from typing import Any
 import numpy as np
 import tensorflow_datasets as tfds
 
+from vlmjax.data.manual_download import build_from_manual, prepare_cli
 from vlmjax.errors import DataError
 
 CONFIGS = {  # config -> (split file, image folder used when an entry has no `filepath`)
@@ -109,19 +109,9 @@ def captions_of(source: Any, limit: int = 0) -> tuple[list[str], np.ndarray]:
 
 def prepare(config: str, manual_dir: str, data_dir: str = "") -> str:
     """Builds the array_record files of `config`; returns where they are."""
-    builder = KarpathyRetrieval(config=config, data_dir=data_dir or None, file_format="array_record")
-    builder.download_and_prepare(download_config=tfds.download.DownloadConfig(manual_dir=manual_dir))
-    return builder.data_dir
-
-
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--config", choices=sorted(CONFIGS), required=True)
-    parser.add_argument("--manual_dir", required=True, help="split JSON + images")
-    parser.add_argument("--data_dir", default="", help="TFDS data_dir (default: TFDS's)")
-    args = parser.parse_args()
-    print(prepare(args.config, args.manual_dir, args.data_dir))
+    return build_from_manual(KarpathyRetrieval(config=config, data_dir=data_dir or None,
+                                               file_format="array_record"), manual_dir)
 
 
 if __name__ == "__main__":
-    main()
+    prepare_cli(__doc__, "config", CONFIGS, prepare)

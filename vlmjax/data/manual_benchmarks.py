@@ -19,13 +19,13 @@ label and its file name (relative to the manual directory); class names are the 
   $1/2}')" -i V.avi -frames:v 1 -q:v 2 OUT/Apply_Eye_Makeup/V.jpg`.
 """
 
-import argparse
 import os
 
 import tensorflow_datasets as tfds
 
 from vlmjax.data.benchmarks import CLEANERS, get_benchmark
 from vlmjax.data.coop_splits import read_coop_split
+from vlmjax.data.manual_download import build_from_manual, prepare_cli
 from vlmjax.errors import DataError
 
 
@@ -148,20 +148,9 @@ BUILDERS = {"fgvc_aircraft": FgvcAircraft, "ucf101": Ucf101Midframes}
 
 def prepare(dataset: str, manual_dir: str, data_dir: str = "") -> str:
     """Builds the array_record files of `dataset` from its manual directory; returns where they are."""
-    builder = BUILDERS[dataset](data_dir=data_dir or None, file_format="array_record")
-    builder.download_and_prepare(download_config=tfds.download.DownloadConfig(manual_dir=manual_dir))
-    return os.fspath(builder.data_dir)
-
-
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--dataset", choices=sorted(BUILDERS), required=True)
-    parser.add_argument("--manual_dir", required=True, help="the downloaded files (see the module doc)")
-    parser.add_argument("--data_dir", default="", help="TFDS data_dir (default: TFDS's)")
-    args = parser.parse_args()
-    print(prepare(args.dataset, args.manual_dir, args.data_dir))
+    return build_from_manual(BUILDERS[dataset](data_dir=data_dir or None,
+                                               file_format="array_record"), manual_dir)
 
 
 if __name__ == "__main__":
-    main()
+    prepare_cli(__doc__, "dataset", BUILDERS, prepare)

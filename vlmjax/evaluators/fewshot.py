@@ -15,13 +15,10 @@ Metrics are `<method>/<k>shot/acc1` (mean over seeds), `.../acc1_std` and
 
 import dataclasses
 from collections.abc import Callable, Mapping
-from typing import Any
 
 import numpy as np
 
-from vlmjax.errors import ConfigError
-from vlmjax.evaluators.context import EvalContext
-from vlmjax.evaluators.transfer_setup import COMMON, TransferSetup, metrics_of
+from vlmjax.evaluators.transfer_setup import COMMON, MethodsEvaluator, metrics_of
 from vlmjax.transfer import closed_form, coop, logistic, tip_adapter
 from vlmjax.transfer.shots import few_shot_split
 
@@ -94,42 +91,19 @@ METHODS: dict[str, Callable[[ShotTask], np.ndarray]] = {
 }
 
 
-def coop_prompts(ctx: EvalContext, classnames: list[str], cfg: Mapping) -> coop.Prompts:
-    """CoOp's class prompts for the evaluator's context options (built when the evaluator is,
-    so that a context too long for the text tower fails before training or evaluating)."""
-    context = cfg["coop_context_init"] or " ".join([coop.PLACEHOLDER] * cfg["coop_num_context"])
-    return coop.class_prompts(ctx.tokenizer, classnames, context, ctx.context_length)
-
-
-def coop_trainer(ctx: EvalContext, params: Any, prompts: coop.Prompts, cfg: Mapping
-                 ) -> coop.CoopTrainer:
-    """A CoOp trainer of context vectors for the frozen `params`."""
-    return coop.CoopTrainer(ctx.graphdef, params, prompts,
-                            {"context_init": cfg["coop_context_init"], "epochs": cfg["coop_epochs"]})
-
-
-class FewShot:
+class FewShot(MethodsEvaluator):
     """`run(params)` -> per method and k: mean / std over seeds of test accuracy."""
 
-    def __init__(self, cfg: Mapping, ctx: EvalContext):
-        self.cfg = cfg = {**DEFAULTS, **cfg}
-        unknown = sorted(set(cfg["methods"]) - set(METHODS))
-        if unknown:
-            raise ConfigError(f"evals fewshot: unknown methods {unknown}; choose from {sorted(METHODS)}")
-        self.ctx = ctx
-        self.name = f"fewshot/{cfg['dataset']}"
-        text_methods = sorted(set(cfg["methods"]) & set(TEXT_METHODS))
-        self.setup = TransferSetup(cfg, ctx, needs_text=bool(text_methods),
-                                   why="few-shot " + "/".join(text_methods))
-        self.prompts = (coop_prompts(ctx, self.setup.zeroshot.classnames, cfg)
-                        if "coop" in cfg["methods"] else None)
+    DEFAULTS = DEFAULTS
+    METHODS = tuple(METHODS)
+    TEXT_METHODS = TEXT_METHODS
 
     def run(self, params: dict) -> dict[str, float]:
         cfg, setup = self.cfg, self.setup
         x, y = setup.split(params, "train")
         tx, ty = setup.split(params, "test")
         classifier = setup.text_classifier(params) if setup.zeroshot else None
-        trainer = coop_trainer(self.ctx, params, self.prompts, cfg) if self.prompts else None
+        trainer = self.coop_trainer(params) if self.prompts else None
         runs: dict[tuple[str, int], list[dict]] = {}
         for seed in range(cfg["seeds"]):
             for k in sorted(cfg["shots"]):

@@ -49,6 +49,41 @@ def metrics_of(scores: np.ndarray, labels: np.ndarray, num_classes: int) -> dict
     return classification_metrics(topk, labels, num_classes)
 
 
+class MethodsEvaluator:
+    """Shared set-up of evaluators that run a list of methods (few-shot, unsupervised): the
+    method check, the features and text classifier, and CoOp's prompts when CoOp is asked for
+    (built here, so that a context too long for the text tower fails before anything runs)."""
+
+    DEFAULTS: Mapping = {}
+    METHODS: tuple[str, ...] = ()
+    TEXT_METHODS: tuple[str, ...] = ()
+
+    def __init__(self, cfg: Mapping, ctx: EvalContext):
+        from vlmjax.transfer import coop
+        self.cfg = cfg = {**self.DEFAULTS, **cfg}
+        unknown = sorted(set(cfg["methods"]) - set(self.METHODS))
+        if unknown:
+            raise ConfigError(f"evals {cfg['kind']}: unknown methods {unknown}; choose from "
+                              f"{', '.join(self.METHODS)}")
+        self.ctx = ctx
+        self.name = f"{cfg['kind']}/{cfg['dataset']}"
+        text_methods = sorted(set(cfg["methods"]) & set(self.TEXT_METHODS))
+        self.setup = TransferSetup(cfg, ctx, needs_text=bool(text_methods),
+                                   why=f"{cfg['kind']} " + "/".join(text_methods))
+        self.prompts = None
+        if "coop" in cfg["methods"]:
+            context = cfg["coop_context_init"] or " ".join([coop.PLACEHOLDER] * cfg["coop_num_context"])
+            self.prompts = coop.class_prompts(ctx.tokenizer, self.setup.zeroshot.classnames, context,
+                                              ctx.context_length)
+
+    def coop_trainer(self, params: Any) -> Any:
+        """A CoOp trainer of context vectors for the frozen `params`."""
+        from vlmjax.transfer import coop
+        return coop.CoopTrainer(self.ctx.graphdef, params, self.prompts,
+                                {"context_init": self.cfg["coop_context_init"],
+                                 "epochs": self.cfg["coop_epochs"]})
+
+
 class TransferSetup:
     """Features of the configured splits and, when asked, the zero-shot text classifier."""
 

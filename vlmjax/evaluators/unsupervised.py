@@ -8,14 +8,10 @@ pseudo-labelled validation set. Reports each method's test accuracy, its gain ov
 and (as a diagnostic) how many pseudo-labels were right.
 """
 
-from collections.abc import Mapping
 
 import numpy as np
 
-from vlmjax.errors import ConfigError
-from vlmjax.evaluators.context import EvalContext
-from vlmjax.evaluators.fewshot import coop_prompts, coop_trainer
-from vlmjax.evaluators.transfer_setup import COMMON, TransferSetup, metrics_of
+from vlmjax.evaluators.transfer_setup import COMMON, MethodsEvaluator, metrics_of
 from vlmjax.transfer.logistic import search_c
 from vlmjax.transfer.shots import confident_per_class
 
@@ -38,19 +34,12 @@ def softmax(logits: np.ndarray) -> np.ndarray:
     return e / e.sum(axis=1, keepdims=True)
 
 
-class Unsupervised:
+class Unsupervised(MethodsEvaluator):
     """`run(params)` -> zero-shot acc1 and, per method, acc1 and gain over zero-shot."""
 
-    def __init__(self, cfg: Mapping, ctx: EvalContext):
-        self.cfg = cfg = {**DEFAULTS, **cfg}
-        unknown = sorted(set(cfg["methods"]) - set(METHODS))
-        if unknown:
-            raise ConfigError(f"evals unsupervised: unknown methods {unknown}; choose from {METHODS}")
-        self.ctx = ctx
-        self.name = f"unsupervised/{cfg['dataset']}"
-        self.setup = TransferSetup(cfg, ctx, needs_text=True, why="unsupervised transfer")
-        self.prompts = (coop_prompts(ctx, self.setup.zeroshot.classnames, cfg)
-                        if "coop" in cfg["methods"] else None)
+    DEFAULTS = DEFAULTS
+    METHODS = METHODS
+    TEXT_METHODS = METHODS  # both start from the zero-shot pseudo-labels
 
     def run(self, params: dict) -> dict[str, float]:
         cfg, setup = self.cfg, self.setup
@@ -71,7 +60,7 @@ class Unsupervised:
                                    cfg["max_iter"], pad_rows_to=rows)
                 scores = head.logits(tx)
             else:
-                trainer = coop_trainer(self.ctx, params, self.prompts, cfg)
+                trainer = self.coop_trainer(params)
                 context = trainer.train(x[train], pseudo, shots=cfg["per_class"], seed=0)
                 scores = tx @ trainer.classifier(context).T
             acc = metrics_of(scores, ty, setup.num_classes)["acc1"]
