@@ -34,7 +34,7 @@ from vlmjax.parallel.logical import axis_rules
 from vlmjax.train.optimizer import decay_mask
 from vlmjax.train.param_groups import map_with_path, matches
 from vlmjax.train.state import model_builder
-from vlmjax.train.step import StepSpec, jit_train_step, normalize_images
+from vlmjax.train.step import StepSpec, channel_stats, jit_train_step, normalize_images
 
 log = logging.getLogger(__name__)
 
@@ -98,7 +98,8 @@ class FineTune:
         spec = StepSpec(graphdef=self.graphdef, objective=CLASSIFICATION,
                         objective_options={"label_smoothing": cfg["label_smoothing"]}, tx=self.tx,
                         schedule=schedule, post_update=lambda p: p, locked=locked,
-                        image_mean=data["image_mean"], image_std=data["image_std"], mesh=ctx.mesh,
+                        image_mean=channel_stats(data["image_mean"]),
+                        image_std=channel_stats(data["image_std"]), mesh=ctx.mesh,
                         rules=ctx.rules)
         replicated = mesh_lib.replicated(ctx.mesh)
         self._step = jit_train_step(spec, self.state_sharding, ctx.batch_sharding, replicated)
