@@ -14,6 +14,7 @@ frozen, cached features of the shots themselves (the image tower never runs duri
 """
 
 import dataclasses
+import functools
 from collections.abc import Sequence
 from typing import Any
 
@@ -102,41 +103,50 @@ def prompt_classifier(model: Any, prompts: Prompts, context: jax.Array) -> jax.A
     return l2_normalize(text["embedding"])
 
 
+def _prompts_of(ids: jax.Array, mask: jax.Array, where: tuple[int, int]) -> Prompts:
+    return Prompts(ids=ids, mask=mask, start=where[0], length=where[1])
+
+
+@functools.partial(jax.jit, static_argnames=("graphdef", "where"))
+def _classifier(graphdef: Any, params: Any, ids: jax.Array, mask: jax.Array,
+                where: tuple[int, int], context: jax.Array) -> jax.Array:
+    return prompt_classifier(nnx.merge(graphdef, params), _prompts_of(ids, mask, where), context)
+
+
+@functools.partial(jax.jit, static_argnames=("graphdef", "where"))
+def _sgd_step(graphdef: Any, params: Any, ids: jax.Array, mask: jax.Array, where: tuple[int, int],
+              context: jax.Array, velocity: jax.Array, features: jax.Array, labels: jax.Array,
+              lr: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """One SGD step with momentum 0.9 (optax.sgd's form: v = g + 0.9 v, ctx -= lr v). Module
+    level, with the learning rate and prompts as inputs, so that every schedule, every trainer
+    and every evaluator of the same model and prompt shape reuse one compiled step."""
+    scale = jnp.exp(params["logit_scale"])
+    prompts = _prompts_of(ids, mask, where)
+
+    def loss(ctx: jax.Array) -> jax.Array:
+        classes = prompt_classifier(nnx.merge(graphdef, params), prompts, ctx)
+        logits = scale * features @ classes.T
+        return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
+
+    velocity = jax.grad(loss)(context) + 0.9 * velocity
+    return context - lr * velocity, velocity
+
+
 class CoopTrainer:
     """Learns context vectors for a frozen model: one compiled step for any number of shots."""
 
     def __init__(self, graphdef: Any, params: Any, prompts: Prompts, options: dict):
         self.graphdef, self.params, self.prompts = graphdef, params, prompts
         self.options = {**DEFAULTS, **options}
-        self._classifier = jax.jit(self._classifier_of)
-        self._step = jax.jit(self._step_of)
-
-    def _model(self, params: Any) -> Any:
-        return nnx.merge(self.graphdef, params)
-
-    def _classifier_of(self, params: Any, context: jax.Array) -> jax.Array:
-        return prompt_classifier(self._model(params), self.prompts, context)
+        self._inputs = (jnp.asarray(prompts.ids), jnp.asarray(prompts.mask),
+                        (prompts.start, prompts.length))
 
     def initial_context(self, seed: int) -> jax.Array:
-        return context_init(self._model(self.params), self.prompts,
+        return context_init(nnx.merge(self.graphdef, self.params), self.prompts,
                             random=not self.options["context_init"], seed=seed)
 
     def classifier(self, context: jax.Array) -> np.ndarray:
-        return np.asarray(self._classifier(self.params, context))
-
-    def _step_of(self, params: Any, context: jax.Array, velocity: jax.Array, features: jax.Array,
-                 labels: jax.Array, lr: jax.Array) -> tuple[jax.Array, jax.Array]:
-        """One SGD step with momentum 0.9 (optax.sgd's form: v = g + 0.9 v, ctx -= lr v); the
-        learning rate is an input so that every schedule reuses the compiled step."""
-        scale = jnp.exp(params["logit_scale"])
-
-        def loss(ctx: jax.Array) -> jax.Array:
-            classes = prompt_classifier(self._model(params), self.prompts, ctx)
-            logits = scale * features @ classes.T
-            return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
-
-        velocity = jax.grad(loss)(context) + 0.9 * velocity
-        return context - lr * velocity, velocity
+        return np.asarray(_classifier(self.graphdef, self.params, *self._inputs, context))
 
     def train(self, features: np.ndarray, labels: np.ndarray, shots: int, seed: int) -> jax.Array:
         """Context vectors trained on (features, labels) with CoOp's schedule for `shots`."""
@@ -154,7 +164,8 @@ class CoopTrainer:
             # start of the permutation), so every step has the same shape: one compilation.
             order = np.resize(rng.permutation(len(labels)), steps_per_epoch * batch)
             for rows in order.reshape(steps_per_epoch, batch):
-                context, velocity = self._step(self.params, context, velocity, features[rows],
-                                               labels[rows], jnp.float32(schedule(step)))
+                context, velocity = _sgd_step(self.graphdef, self.params, *self._inputs, context,
+                                              velocity, features[rows], labels[rows],
+                                              jnp.float32(schedule(step)))
                 step += 1
         return context
