@@ -242,3 +242,27 @@ def test_evaluate_runs_on_converted_workdir(converted, synthetic_data_dir, tmp_p
         {"zeroshot": {"kind": "zeroshot", "batch_size": 200}})
     results = evaluate(config, workdir)
     assert results["step"] == 0 and 0 <= results["evals"]["zeroshot/fashion_mnist"]["acc1"] <= 1
+
+
+def test_lit_fine_tuning_starts_from_the_imported_weights(converted, synthetic_data_dir, tmp_path):
+    """`vlmjax.train --workdir RUN` without --config continues from the imported weights with
+    the overrides applied, here LiT (a locked image tower: another optimizer-state structure)."""
+    import jax
+
+    from vlmjax.config import config_from_args
+    from vlmjax.train.loop import train
+    from vlmjax.train.workdir import load_saved_config
+    workdir = str(tmp_path / "run")
+    shutil.copytree(converted["gelu"][1], workdir)
+    before = vlmjax_forward(workdir, random_images(workdir), TEXTS)
+    config = config_from_args("", [f"data.dir={synthetic_data_dir}", "train.locked_tower=image",
+                                   "train.num_steps=2", "train.batch_size=16", "train.log_every=1",
+                                   "train.checkpoint_every=2", "optimizer.warmup_steps=1"],
+                              base=load_saved_config(workdir))
+    config.evals = {}
+    train(config, workdir)
+    after = vlmjax_forward(workdir, random_images(workdir), TEXTS)
+    np.testing.assert_array_equal(after["image"], before["image"])  # locked
+    assert not np.allclose(after["text"], before["text"], atol=1e-6)  # trained from the import
+    assert np.abs(after["text"] - before["text"]).max() < 0.5  # a small step, not a fresh model
+    assert jax.device_count() == 8

@@ -83,8 +83,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     initialize_processes(args)
     from vlmjax.config import config_from_args
     from vlmjax.train.workdir import load_saved_config
-    config = (config_from_args(args.config, overrides) if args.config
-              else load_saved_config(args.workdir))
+    config = config_from_args(args.config or "", overrides,
+                              base=None if args.config else load_saved_config(args.workdir))
     captions = caption_images(config.to_dict(), args.workdir, args.images, step=args.step,
                               method=args.method, num_beams=args.num_beams, max_len=args.max_len)
     for path, caption in zip(args.images, captions, strict=True):

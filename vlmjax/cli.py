@@ -31,8 +31,6 @@ def parse_args(argv: Sequence[str], description: str, extra: Callable[[argparse.
             parser.error(f"unrecognized argument {item!r}; config overrides look like "
                          "--config.train.batch_size=128")
         overrides.append(item[len("--config."):])
-    if overrides and not args.config:
-        parser.error("--config.key=value overrides need --config path/to/config.py")
     return args, overrides
 
 

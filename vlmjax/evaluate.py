@@ -58,7 +58,7 @@ def main() -> int:
     from vlmjax.train.workdir import load_saved_config
     saved = load_saved_config(args.workdir) if os.path.isfile(
         os.path.join(args.workdir, "config.json")) or not args.config else None
-    config = config_from_args(args.config, overrides, base=saved) if args.config else saved
+    config = config_from_args(args.config or "", overrides, base=saved)  # overrides apply to either
     evaluate(config, args.workdir, args.step)
     return 0
 

@@ -103,10 +103,17 @@ def config_from_args(spec: str, overrides: list[str],
     """Loads the config file, then applies `key=value` overrides in order.
 
     An evaluation suite (a file whose config has only `evals`) needs `base`, the config of
-    the run it evaluates: the result is `base` with its evals replaced by the suite's.
+    the run it evaluates: the result is `base` with its evals replaced by the suite's. Without
+    a file (`spec` empty), the overrides apply to `base` (a run's saved config).
     """
-    config = load_config_file(spec)
-    if is_eval_suite(config):
+    if not spec:
+        if base is None:
+            raise ConfigError("no config: give --config path/to/config.py, or a --workdir that "
+                              "holds a run's config.json")
+        config = ml_collections.ConfigDict(base.to_dict())
+    else:
+        config = load_config_file(spec)
+    if spec and is_eval_suite(config):
         if base is None:
             raise ConfigError(f"{spec} is an evaluation suite (only `evals`); use it with "
                               "`python -m vlmjax.evaluate --workdir RUN --config ...`")

@@ -11,7 +11,7 @@ import jax
 import orbax.checkpoint as ocp
 
 from vlmjax.errors import CheckpointError
-from vlmjax.train.param_groups import path_string
+from vlmjax.train.param_groups import map_with_path, path_string
 
 
 def _param_shapes(tree: Any) -> dict[str, tuple[int, ...]]:
@@ -69,6 +69,20 @@ class Checkpointer:
             raise CheckpointError(f"checkpoint {step} in {self.directory} does not match the "
                                   f"config's model: {first[:300]}") from e
         return restored["state"], restored["data"], step
+
+    def data_state(self, step: int) -> dict:
+        """The iterator state saved with `step` ({} for imported weights: no data position)."""
+        return self._manager.restore(step, args=ocp.args.Composite(data=ocp.args.JsonRestore()))["data"]
+
+    def restore_params(self, step: int, abstract_params: Any, shardings: Any) -> Any:
+        """Only the parameters of `step`, placed with `shardings`: for starting a new optimizer
+        (fine-tuning or LiT from imported weights, whatever optimizer state was saved)."""
+        self._check_params_match(step, {"params": abstract_params})
+        stored = ocp.StandardCheckpointer().restore(os.path.join(self.directory, str(step), "state"))
+        # Restored without a target, list indices come back as string keys: match by path.
+        by_path = {path_string(p): x for p, x in
+                   jax.tree_util.tree_flatten_with_path(stored["params"])[0]}
+        return jax.device_put(map_with_path(lambda path, _: by_path[path], abstract_params), shardings)
 
     def _check_params_match(self, step: int, abstract_state: Any) -> None:
         """Names the first parameter whose presence or shape differs from the config's model."""

@@ -91,10 +91,20 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
     with Checkpointer(os.path.join(workdir, "checkpoints"),
                       keep=train_cfg["keep_checkpoints"]) as ckpt:
         writer = MetricsWriter(workdir, enabled=is_main_process())
-        if ckpt.latest_step() is not None:
+        latest = ckpt.latest_step()
+        if latest == 0 and not ckpt.data_state(0):
+            # Imported weights (vlmjax.convert): take the parameters and start this config's
+            # optimizer afresh, so fine-tuning and LiT (whose optimizer state has another
+            # structure) both start from them.
+            params = ckpt.restore_params(0, layout.abstract["params"], layout.sharding["params"])
+            opt_state = jax.jit(layout.tx.init, out_shardings=layout.sharding["opt_state"])(params)
+            state = {"step": jax.device_put(np.zeros((), np.int32), layout.sharding["step"]),
+                     "params": params, "opt_state": opt_state}
+            start = 0
+            log.info("starting from the imported weights in %s", ckpt.directory)
+        elif latest is not None:
             state, data_state, start = ckpt.restore(None, layout.abstract)
-            if data_state:  # an imported checkpoint (vlmjax.convert) has no data position
-                iterator.set_state(data_state)
+            iterator.set_state(data_state)
             writer.truncate_after(start)
             log.info("resumed from step %d", start)
         else:
