@@ -2,6 +2,7 @@
 
 import dataclasses
 import functools
+import os
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -79,6 +80,15 @@ def loaded_global_batch(load_rows: RowLoader, num_rows: int, start: int, batch_s
         images = np.concatenate([images, np.zeros((pad, *images.shape[1:]), images.dtype)])
         labels = np.concatenate([labels, np.zeros((pad,), labels.dtype)])
     return to_global({"image": images, "label": labels.astype(np.int32)}, sharding), real
+
+
+def save_npz_atomically(path: str, arrays: Mapping[str, Any]) -> None:
+    """Writes `arrays` to `path` (.npz) through a temporary file: readers of an evaluation
+    cache never see a partial file."""
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    tmp = f"{path}.{os.getpid()}.tmp.npz"
+    np.savez(tmp, **{k: np.asarray(v) for k, v in arrays.items()})
+    os.replace(tmp, path)
 
 
 @functools.cache

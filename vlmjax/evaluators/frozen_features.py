@@ -21,7 +21,7 @@ from tqdm import tqdm
 
 from vlmjax.data.datasets import DATASETS
 from vlmjax.data.eval_sources import eval_rows
-from vlmjax.evaluators.context import EvalContext, _replicate, loaded_global_batch
+from vlmjax.evaluators.context import EvalContext, _replicate, loaded_global_batch, save_npz_atomically
 from vlmjax.parallel.mesh import batch_shards, replicated
 from vlmjax.train.step import normalize_images
 
@@ -76,10 +76,7 @@ class FeatureExtractor:
                 return cached["features"], cached["labels"]
         features, labels = self._extract(params, dataset, split)
         if path and jax.process_index() == 0:
-            os.makedirs(os.path.dirname(path), exist_ok=True)
-            tmp = f"{path}.{os.getpid()}.tmp.npz"
-            np.savez(tmp, features=features, labels=labels)
-            os.replace(tmp, path)  # readers never see a partial file
+            save_npz_atomically(path, {"features": features, "labels": labels})
         return features, labels
 
     def _extract(self, params: Any, dataset: str, split: str) -> tuple[np.ndarray, np.ndarray]:

@@ -10,6 +10,7 @@ and (as a diagnostic) how many pseudo-labels were right.
 
 
 import numpy as np
+from scipy.special import softmax
 
 from vlmjax.evaluators.transfer_setup import COMMON, MethodsEvaluator, metrics_of
 from vlmjax.transfer.logistic import search_c
@@ -28,12 +29,6 @@ DEFAULTS = {
 METHODS = ("linear", "coop")
 
 
-def softmax(logits: np.ndarray) -> np.ndarray:
-    z = logits - logits.max(axis=1, keepdims=True)
-    e = np.exp(z)
-    return e / e.sum(axis=1, keepdims=True)
-
-
 class Unsupervised(MethodsEvaluator):
     """`run(params)` -> zero-shot acc1 and, per method, acc1 and gain over zero-shot."""
 
@@ -47,7 +42,7 @@ class Unsupervised(MethodsEvaluator):
         tx, ty = setup.split(params, "test")
         classifier = setup.text_classifier(params)
         scale = float(np.exp(np.asarray(params["logit_scale"])))
-        probs = softmax(scale * x @ classifier.T)
+        probs = softmax(scale * x @ classifier.T, axis=1)
         train, pseudo = confident_per_class(probs, cfg["per_class"])
         val, val_pseudo = confident_per_class(probs, cfg["per_class"], skip=cfg["per_class"])
         zeroshot = metrics_of(tx @ classifier.T, ty, setup.num_classes)["acc1"]

@@ -14,7 +14,7 @@ from flax import nnx
 
 from vlmjax.data.datasets import DATASETS
 from vlmjax.data.eval_sources import eval_prompts, eval_rows
-from vlmjax.evaluators.context import EvalContext, classify_rows, padded_global_batch
+from vlmjax.evaluators.context import EvalContext, classify_rows, padded_global_batch, save_npz_atomically
 from vlmjax.evaluators.scoring import EmbeddingScoring, scoring_for
 from vlmjax.parallel.mesh import batch_shards, replicated
 from vlmjax.train.step import normalize_images
@@ -46,13 +46,6 @@ def class_embeddings(text_embeds: jax.Array, num_classes: int) -> jax.Array:
 def predict_topk(image_embeds: jax.Array, classifier: jax.Array, k: int) -> jax.Array:
     """Indices of the k classes with the highest cosine similarity, best first: [b, k]."""
     return jax.lax.top_k(EmbeddingScoring().class_scores(image_embeds, classifier), k)[1]
-
-
-def _save_atomically(path: str, arrays: Mapping[str, jax.Array]) -> None:
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    tmp = f"{path}.{os.getpid()}.tmp.npz"
-    np.savez(tmp, **{k: np.asarray(v) for k, v in arrays.items()})
-    os.replace(tmp, path)
 
 
 class ZeroShotClassification:
@@ -104,7 +97,7 @@ class ZeroShotClassification:
         else:
             features = self._prompt_features(params)
             if path and jax.process_index() == 0:
-                _save_atomically(path, features)
+                save_npz_atomically(path, features)
         features = features["embeds"] if set(features) == {"embeds"} else features
         return self.scoring.classifier(features, len(self.classnames))
 

@@ -50,10 +50,7 @@ def write_workdir(config: ml_collections.ConfigDict, values: Mapping[str, np.nda
     cfg = config.to_dict()
     mesh = make_mesh(cfg["mesh"])
     layout = state_layout(cfg, vocab_size, cfg["tokenizer"]["context_length"], mesh)
-    params = fill_params(layout.abstract["params"], values, source)
-    params = jax.device_put(params, layout.sharding["params"])
-    opt_state = jax.jit(layout.tx.init, out_shardings=layout.sharding["opt_state"])(params)
-    step = jax.device_put(np.zeros((), np.int32), layout.sharding["step"])
+    state = layout.from_params(fill_params(layout.abstract["params"], values, source))
     with Checkpointer(ckpt_dir, keep=1, async_save=False) as ckpt:
-        ckpt.save(0, {"step": step, "params": params, "opt_state": opt_state}, {})
+        ckpt.save(0, state, {})
     save_config(config, workdir)

@@ -96,10 +96,8 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
             # Imported weights (vlmjax.convert): take the parameters and start this config's
             # optimizer afresh, so fine-tuning and LiT (whose optimizer state has another
             # structure) both start from them.
-            params = ckpt.restore_params(0, layout.abstract["params"], layout.sharding["params"])
-            opt_state = jax.jit(layout.tx.init, out_shardings=layout.sharding["opt_state"])(params)
-            state = {"step": jax.device_put(np.zeros((), np.int32), layout.sharding["step"]),
-                     "params": params, "opt_state": opt_state}
+            state = layout.from_params(
+                ckpt.restore_params(0, layout.abstract["params"], layout.sharding["params"]))
             start = 0
             log.info("starting from the imported weights in %s", ckpt.directory)
         elif latest is not None:

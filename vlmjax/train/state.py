@@ -40,6 +40,13 @@ class StateLayout:
 
         return jax.jit(create, out_shardings=self.sharding)()
 
+    def from_params(self, params: dict) -> dict:
+        """Step-0 state around given parameters (imported weights) with this layout's fresh
+        optimizer state, everything placed in its sharded layout."""
+        tx = self.tx
+        return jax.jit(lambda p: {"step": jnp.zeros((), jnp.int32), "params": p,
+                                  "opt_state": tx.init(p)}, out_shardings=self.sharding)(params)
+
 
 def model_builder(config: Mapping, vocab_size: int, context_length: int) -> Any:
     """rngs -> model module for this config."""
