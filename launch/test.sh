@@ -3,5 +3,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SETUP_EXTRAS=test bash launch/setup.sh
+# The open_clip/PyTorch reference environment for parity tests (a separate venv, see there).
+bash launch/setup_open_clip.sh
 source launch/env.sh
 .venv/bin/python -m pytest -q "$@"
