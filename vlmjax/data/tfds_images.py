@@ -15,6 +15,7 @@ import numpy as np
 from PIL import Image
 
 from vlmjax.data.benchmarks import Benchmark, get_benchmark, register_builder, tfds_info, tfds_split
+from vlmjax.data.image_text_transform import resize_centre_crop
 from vlmjax.errors import DataError
 
 
@@ -58,12 +59,7 @@ def eval_transform(image: np.ndarray, size: int, channels: int) -> np.ndarray:
     `size`, centre crop, then RGB or grayscale as the model takes."""
     pil = Image.fromarray(image[..., 0] if image.ndim == 3 and image.shape[-1] == 1 else image)
     pil = pil.convert("L" if channels == 1 else "RGB")
-    w, h = pil.size
-    scale = size / min(w, h)
-    pil = pil.resize((max(size, round(w * scale)), max(size, round(h * scale))), Image.BICUBIC)
-    w, h = pil.size
-    left, top = (w - size) // 2, (h - size) // 2
-    out = np.asarray(pil.crop((left, top, left + size, top + size)), np.uint8)
+    out = np.asarray(resize_centre_crop(pil, size), np.uint8)
     return out[..., None] if channels == 1 else out
 
 

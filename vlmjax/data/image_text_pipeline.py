@@ -1,0 +1,144 @@
+"""grain pipeline for image-text training: mix sources, decode + augment, skip bad samples, batch,
+tokenize, all in worker processes (`mp_prefetch`), with a checkpointable iterator.
+
+Bad samples are dropped *before* batching, so every batch is full. grain's `filter` would drop
+them without a trace, and counters kept in worker processes never reach the trainer, so the
+drop is `SkipAndCount`: each kept sample carries the number of samples skipped (by reason) since
+the previous one, batches sum them, and `ImageTextIterator` accumulates the totals into its
+state (checkpointed with the data position) for the training metrics.
+"""
+
+import dataclasses
+import logging
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import grain
+import numpy as np
+
+from vlmjax.data.image_text_sources import SourceSpec, open_sources
+from vlmjax.data.image_text_transform import SKIP_REASONS, ImageTextTransform
+from vlmjax.tokenizers import Tokenizer
+
+log = logging.getLogger(__name__)
+
+
+class _SkipAndCountIterator(grain.DatasetIterator):
+    def __init__(self, parent: grain.DatasetIterator, log_first: int):
+        super().__init__(parent)
+        self._log_first = log_first
+        self._seen = np.zeros(len(SKIP_REASONS), np.int64)  # per worker, for logging only
+
+    def __next__(self) -> dict:
+        skipped = np.zeros(len(SKIP_REASONS), np.int32)
+        while True:
+            sample = next(self._parent)
+            reason = sample.get("__skip__")
+            if reason is None:
+                return {"image": sample["image"], "caption": sample["caption"], "skipped": skipped}
+            r = SKIP_REASONS.index(reason)
+            skipped[r] += 1
+            self._seen[r] += 1
+            if self._seen[r] <= self._log_first or self._seen[r] % 1000 == 0:
+                log.warning("skipping sample %s: %s (%d so far in this worker)",
+                            sample.get("__key__"), reason, self._seen[r])
+
+    def get_state(self) -> dict:
+        return self._parent.get_state()
+
+    def set_state(self, state: dict) -> None:
+        self._parent.set_state(state)
+
+
+class SkipAndCount(grain.IterDataset):
+    """Drops `{"__skip__": reason}` samples, attaching to each kept one the skip counts since the
+    previous kept one (`skipped`: int32 [len(SKIP_REASONS)]). Stateless beyond its parent."""
+
+    def __init__(self, parent: grain.IterDataset, log_first: int = 10):
+        super().__init__(parent)
+        self._log_first = log_first
+
+    def __iter__(self) -> grain.DatasetIterator:
+        return _SkipAndCountIterator(self._parent.__iter__(), self._log_first)
+
+
+@dataclasses.dataclass(frozen=True)
+class FinishBatch(grain.transforms.Map):
+    """Batched samples -> model inputs: tokenized captions, images (uint8, or normalised float32
+    when `mean`/`std` are given), and the batch's skip counts summed over its samples."""
+
+    tokenizer: Tokenizer
+    context_length: int
+    mean: tuple[float, ...] | None = None
+    std: tuple[float, ...] | None = None
+
+    def map(self, batch: dict) -> dict:
+        ids, mask = self.tokenizer.encode([str(c) for c in batch["caption"]], self.context_length)
+        image = batch["image"]
+        if self.mean is not None:
+            scale = 1.0 / (255.0 * np.asarray(self.std, np.float32))
+            image = image * scale - np.asarray(self.mean, np.float32) / np.asarray(self.std, np.float32)
+            image = image.astype(np.float32, copy=False)
+        return {"image": image, "text": ids, "text_mask": mask,
+                "skipped": batch["skipped"].sum(axis=0, dtype=np.int64)}
+
+
+def image_text_dataset(sources: Sequence[SourceSpec], transform: ImageTextTransform,
+                       tokenizer: Tokenizer, context_length: int, batch_size: int, *,
+                       seed: int, weights: Sequence[float] = (), process_index: int = 0,
+                       process_count: int = 1, cycle_length: int = 4, num_workers: int = 0,
+                       worker_buffer: int = 2, normalize: tuple | None = None) -> grain.IterDataset:
+    """This host's infinite stream of full batches of `batch_size` from a weighted mixture of
+    `sources` (uniform when `weights` is empty), decoded and augmented in `num_workers`
+    processes (0: in the calling process)."""
+    per_source = [SkipAndCount(ds.map(transform)) for ds in
+                  open_sources(sources, seed, process_index, process_count, cycle_length)]
+    ds = per_source[0] if len(per_source) == 1 else grain.IterDataset.mix(
+        per_source, list(weights) if weights else None)
+    mean, std = normalize if normalize is not None else (None, None)
+    ds = ds.batch(batch_size, drop_remainder=True).map(
+        FinishBatch(tokenizer, context_length, mean, std))
+    if num_workers > 0:
+        ds = ds.mp_prefetch(grain.MultiprocessingOptions(
+            num_workers=num_workers, per_worker_buffer_size=worker_buffer))
+    return ds
+
+
+class ImageTextIterator:
+    """The pipeline's iterator without the skip counts in its batches: their running totals are
+    `skipped` and part of `get_state()`, so a resumed run continues the counts."""
+
+    def __init__(self, dataset: grain.IterDataset):
+        self._iterator = iter(dataset)
+        self.skipped = dict.fromkeys(SKIP_REASONS, 0)
+
+    def __iter__(self) -> "ImageTextIterator":
+        return self
+
+    def __next__(self) -> dict[str, np.ndarray]:
+        batch = dict(next(self._iterator))
+        for reason, n in zip(SKIP_REASONS, batch.pop("skipped"), strict=True):
+            self.skipped[reason] += int(n)
+        return batch
+
+    def get_state(self) -> dict:
+        return {"pipeline": self._iterator.get_state(), "skipped": dict(self.skipped)}
+
+    def set_state(self, state: Mapping[str, Any]) -> None:
+        self._iterator.set_state(state["pipeline"])
+        self.skipped = {r: int(state["skipped"].get(r, 0)) for r in SKIP_REASONS}
+
+    def close(self) -> None:
+        close = getattr(self._iterator, "close", None)
+        if close is not None:
+            close()
+
+
+def skip_metrics(data_state: Mapping[str, Any]) -> dict[str, float]:
+    """Training metrics from an iterator state: total samples skipped so far, per reason and all
+    (empty for pipelines without skip counts)."""
+    skipped = data_state.get("skipped") if isinstance(data_state, Mapping) else None
+    if not skipped:
+        return {}
+    return {"data/skipped": float(sum(skipped.values())),
+            **{f"data/skipped_{r}": float(n) for r, n in skipped.items()}}
