@@ -330,3 +330,31 @@ def test_prepare_from_csv_and_jsonl(tmp_path, fashion_images, tokenizer):
         ds = prepared_source(out, seed=0)
         assert sorted(int(ds[i]["__key__"]) for i in range(28)) == [
             i for i in range(30) if i not in (5, 7)]
+
+
+def test_train_from_prepared_shards_logs_skips(tmp_path, prepared, tokenizer):
+    from vlmjax.config import load_config_file, validate
+    from vlmjax.errors import ConfigError
+    from vlmjax.train.loop import train
+    from vlmjax.train.metrics_writer import read_metrics
+
+    tokenizer.save(str(tmp_path / "tok"))
+    config = load_config_file(os.path.join(os.path.dirname(__file__), "..", "configs", "test",
+                                           "tiny_clip.py"))
+    config.data.name = "image_text"
+    config.data.web.sources = (f"prepared:{prepared[0]}",)
+    config.data.web.num_workers = 0
+    config.data.image_mean = config.data.image_std = 0.5
+    config.tokenizer.kind, config.tokenizer.path = "hf_json", str(tmp_path / "tok" / "tokenizer.json")
+    config.model.image.update(image_size=16, channels=3, patch_size=8)
+    config.train.update(batch_size=16, num_steps=4, log_every=2, checkpoint_every=4)
+    config.evals = type(config.evals)()
+    bad = config.copy_and_resolve_references()
+    bad.data.web.weights = (1.0, 2.0)
+    with pytest.raises(ConfigError, match="data.web.weights"):
+        validate(bad, 8)
+    train(config, str(tmp_path / "run"))
+    rows = read_metrics(str(tmp_path / "run" / "metrics.jsonl"))
+    assert [r["step"] for r in rows] == [2, 4] and all(np.isfinite(r["loss"]) for r in rows)
+    # 4 steps x 16 samples in the shuffled stream: about 1 truncated record per 13 good ones
+    assert 0 < rows[-1]["data/skipped_truncated_image"] == rows[-1]["data/skipped"] < 16

@@ -58,6 +58,22 @@ def base_config() -> ml_collections.ConfigDict:
     c.data.translate = 0  # random shift by up to this many pixels (zero padded)
     c.data.num_threads = 2  # grain read threads
     c.data.prefetch = 2  # batches prepared ahead, on device
+    # data.name="image_text": image-caption pairs from web-scale shards (vlmjax/data/image_text_*).
+    c.data.web = ml_collections.ConfigDict()
+    # "prepared:DIR" (array_record shards of `python -m vlmjax.data.prepare`: global shuffle,
+    # exact resume) or "tar:PATTERN" (webdataset tars streamed: a directory, glob or brace range).
+    c.data.web.sources = ()
+    c.data.web.weights = ()  # mixture weights, one per source; () mixes uniformly
+    c.data.web.num_workers = 2  # decoding processes per host (0: in the training process)
+    c.data.web.worker_buffer = 2  # batches each worker prepares ahead
+    c.data.web.cycle_length = 4  # tar shards each worker reads at once (interleaved)
+    c.data.web.crop = "random_resized"  # random_resized | center (resize shorter side + centre crop)
+    c.data.web.crop_scale = (0.9, 1.0)  # RandomResizedCrop area fraction (open_clip's default)
+    c.data.web.crop_ratio = (3 / 4, 4 / 3)  # RandomResizedCrop aspect ratio range
+    # Samples outside these bounds are skipped (counted as absurd_size).
+    c.data.web.min_image_size = 8
+    c.data.web.max_image_size = 16384
+    c.data.web.max_aspect_ratio = 20.0
 
     c.tokenizer = ml_collections.ConfigDict()
     c.tokenizer.kind = "trained_bpe"  # clip_bpe | hf_json | sentencepiece | trained_bpe | ...

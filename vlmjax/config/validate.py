@@ -167,6 +167,7 @@ def validate(config: ml_collections.ConfigDict, num_devices: int, process_count:
     """Raises ConfigError on the first problem found; returns None when the config is usable."""
     from vlmjax.data.datasets import DATASETS, check_dataset
     from vlmjax.data.eval_sources import check_eval_dataset, eval_prompts
+    from vlmjax.data.image_text_config import IMAGE_TEXT, check_image_text_config
     from vlmjax.evaluators.registry import evaluator_schema
     from vlmjax.evaluators.transfer_setup import TRANSFER_KINDS, check_transfer_config
     from vlmjax.models.sizes import resolve_vit
@@ -267,7 +268,10 @@ def validate(config: ml_collections.ConfigDict, num_devices: int, process_count:
         _fail("objective.name", f"={objective.name!r} does not work with model "
               f"{cfg['model']['name']!r}", f"use a model among {', '.join(objective.models)}")
     objective.check(cfg)
-    check_dataset(cfg["data"]["name"], cfg["data"]["dir"], key="data.dir", split=cfg["data"]["split"])
+    if cfg["data"]["name"] == IMAGE_TEXT:
+        check_image_text_config(cfg)
+    else:
+        check_dataset(cfg["data"]["name"], cfg["data"]["dir"], key="data.dir", split=cfg["data"]["split"])
     for eval_name, eval_cfg in cfg["evals"].items():
         full = {**evaluator_schema(eval_name, eval_cfg["kind"]), **eval_cfg}
         if "dataset" not in full:

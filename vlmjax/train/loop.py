@@ -14,6 +14,8 @@ from tqdm import tqdm
 from vlmjax.config import validate
 from vlmjax.data.captions import build_caption_table
 from vlmjax.data.datasets import caption_vocabulary, load_split
+from vlmjax.data.image_text_config import IMAGE_TEXT, image_text_iterator
+from vlmjax.data.image_text_pipeline import skip_metrics
 from vlmjax.data.pipeline import train_dataset, train_iterator
 from vlmjax.data.prefetch import DevicePrefetcher, process_rows
 from vlmjax.evaluators.context import EvalContext
@@ -75,13 +77,18 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
     log.info("model %s: %.2fM parameters", cfg["model"]["name"], n_params / 1e6)
 
     train_cfg = cfg["train"]
-    images, labels = load_split(cfg["data"]["name"], cfg["data"]["dir"], cfg["data"]["split"])
-    table = build_caption_table(*caption_vocabulary(cfg["data"]["name"]), tokenizer, context_length)
-    dataset = train_dataset(
-        images, labels, table, global_batch_size=train_cfg["batch_size"], seed=cfg["seed"],
-        rows=process_rows(batch_sharding(mesh, rules), train_cfg["batch_size"]),
-        flip=cfg["data"]["flip"], translate=cfg["data"]["translate"])
-    iterator = train_iterator(dataset, cfg["data"]["num_threads"], cfg["data"]["prefetch"])
+    rows = process_rows(batch_sharding(mesh, rules), train_cfg["batch_size"])
+    if cfg["data"]["name"] == IMAGE_TEXT:  # web-scale image-text shards
+        iterator = image_text_iterator(cfg, tokenizer, rows.stop - rows.start,
+                                       jax.process_index(), jax.process_count())
+    else:
+        images, labels = load_split(cfg["data"]["name"], cfg["data"]["dir"], cfg["data"]["split"])
+        table = build_caption_table(*caption_vocabulary(cfg["data"]["name"]), tokenizer,
+                                    context_length)
+        dataset = train_dataset(
+            images, labels, table, global_batch_size=train_cfg["batch_size"], seed=cfg["seed"],
+            rows=rows, flip=cfg["data"]["flip"], translate=cfg["data"]["translate"])
+        iterator = train_iterator(dataset, cfg["data"]["num_threads"], cfg["data"]["prefetch"])
     evaluators = build_evaluators(cfg["evals"], EvalContext(
         graphdef=layout.graphdef, tokenizer=tokenizer, context_length=context_length, mesh=mesh,
         rules=rules, config=cfg))
@@ -108,6 +115,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
         else:
             state, start = layout.init(cfg["seed"], model_builder(
                 cfg, tokenizer.vocab_size, context_length)), 0
+            writer.truncate_after(0)  # rows of a run killed before its first checkpoint
         save_config(config, workdir)  # only once the checkpoint (if any) matched the config
         try:
             results = _run_steps(cfg, workdir, state, start, iterator, step_fn, ckpt, writer,
@@ -143,6 +151,7 @@ def _run_steps(cfg: Mapping, workdir: str, state: dict, start: int, iterator: An
                 metrics = jax.device_get(metrics)  # the only host sync in the loop
                 elapsed = time.perf_counter() - window_start
                 metrics["images_per_second"] = window_steps * train_cfg["batch_size"] / elapsed
+                metrics.update(skip_metrics(data_state))  # image_text: bad samples skipped so far
                 writer.write(step, metrics)
                 bar.set_postfix(loss=f"{metrics['loss']:.3f}",
                                 img_s=f"{metrics['images_per_second']:.0f}")
