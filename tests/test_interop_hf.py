@@ -222,7 +222,7 @@ def test_import_errors_name_the_problem(converted, tmp_path):
 
 def test_unwritten_sources_say_so():
     from vlmjax.interop.sources import get_source
-    for name in ("open_clip", "big_vision"):
+    for name in ("open_clip",):
         with pytest.raises(VlmjaxError, match="not implemented yet"):
             get_source(name)
     with pytest.raises(ConfigError, match="not a known source"):

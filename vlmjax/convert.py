@@ -1,4 +1,5 @@
 """`python -m vlmjax.convert --from hf --source DIR --workdir RUN`: import weights as a vlmjax run;
+`--from big_vision --source CKPT.npz [--tokenizer SP.model] --workdir RUN` for big_vision SigLIP;
 `python -m vlmjax.convert --to hf --workdir RUN --output DIR`: export a run for transformers.
 """
 
@@ -17,14 +18,21 @@ def main(argv: list[str] | None = None) -> int:
                            help="export: write --workdir's latest checkpoint in this format")
     parser.add_argument("--source", help="import: the directory or file to read")
     parser.add_argument("--workdir", required=True, help="vlmjax run directory")
+    parser.add_argument("--tokenizer", help="--from big_vision: the SentencePiece .model the "
+                        "checkpoint was trained with (default: sentencepiece.model beside it)")
     parser.add_argument("--output", help="export: the directory to write")
     parser.add_argument("--step", type=int, default=None, help="export: checkpoint step (latest)")
     args = parser.parse_args(argv)
     if args.source_kind:
         if not args.source:
             parser.error("--from needs --source PATH")
+        options = {}
+        if args.tokenizer:
+            if args.source_kind != "big_vision":
+                parser.error("--tokenizer is read by --from big_vision only")
+            options["tokenizer"] = args.tokenizer
         from vlmjax.interop.sources import get_source
-        get_source(args.source_kind)(args.source, args.workdir)
+        get_source(args.source_kind)(args.source, args.workdir, **options)
     else:
         if not args.output:
             parser.error("--to needs --output DIR")

@@ -84,7 +84,9 @@ def base_config() -> ml_collections.ConfigDict:
     c.model = ml_collections.ConfigDict()
     c.model.name = "two_tower"
     c.model.embed_dim = 128
-    c.model.activation = "gelu"  # gelu | quick_gelu
+    c.model.activation = "gelu"  # gelu (exact erf) | quick_gelu | gelu_tanh (flax's nn.gelu)
+    # Epsilon of every LayerNorm of the two-tower model (CLIP 1e-5; big_vision/flax 1e-6).
+    c.model.norm_eps = 1e-5
     c.model.dtype = "float32"  # compute dtype; parameters stay float32
     # Activation rematerialisation per transformer block: none | full | dots | dots_no_batch
     # (jax.checkpoint_policies: nothing_saveable, dots_saveable, dots_with_no_batch_dims_saveable).
@@ -105,11 +107,20 @@ def base_config() -> ml_collections.ConfigDict:
     c.model.image.mlp_dim = 0
     c.model.image.pool = "cls"  # cls | gap | map
     c.model.image.ln_pre = False
+    # Output head into the joint space: linear (CLIP, no bias) | linear_bias (big_vision's Dense
+    # head) | none (pooled features are the embedding; embed_dim must equal the width).
+    c.model.image.proj = "linear"
     c.model.text = ml_collections.ConfigDict()
     c.model.text.width = 512
     c.model.text.depth = 12
     c.model.text.heads = 8
     c.model.text.mlp_dim = 2048
+    # CLIP: causal attention pooled at the end-of-text token (the last real token of the mask).
+    # big_vision SigLIP: causal=False (every position, padding included, attends to every other)
+    # and pool="last" (the last position of the padded sequence).
+    c.model.text.causal = True
+    c.model.text.pool = "eot"  # eot | last
+    c.model.text.proj = "linear"  # as model.image.proj
     # CoCa only (model.name="coca"): the text decoder's width/heads/mlp_dim are model.text.*;
     # model.text.depth is unused (the decoder has unimodal_depth + multimodal_depth layers).
     c.model.coca = ml_collections.ConfigDict()

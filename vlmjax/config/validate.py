@@ -16,10 +16,13 @@ from vlmjax.errors import ConfigError
 MESH_AXES = ("data", "fsdp", "tensor")
 CHOICES = {
     "model.name": ("two_tower", "coca", "filip"),
-    "model.activation": ("gelu", "quick_gelu"),
+    "model.activation": ("gelu", "quick_gelu", "gelu_tanh"),
     "model.dtype": ("float32", "bfloat16"),
     "model.remat": ("none", "full", "dots", "dots_no_batch"),
     "model.image.pool": ("cls", "gap", "map"),
+    "model.image.proj": ("linear", "linear_bias", "none"),
+    "model.text.pool": ("eot", "last"),
+    "model.text.proj": ("linear", "linear_bias", "none"),
     "model.coca.pooler": ("paper", "open_clip"),
     "optimizer.schedule": ("cosine", "constant"),
     "train.locked_tower": ("", "image", "text"),
@@ -134,6 +137,28 @@ def _check_channel_stats(cfg: Mapping) -> None:
             _fail(key, "must be positive", "use the dataset's pixel std, e.g. 0.5")
 
 
+# Two-tower-only architecture keys (big_vision SigLIP) and the value CoCa and FILIP need.
+TWO_TOWER_ONLY = (("model.norm_eps", 1e-5), ("model.text.causal", True), ("model.text.pool", "eot"),
+                  ("model.image.proj", "linear"), ("model.text.proj", "linear"))
+
+
+def _check_two_tower_heads(cfg: Mapping, image_width: int) -> None:
+    """norm_eps positive; proj='none' only where the tower width is the joint width; the
+    big_vision options only for model.name='two_tower'."""
+    model = cfg["model"]
+    if not model["norm_eps"] > 0:
+        _fail("model.norm_eps", f"is {model['norm_eps']}", "use a positive epsilon, e.g. 1e-5")
+    for tower, width in (("image", image_width), ("text", model["text"]["width"])):
+        if model[tower]["proj"] == "none" and width != model["embed_dim"]:
+            _fail(f"model.{tower}.proj", f"='none' needs model.embed_dim ({model['embed_dim']}) "
+                  f"== the {tower} width ({width})", "use 'linear' or set embed_dim to the width")
+    if model["name"] != "two_tower":
+        for key, want in TWO_TOWER_ONLY:
+            if _get(cfg, key) != want:
+                _fail(key, f"={_get(cfg, key)!r} is only supported by model.name='two_tower'",
+                      f"leave it at {want!r} for {model['name']}")
+
+
 def _check_coca(model: Mapping) -> None:
     """CoCa-only constraints: pooler heads, pooler layout, ViT pooling, no logit bias."""
     coca, heads = model["coca"], model["coca"]["pooler_heads"]
@@ -226,6 +251,7 @@ def validate(config: ml_collections.ConfigDict, num_devices: int, process_count:
         _fail("model.text.heads", f"({text['heads']}) does not divide model.text.width "
               f"({text['width']})", "pick heads that divide the width")
 
+    _check_two_tower_heads(cfg, resolved["width"])
     if cfg["model"]["name"] == "coca":
         _check_coca(cfg["model"])
     if cfg["model"]["name"] == "filip":

@@ -1,7 +1,8 @@
 """`--to hf`: a vlmjax CLIP run -> a directory `transformers.CLIPModel.from_pretrained` loads.
 
 Refuses what HF CLIP cannot represent, naming the setting: other model families, pooling other
-than the class token, no ln_pre, a logit bias, a non-zero patch bias, a non-CLIP-BPE tokenizer.
+than the class token, no ln_pre, a logit bias, a non-zero patch bias, a non-CLIP-BPE tokenizer,
+and the big_vision options (norm_eps, gelu_tanh, bidirectional text, last pooling, biased heads).
 """
 
 import json
@@ -25,7 +26,13 @@ REQUIRED = (
     ("model.image.pool", "cls", "HF CLIP pools the class token"),
     ("model.image.ln_pre", True, "HF CLIP always applies pre_layrnorm"),
     ("model.use_logit_bias", False, "HF CLIPModel has no logit bias (SigLIP does)"),
+    ("model.norm_eps", 1e-5, "HF CLIP's LayerNorms use layer_norm_eps 1e-5 here"),
+    ("model.text.causal", True, "HF CLIP's text attention is causal"),
+    ("model.text.pool", "eot", "HF CLIP pools the end-of-text token"),
+    ("model.image.proj", "linear", "HF CLIP's visual_projection is a bias-free matrix"),
+    ("model.text.proj", "linear", "HF CLIP's text_projection is a bias-free matrix"),
 )
+HF_ACTIVATIONS = ("gelu", "quick_gelu")
 
 
 def check_exportable(cfg: Mapping) -> None:
@@ -37,6 +44,9 @@ def check_exportable(cfg: Mapping) -> None:
         if value != want:
             raise ConfigError(f"config.{key}={value!r} cannot be exported to HF CLIP ({why}); "
                               f"only models with {key}={want!r} convert")
+    if cfg["model"]["activation"] not in HF_ACTIVATIONS:
+        raise ConfigError(f"config.model.activation={cfg['model']['activation']!r} cannot be "
+                          f"exported to HF CLIP; only {', '.join(HF_ACTIVATIONS)} convert")
 
 
 def _flat(params: Mapping) -> dict[str, np.ndarray]:

@@ -1,11 +1,13 @@
 """String-keyed registry of weight sources for `python -m vlmjax.convert --from NAME`.
 
-Each source is a function (source path, workdir) -> None in its own module, imported lazily so
-one source's dependencies never load for another.
+Each source is a function (source path, workdir, **options) -> None in its own module, imported
+lazily so one source's dependencies never load for another; options are the CLI's optional
+source-specific flags (big_vision: tokenizer).
 """
 
 import importlib
 from collections.abc import Callable
+from typing import Any
 
 from vlmjax.errors import ConfigError
 
@@ -13,11 +15,11 @@ from vlmjax.errors import ConfigError
 SOURCES: dict[str, str | None] = {
     "hf": "vlmjax.interop.hf_import:import_hf",
     "open_clip": None,
-    "big_vision": None,
+    "big_vision": "vlmjax.interop.big_vision_import:import_big_vision",
 }
 
 
-def get_source(name: str) -> Callable[[str, str], None]:
+def get_source(name: str) -> Callable[..., Any]:
     """The import function registered as `name`, or a ConfigError saying what exists."""
     if name not in SOURCES:
         raise ConfigError(f"--from {name!r} is not a known source; choose one of "

@@ -16,6 +16,7 @@ from vlmjax.parallel.logical import constrain
 ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
     "gelu": lambda x: jax.nn.gelu(x, approximate=False),
     "quick_gelu": lambda x: x * jax.nn.sigmoid(1.702 * x),  # OpenAI CLIP weights use this
+    "gelu_tanh": lambda x: jax.nn.gelu(x, approximate=True),  # flax's nn.gelu (big_vision)
 }
 
 
@@ -101,10 +102,11 @@ class Attention(nnx.Module):
 class Block(nnx.Module):
     """Pre-LayerNorm transformer block: x + attn(ln(x)), then x + mlp(ln(x))."""
 
-    def __init__(self, dim: int, heads: int, mlp_dim: int, activation: str, *, rngs: nnx.Rngs):
-        self.ln_attn = LayerNorm(dim, rngs=rngs)
+    def __init__(self, dim: int, heads: int, mlp_dim: int, activation: str, *, rngs: nnx.Rngs,
+                 norm_eps: float = 1e-5):
+        self.ln_attn = LayerNorm(dim, rngs=rngs, eps=norm_eps)
         self.attn = Attention(dim, heads, rngs=rngs)
-        self.ln_mlp = LayerNorm(dim, rngs=rngs)
+        self.ln_mlp = LayerNorm(dim, rngs=rngs, eps=norm_eps)
         self.mlp = Mlp(dim, mlp_dim, activation, rngs=rngs)
 
     def __call__(self, x: jax.Array, *, causal: bool = False,
@@ -123,13 +125,13 @@ class Encoder(nnx.Module):
     """
 
     def __init__(self, dim: int, depth: int, heads: int, mlp_dim: int, activation: str, *,
-                 rngs: nnx.Rngs, remat: str = "none", scan: bool = False):
+                 rngs: nnx.Rngs, remat: str = "none", scan: bool = False, norm_eps: float = 1e-5):
         stacked.remat_policy(remat)  # fail at build time on an unknown policy
         self.remat = remat
         self.scan = scan
 
         def make(block_rngs: nnx.Rngs) -> Block:
-            return Block(dim, heads, mlp_dim, activation, rngs=block_rngs)
+            return Block(dim, heads, mlp_dim, activation, rngs=block_rngs, norm_eps=norm_eps)
 
         if scan:
             self.block = stacked.create_stacked(make, depth, rngs)
@@ -146,13 +148,14 @@ class Encoder(nnx.Module):
 
 
 class AttentionPool(nnx.Module):
-    """MAP head (big_vision): learned probe queries attend over the tokens, then an MLP."""
+    """MAP head (big_vision's MAPHead): learned probe queries attend over the tokens, then
+    y + mlp(ln(y)); with activation "gelu_tanh" and norm_eps 1e-6 it computes MAPHead exactly."""
 
     def __init__(self, dim: int, heads: int, mlp_dim: int, activation: str, *, rngs: nnx.Rngs,
-                 num_queries: int = 1):
+                 num_queries: int = 1, norm_eps: float = 1e-5):
         self.probe = param(rngs, xavier(), (num_queries, dim), (None, "embed"))
         self.attn = Attention(dim, heads, rngs=rngs)
-        self.ln = LayerNorm(dim, rngs=rngs)
+        self.ln = LayerNorm(dim, rngs=rngs, eps=norm_eps)
         self.mlp = Mlp(dim, mlp_dim, activation, rngs=rngs)
 
     def __call__(self, x: jax.Array) -> jax.Array:

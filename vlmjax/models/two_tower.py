@@ -27,7 +27,8 @@ class TwoTower(nnx.Module):
     def __init__(self, model: Mapping, vocab_size: int, context_length: int, *, rngs: nnx.Rngs):
         act = model["activation"]
         self.dtype = jnp.dtype(model["dtype"])
-        stack = dict(remat=model["remat"], scan_layers=model["scan_layers"])
+        stack = dict(remat=model["remat"], scan_layers=model["scan_layers"],
+                     norm_eps=model["norm_eps"])
         self.image = VisionTransformer(VitConfig.from_config(model["image"]), model["embed_dim"],
                                        act, rngs=rngs, **stack)
         text_cfg = TextConfig.from_config(model["text"], vocab_size, context_length)

@@ -7,7 +7,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from vlmjax.models import layers
+from vlmjax.models import layers, projection
 from vlmjax.models.sizes import resolve_vit
 from vlmjax.parallel.logical import constrain
 
@@ -27,6 +27,7 @@ class VitConfig:
     mlp_dim: int
     pool: str = "cls"
     ln_pre: bool = False
+    proj: str = "linear"  # projection.KINDS
 
     @classmethod
     def from_config(cls, image: Mapping) -> "VitConfig":
@@ -40,10 +41,13 @@ class VitConfig:
 
 
 class VisionTransformer(nnx.Module):
-    """ViT with class-token, global-average or MAP pooling and a bias-free projection."""
+    """ViT with class-token, global-average or MAP pooling and a projection head.
+
+    `norm_eps` is every LayerNorm's epsilon (CLIP 1e-5, big_vision/flax 1e-6).
+    """
 
     def __init__(self, cfg: VitConfig, embed_dim: int, activation: str, *, rngs: nnx.Rngs,
-                 remat: str = "none", scan_layers: bool = False):
+                 remat: str = "none", scan_layers: bool = False, norm_eps: float = 1e-5):
         if cfg.pool not in POOLS:
             raise ValueError(f"pool must be one of {POOLS}, got {cfg.pool!r}")
         p, w = cfg.patch_size, cfg.width
@@ -56,13 +60,14 @@ class VisionTransformer(nnx.Module):
                                       (None, "embed"))
         if cfg.pool == "cls":
             self.cls_token = layers.param(rngs, layers.normal(w ** -0.5), (w,), ("embed",))
-        self.ln_pre = layers.LayerNorm(w, rngs=rngs) if cfg.ln_pre else None
+        self.ln_pre = layers.LayerNorm(w, rngs=rngs, eps=norm_eps) if cfg.ln_pre else None
         self.encoder = layers.Encoder(w, cfg.depth, cfg.heads, cfg.mlp_dim, activation, rngs=rngs,
-                                      remat=remat, scan=scan_layers)
-        self.ln_post = layers.LayerNorm(w, rngs=rngs)
+                                      remat=remat, scan=scan_layers, norm_eps=norm_eps)
+        self.ln_post = layers.LayerNorm(w, rngs=rngs, eps=norm_eps)
         if cfg.pool == "map":
-            self.map_head = layers.AttentionPool(w, cfg.heads, cfg.mlp_dim, activation, rngs=rngs)
-        self.proj = layers.param(rngs, layers.normal(w ** -0.5), (w, embed_dim), ("embed", "joint"))
+            self.map_head = layers.AttentionPool(w, cfg.heads, cfg.mlp_dim, activation, rngs=rngs,
+                                                 norm_eps=norm_eps)
+        projection.add_projection(self, cfg.proj, w, embed_dim, rngs)
 
     def patchify(self, images: jax.Array) -> jax.Array:
         """[b, H, W, c] -> [b, n, p, p, c] in row-major patch order."""
@@ -86,7 +91,6 @@ class VisionTransformer(nnx.Module):
 
     def __call__(self, images: jax.Array) -> dict[str, jax.Array]:
         """images: [b, H, W, c] normalised floats -> {"embedding": [b, e], "tokens": [b, n, d]}."""
-        dt = images.dtype
         x = self.ln_post(self.encode_tokens(images))
         if self.cfg.pool == "cls":
             pooled, tokens = x[:, 0], x[:, 1:]
@@ -94,5 +98,4 @@ class VisionTransformer(nnx.Module):
             pooled, tokens = x.mean(axis=1), x
         else:
             pooled, tokens = self.map_head(x)[:, 0], x
-        embedding = jnp.einsum("bd,de->be", pooled, self.proj[...].astype(dt))
-        return {"embedding": embedding, "tokens": tokens}
+        return {"embedding": projection.project(self, self.cfg.proj, pooled), "tokens": tokens}

@@ -69,7 +69,8 @@ def load_tokenizer(directory: str) -> Tokenizer:
     if kind == "sentencepiece":
         require_file(file, "SentencePiece model", hint)
         return SentencePieceTokenizer(
-            file, add_bos=bool(spec.get("add_bos", False)), add_eos=bool(spec.get("add_eos", True))
+            file, add_bos=bool(spec.get("add_bos", False)), add_eos=bool(spec.get("add_eos", True)),
+            ascii_lower=bool(spec.get("ascii_lower", False)), pad_id=int(spec.get("pad_id", 0)),
         )
     raise TokenizerError(
         f"{directory} has a tokenizer of unknown kind {kind!r}; expected hf_json or sentencepiece"

@@ -23,18 +23,28 @@ from vlmjax.tokenizers.base import (
 logger = logging.getLogger(__name__)
 
 MODEL_FILE = "sentencepiece.model"
+# A-Z -> a-z only: TensorFlow's tf.strings.lower without an encoding (big_vision's `tokenize`
+# op, lower=True) lowers ASCII bytes and leaves every other character as it is.
+_ASCII_LOWER = str.maketrans("ABCDEFGHIJKLMNOPQRSTUVWXYZ", "abcdefghijklmnopqrstuvwxyz")
 
 
 class SentencePieceTokenizer(Tokenizer):
-    """SentencePiece encoding with optional BOS/EOS; EOS stays the last real token on truncation."""
+    """SentencePiece encoding with optional BOS/EOS; EOS stays the last real token on truncation.
 
-    def __init__(self, model_file: str, add_bos: bool = False, add_eos: bool = True) -> None:
+    `ascii_lower` lowercases A-Z before encoding and `pad_id` fills the padding positions (the
+    mask still marks them): big_vision SigLIP's `tokenize(eos="sticky", pad_value=1)` is
+    add_eos=True, ascii_lower=True, pad_id=1.
+    """
+
+    def __init__(self, model_file: str, add_bos: bool = False, add_eos: bool = True,
+                 ascii_lower: bool = False, pad_id: int = 0) -> None:
         """Load a .model file; add_bos/add_eos wrap every text in the model's BOS/EOS ids."""
         require_file(
             model_file, "SentencePiece model", "set tokenizer.path to a SentencePiece .model file"
         )
         with open(model_file, "rb") as f:
             self._init(f.read(), add_bos, add_eos, origin=model_file)
+        self._set_padding(ascii_lower, pad_id, model_file)
 
     @classmethod
     def from_proto(
@@ -43,7 +53,15 @@ class SentencePieceTokenizer(Tokenizer):
         """Build from serialized model bytes (as written by SentencePieceTrainer's model_writer)."""
         self = cls.__new__(cls)
         self._init(model_proto, add_bos, add_eos, origin="<in-memory model>")
+        self._set_padding(False, 0, "<in-memory model>")
         return self
+
+    def _set_padding(self, ascii_lower: bool, pad_id: int, origin: str) -> None:
+        if not 0 <= int(pad_id) < self.vocab_size:
+            raise TokenizerError(f"pad_id {pad_id} is not an id of SentencePiece model {origin} "
+                                 f"({self.vocab_size} pieces); use an id below {self.vocab_size}")
+        self.ascii_lower = bool(ascii_lower)
+        self.pad_id = int(pad_id)
 
     def _init(self, model_proto: bytes, add_bos: bool, add_eos: bool, origin: str) -> None:
         """Parse the model and check that the requested BOS/EOS tokens exist."""
@@ -79,12 +97,17 @@ class SentencePieceTokenizer(Tokenizer):
         """Encode a batch (multi-threaded in C++) and pad; EOS (if added) survives truncation."""
         texts = check_texts(texts)
         check_context_length(context_length, minimum=1 + int(self.add_bos) + int(self.add_eos))
+        if self.ascii_lower:
+            texts = [t.translate(_ASCII_LOWER) for t in texts]
         seqs = (
             self._sp.encode(texts, out_type=int, add_bos=self.add_bos, add_eos=self.add_eos)
             if texts
             else []
         )
-        return pad_batch(seqs, context_length, keep_last=self.add_eos)
+        ids, mask = pad_batch(seqs, context_length, keep_last=self.add_eos)
+        if self.pad_id:
+            ids[~mask] = self.pad_id
+        return ids, mask
 
     def decode(self, ids: Sequence[int]) -> str:
         """Decode ids to text; BOS/EOS/PAD control pieces are dropped by SentencePiece."""
@@ -102,6 +125,8 @@ class SentencePieceTokenizer(Tokenizer):
                 "file": MODEL_FILE,
                 "add_bos": self.add_bos,
                 "add_eos": self.add_eos,
+                "ascii_lower": self.ascii_lower,
+                "pad_id": self.pad_id,
             },
         )
         logger.info("saved SentencePiece tokenizer (vocab %d) to %s", self.vocab_size, directory)
