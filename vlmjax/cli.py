@@ -49,6 +49,8 @@ def run_main(main: Callable[[], int | None]) -> None:
     try:
         code = main()
     except VlmjaxError as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
+        # A clean early stop (TrainingStoppedError) has its own status, which launchers restart on.
+        status = getattr(e, "exit_status", 2)
+        print(f"{'error' if status == 2 else 'stopped'}: {e}", file=sys.stderr)
+        sys.exit(status)
     sys.exit(code or 0)

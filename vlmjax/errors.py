@@ -15,3 +15,15 @@ class DataError(VlmjaxError):
 
 class CheckpointError(VlmjaxError):
     """A checkpoint is missing or does not match the config."""
+
+
+class TrainingError(VlmjaxError):
+    """Training cannot go on (e.g. its updates keep being non-finite); the message names the
+    last good checkpoint."""
+
+
+class TrainingStoppedError(VlmjaxError):
+    """Training stopped early on request (a signal, the wall-clock limit) after writing a
+    checkpoint; running the same command again resumes it."""
+
+    exit_status = 75  # vlmjax.train.preemption.RESUMABLE_EXIT_STATUS: launchers restart on it

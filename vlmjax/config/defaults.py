@@ -168,3 +168,8 @@ def base_config() -> ml_collections.ConfigDict:
     # Named evaluator instances; each has a `kind` from the evaluator registry.
     c.evals = ml_collections.ConfigDict()
     return c
+    # Fault tolerance (README "When things go wrong"): stop cleanly (checkpoint, exit status 75)
+    # after this many seconds of training (0: no limit), e.g. a little under a job's time limit.
+    c.train.time_limit_seconds = 0.0
+    # A step with a non-finite loss or gradient is skipped; this many in a row stop the run.
+    c.train.max_consecutive_skips = 10

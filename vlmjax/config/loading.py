@@ -40,7 +40,10 @@ def load_config_file(spec: str) -> ml_collections.ConfigDict:
 
 def _parse_value(raw: str, current: object, key: str) -> object:
     if key in PER_CHANNEL_KEYS:  # a float or one float per channel
-        value = ast.literal_eval(raw) if raw.strip() else raw
+        try:
+            value = ast.literal_eval(raw) if raw.strip() else raw
+        except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
+            value = raw  # not a Python literal: reported below
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             return float(value)
         if isinstance(value, (list, tuple)):
@@ -58,7 +61,7 @@ def _parse_value(raw: str, current: object, key: str) -> object:
         return raw
     try:
         value = ast.literal_eval(raw)
-    except (ValueError, SyntaxError):
+    except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
         if current is None:
             return raw
         raise ConfigError(f"config.{key}={raw!r} cannot be parsed as "

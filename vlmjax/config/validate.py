@@ -4,6 +4,7 @@ Every failure is a `ConfigError` whose one-line message names the key and the fi
 """
 
 import difflib
+import math
 import os
 from collections.abc import Mapping
 from typing import Any
@@ -49,6 +50,7 @@ POSITIVE_INTS = (
     "train.keep_checkpoints",
     "data.prefetch",
 )
+    "train.max_consecutive_skips",
 NON_NEGATIVE_INTS = ("optimizer.warmup_steps", "train.eval_every", "data.translate", "data.num_threads")
 
 
@@ -72,7 +74,17 @@ def _type_ok(value: Any, default: Any) -> bool:
 
 
 def check_against_schema(cfg: Mapping, schema: Mapping, prefix: str = "") -> None:
-    """Raises on keys absent from `schema` and on leaves whose type differs from the default's."""
+    """Raises on keys absent from `schema`, keys of `schema` absent from `cfg` (outside
+    PARTIAL_SECTIONS) and leaves whose type differs from the default's."""
+    if not prefix.startswith(tuple(f"{s}." for s in PARTIAL_SECTIONS)):
+        for key in schema:
+            if key not in cfg:
+                _fail(f"{prefix}{key}", "is missing", "start the config from "
+                      "vlmjax.config.base_config(), which has every key with its default")
+# Sections whose keys may be left out (the registry entry's defaults fill them in).
+PARTIAL_SECTIONS = ("objective", "evals")
+
+
     for key in cfg:
         path = f"{prefix}{key}"
         if key not in schema:
@@ -202,12 +214,19 @@ def validate(config: ml_collections.ConfigDict, num_devices: int, process_count:
     schema = base_config().to_dict()
     cfg = config.to_dict()
     # Polymorphic sections: their schema depends on the registry entry they name.
-    name = cfg.get("objective", {}).get("name", "clip")
+    for section in PARTIAL_SECTIONS:
+        if not isinstance(cfg.get(section, {}), Mapping):
+            _fail(section, f"must be a section (ConfigDict), got {type(cfg[section]).__name__}",
+                  f"set its sub-keys instead, e.g. --config.{section}.<key>=...")
+    name = cfg.get("objective", {}).get("name")
+    if not isinstance(name, str):
+        _fail("objective.name", f"is {name!r}", "name a registered objective, e.g. "
+              "--config.objective.name=clip")
     schema["objective"] = objective_schema(name)
     schema["evals"] = {}
     for eval_name, eval_cfg in cfg.get("evals", {}).items():
-        if not isinstance(eval_cfg, Mapping) or "kind" not in eval_cfg:
-            _fail(f"evals.{eval_name}", "has no `kind`", "set e.g. "
+        if not isinstance(eval_cfg, Mapping) or not isinstance(eval_cfg.get("kind"), str):
+            _fail(f"evals.{eval_name}", "has no `kind` (a string)", "set e.g. "
                   f"--config.evals.{eval_name}.kind=zeroshot")
         schema["evals"][eval_name] = evaluator_schema(eval_name, eval_cfg["kind"])
     check_against_schema(cfg, schema)
@@ -229,6 +248,9 @@ def validate(config: ml_collections.ConfigDict, num_devices: int, process_count:
         _fail("optimizer.lr", f"is {opt['lr']}", "use a positive learning rate")
     if opt["warmup_steps"] >= cfg["train"]["num_steps"]:
         _fail("optimizer.warmup_steps", f"({opt['warmup_steps']}) is not below "
+    if not 0 <= cfg["train"]["time_limit_seconds"] < math.inf:
+        _fail("train.time_limit_seconds", f"is {cfg['train']['time_limit_seconds']}",
+              "use a number of seconds >= 0 (0: no limit)")
               f"train.num_steps ({cfg['train']['num_steps']})", "shorten the warmup")
     if not 0 <= opt["b1"] < 1 or not 0 <= opt["b2"] < 1:
         _fail("optimizer.b1", "and b2 must lie in [0, 1)", "use e.g. b1=0.9, b2=0.98")

@@ -18,16 +18,25 @@ from vlmjax.data.image_text_config import IMAGE_TEXT, image_text_iterator
 from vlmjax.data.image_text_pipeline import skip_metrics
 from vlmjax.data.pipeline import train_dataset, train_iterator
 from vlmjax.data.prefetch import DevicePrefetcher, process_rows
+from vlmjax.errors import TrainingStoppedError
 from vlmjax.evaluators.context import EvalContext
 from vlmjax.evaluators.registry import build_evaluators
 from vlmjax.evaluators.report import print_results, write_results
 from vlmjax.objectives.registry import get_objective
 from vlmjax.parallel.mesh import batch_sharding, make_mesh, replicated
-from vlmjax.train.checkpoint import Checkpointer
+from vlmjax.train.checkpoint import Checkpointer, checkpoint_bytes
 from vlmjax.train.metrics_writer import MetricsWriter, plot_curves
+from vlmjax.train.preemption import StopRequests
+from vlmjax.train.skipped_updates import SkipMonitor
 from vlmjax.train.state import StateLayout, model_builder, state_layout
 from vlmjax.train.step import StepSpec, channel_stats, jit_train_step
-from vlmjax.train.workdir import is_main_process, save_config, tokenizer_for_run
+from vlmjax.train.workdir import (
+    check_free_disk,
+    check_writable,
+    is_main_process,
+    save_config,
+    tokenizer_for_run,
+)
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +72,7 @@ def _step_spec(config: Mapping, layout: StateLayout, mesh: jax.sharding.Mesh) ->
 def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
     """Trains (resuming from the latest checkpoint in `workdir`), evaluates, returns results."""
     validate(config, jax.device_count(), jax.process_count())
-    os.makedirs(workdir, exist_ok=True)
+    check_writable(workdir)
     cfg = config.to_dict()
     mesh = make_mesh(cfg["mesh"])
     rules = cfg["sharding_rules"]
@@ -75,6 +84,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
     layout = state_layout(cfg, tokenizer.vocab_size, context_length, mesh)
     n_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(layout.abstract["params"]))
     log.info("model %s: %.2fM parameters", cfg["model"]["name"], n_params / 1e6)
+    check_free_disk(workdir, checkpoint_bytes(layout.abstract))
 
     train_cfg = cfg["train"]
     rows = process_rows(batch_sharding(mesh, rules), train_cfg["batch_size"])
@@ -95,8 +105,8 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
     step_fn = jit_train_step(_step_spec(cfg, layout, mesh), layout.sharding,
                              batch_sharding(mesh, rules), replicated(mesh))
 
-    with Checkpointer(os.path.join(workdir, "checkpoints"),
-                      keep=train_cfg["keep_checkpoints"]) as ckpt:
+    with StopRequests(train_cfg["time_limit_seconds"]) as stops, Checkpointer(
+            os.path.join(workdir, "checkpoints"), keep=train_cfg["keep_checkpoints"]) as ckpt:
         writer = MetricsWriter(workdir, enabled=is_main_process())
         latest = ckpt.latest_step()
         if latest == 0 and not ckpt.data_state(0):
@@ -119,7 +129,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
         save_config(config, workdir)  # only once the checkpoint (if any) matched the config
         try:
             results = _run_steps(cfg, workdir, state, start, iterator, step_fn, ckpt, writer,
-                                 evaluators, batch_sharding(mesh, rules))
+                                 evaluators, batch_sharding(mesh, rules), stops)
         finally:
             writer.close()
     if is_main_process():
@@ -133,22 +143,31 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
 def _run_steps(cfg: Mapping, workdir: str, state: dict, start: int, iterator: Any,
                step_fn: Any, ckpt: Checkpointer, writer: MetricsWriter, evaluators: list,
-               sharding: jax.sharding.NamedSharding) -> dict:
-    """Steps start+1 .. num_steps with logging, checkpoints and periodic evaluation."""
+               sharding: jax.sharding.NamedSharding, stops: StopRequests) -> dict:
+    """Steps start+1 .. num_steps with logging, checkpoints and periodic evaluation.
+
+    A stop request (signal, time limit) ends it after the current step with a checkpoint of
+    that step and TrainingStoppedError.
+    """
     train_cfg = cfg["train"]
     prefetcher = DevicePrefetcher(iterator, sharding, cfg["data"]["prefetch"])
     num_steps, results = train_cfg["num_steps"], {}
     bar = tqdm(total=num_steps, initial=start, desc="train", unit="step", dynamic_ncols=True,
                disable=not is_main_process())
     window_start, window_steps = time.perf_counter(), 0
+    skips = SkipMonitor(train_cfg["max_consecutive_skips"],
+                        lambda: (ckpt.finish_pending(), ckpt.last_good_message())[1])
     try:
         for step in range(start + 1, num_steps + 1):
             batch, data_state = next(prefetcher)
             state, metrics = step_fn(state, batch)
+            skips.push(step, metrics["update_skipped"])  # reads the previous step's flag
             window_steps += 1
             bar.update(1)
             if step % train_cfg["log_every"] == 0 or step == num_steps:
+                skips.flush()
                 metrics = jax.device_get(metrics)  # the only host sync in the loop
+                metrics["update_skipped"] = skips.take_window()  # since the last row
                 elapsed = time.perf_counter() - window_start
                 metrics["images_per_second"] = window_steps * train_cfg["batch_size"] / elapsed
                 metrics.update(skip_metrics(data_state))  # image_text: bad samples skipped so far
@@ -156,8 +175,12 @@ def _run_steps(cfg: Mapping, workdir: str, state: dict, start: int, iterator: An
                 bar.set_postfix(loss=f"{metrics['loss']:.3f}",
                                 img_s=f"{metrics['images_per_second']:.0f}")
                 window_start, window_steps = time.perf_counter(), 0
-            if step % train_cfg["checkpoint_every"] == 0 or step == num_steps:
+            stop = stops.should_stop(step)  # the same step on every process
+            if stop or step % train_cfg["checkpoint_every"] == 0 or step == num_steps:
                 ckpt.save(step, state, data_state)
+            if stop:
+                raise TrainingStoppedError(f"{stops.reason}: wrote the checkpoint of step {step} "
+                                           f"to {ckpt.directory}; run the same command to resume")
             eval_every = train_cfg["eval_every"]
             if evaluators and (step == num_steps or (eval_every and step % eval_every == 0)):
                 results = run_evaluators(evaluators, state["params"], step, workdir, writer)

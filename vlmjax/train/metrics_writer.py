@@ -10,6 +10,14 @@ import numpy as np
 log = logging.getLogger(__name__)
 
 
+def _step_of(line: str) -> int | None:
+    """The step of a metrics line; None for a blank or torn one (a kill mid-write)."""
+    try:
+        return int(json.loads(line)["step"])
+    except (ValueError, KeyError, TypeError):
+        return None
+
+
 class MetricsWriter:
     """Appends `{"step": s, **metrics}` to workdir/metrics.jsonl and TensorBoard events."""
 
@@ -26,7 +34,7 @@ class MetricsWriter:
         if not self.enabled or not os.path.exists(self.path):
             return
         with open(self.path) as f:
-            rows = [line for line in f if line.strip() and json.loads(line)["step"] <= step]
+            rows = [line for line in f if _step_of(line) is not None and _step_of(line) <= step]
         tmp = self.path + ".tmp"
         with open(tmp, "w") as f:
             f.writelines(rows)

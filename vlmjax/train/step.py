@@ -131,12 +131,22 @@ def loss_and_grads(spec: StepSpec, params: dict, batch: Mapping[str, jax.Array])
 
 def train_step(spec: StepSpec, state: dict, batch: Mapping[str, jax.Array]
                ) -> tuple[dict, dict[str, jax.Array]]:
-    """One optimizer update on the global batch; returns the new state and scalar metrics."""
+    """One optimizer update on the global batch; returns the new state and scalar metrics.
+
+    A non-finite loss or gradient skips the update: params and optimizer state stay as they
+    were (a select fused into the update, no host sync), the step counter still advances (the
+    batch is consumed) and metrics["update_skipped"] is 1. Not optax.apply_if_finite: it checks
+    only gradients and applies the update anyway after its error limit.
+    """
     grads, metrics = loss_and_grads(spec, state["params"], batch)
     updates, opt_state = spec.tx.update(grads, state["opt_state"], state["params"])
     params = spec.post_update(optax.apply_updates(state["params"], updates))
-    metrics = {**metrics, "grad_norm": optax.global_norm(grads),
-               "learning_rate": spec.schedule(state["step"])}
+    grad_norm = optax.global_norm(grads)
+    finite = jnp.isfinite(metrics["loss"]) & jnp.isfinite(grad_norm)
+    params, opt_state = jax.tree.map(lambda new, old: jnp.where(finite, new, old),
+                                     (params, opt_state), (state["params"], state["opt_state"]))
+    metrics = {**metrics, "grad_norm": grad_norm, "learning_rate": spec.schedule(state["step"]),
+               "update_skipped": 1 - finite.astype(jnp.int32)}
     return {"step": state["step"] + 1, "params": params, "opt_state": opt_state}, metrics
 
 

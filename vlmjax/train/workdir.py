@@ -4,6 +4,7 @@ import json
 import logging
 import os
 import shutil
+import tempfile
 from collections.abc import Mapping
 
 import jax
@@ -12,7 +13,7 @@ from jax.experimental import multihost_utils
 
 from vlmjax.data.captions import caption_texts
 from vlmjax.data.datasets import caption_vocabulary
-from vlmjax.errors import ConfigError
+from vlmjax.errors import CheckpointError, ConfigError
 from vlmjax.tokenizers import Tokenizer, build_tokenizer, load_tokenizer
 
 log = logging.getLogger(__name__)
@@ -20,6 +21,27 @@ log = logging.getLogger(__name__)
 
 def is_main_process() -> bool:
     return jax.process_index() == 0
+
+
+def check_writable(workdir: str) -> None:
+    """Creates `workdir` and writes a probe file in it, so that an unwritable workdir fails
+    before anything is built or compiled."""
+    try:
+        os.makedirs(workdir, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=workdir, prefix=".vlmjax-write-probe-"):
+            pass
+    except OSError as e:
+        raise ConfigError(f"the workdir {workdir} is not writable ({e.strerror or e}); pass a "
+                          "--workdir on storage you can write to") from None
+
+
+def check_free_disk(directory: str, needed_bytes: int) -> None:
+    """Fails (before compiling) when the disk of `directory` cannot hold one more checkpoint."""
+    free = shutil.disk_usage(directory).free
+    if free < needed_bytes:
+        raise CheckpointError(f"{directory} has {free / 2 ** 20:.1f} MiB free but one checkpoint "
+                              f"of this model needs about {needed_bytes / 2 ** 20:.1f} MiB; free "
+                              "some space or pass a --workdir on a larger disk")
 
 
 def save_config(config: ml_collections.ConfigDict, workdir: str) -> None:
