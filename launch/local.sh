@@ -8,8 +8,35 @@
 # Devices: on CPU (the default: JAX_PLATFORMS=cpu) each process gets K virtual CPU devices, K =
 # VLMJAX_DEVICES_PER_PROCESS, else the --xla_force_host_platform_device_count of XLA_FLAGS divided
 # by N, else 1. With JAX_PLATFORMS=cuda, process i drives GPU i instead.
+#
+# Restarts: a run that stops cleanly for a restart (a SIGTERM from outside, train.time_limit_seconds)
+# writes a checkpoint and exits with status 75; it is started again (up to VLMJAX_MAX_RESTARTS times,
+# default 100) and resumes. Ctrl-C or a SIGTERM to this script stops it for good (the run still writes
+# its checkpoint; the same command resumes it later).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+script=$PWD/launch/local.sh
+
+if [ -z "${VLMJAX_LAUNCH_ATTEMPT:-}" ]; then
+  attempt=0 max_restarts=${VLMJAX_MAX_RESTARTS:-100} stop=0 child=""
+  trap 'stop=1; [ -z "$child" ] || kill -TERM "$child" 2>/dev/null || true' INT TERM
+  while true; do
+    VLMJAX_LAUNCH_ATTEMPT=$attempt bash "$script" "$@" &
+    child=$!
+    status=0
+    wait "$child" || status=$?
+    while kill -0 "$child" 2>/dev/null; do  # `wait` returns early when a trap runs
+      status=0
+      wait "$child" || status=$?
+    done
+    if [ "$status" -ne 75 ] || [ "$stop" -eq 1 ] || [ "$attempt" -ge "$max_restarts" ]; then
+      [ "$status" -ne 75 ] || echo "stopped with a checkpoint (status 75): run the same command to resume" >&2
+      exit "$status"
+    fi
+    attempt=$((attempt + 1))
+    echo "the run stopped with a checkpoint (status 75): restart $attempt of at most $max_restarts" >&2
+  done
+fi
 [ $# -ge 2 ] || { echo "usage: [VLMJAX_PROCESSES=N] bash launch/local.sh CONFIG.py[:arg] WORKDIR" \
                        "[--config.key=value ...]" >&2; exit 2; }
 config=$1 workdir=$2
@@ -54,9 +81,9 @@ echo "starting $processes processes: coordinator 127.0.0.1:$port, JAX_PLATFORMS=
 pids=()
 stop_all() {
   # Stops the processes still running: a failed or interrupted run must not leave peers waiting. In a
-  # multi-process run JAX's preemption notifier catches SIGTERM (a preemption notice, not an exit), so
-  # whatever still runs 10 s later gets SIGKILL.
-  local pid live deadline=$((SECONDS + 10))
+  # multi-process run SIGTERM is a preemption notice (all processes checkpoint the same step and exit
+  # with status 75), so whatever still runs VLMJAX_STOP_GRACE_SECONDS (60) later gets SIGKILL.
+  local pid live deadline=$((SECONDS + ${VLMJAX_STOP_GRACE_SECONDS:-60}))
   for pid in ${pids[@]+"${pids[@]}"}; do
     [ -z "$pid" ] || kill "$pid" 2>/dev/null || true
   done
@@ -98,7 +125,10 @@ while [ "$running" -gt 0 ]; do
     wait "$pid" || status=$?
     pids[i]=""
     running=$((running - 1))
-    if [ "$status" -ne 0 ]; then
+    if [ "$status" -eq 75 ]; then
+      echo "process $i stopped with a checkpoint (status 75); waiting for the others" >&2
+      exit 75
+    elif [ "$status" -ne 0 ]; then
       echo "error: process $i exited with status $status; stopping the others" >&2
       exit "$status"
     fi

@@ -114,11 +114,16 @@ step_train() {
   train=".venv/bin/python -m vlmjax.train --config $(quote "$1") --workdir $(quote "$2")"
   shift 2
   [ $# -eq 0 ] || train+=" $(quote "$@")"
+  # A run that stopped with a checkpoint (status 75: SIGTERM before maintenance or preemption,
+  # train.time_limit_seconds) is started again and resumes, up to VLMJAX_MAX_RESTARTS (100) times.
+  local loop="for attempt in \$(seq 0 ${VLMJAX_MAX_RESTARTS:-100}); do status=0; $train || status=\$?;"
+  loop+=" [ \$status -eq 75 ] || exit \$status; echo \"status 75 (stopped with a checkpoint): restarting\" >&2;"
+  loop+=" done; exit 75"
   if [ -n "${DETACH:-}" ]; then
     # Survives the ssh session: output goes to train.log in the checkout of each worker.
-    remote+="nohup $train > train.log 2>&1 < /dev/null & echo \"worker \$(hostname): training, log in \$PWD/train.log\""
+    remote+="nohup bash -c $(quote "$loop") > train.log 2>&1 < /dev/null & echo \"worker \$(hostname): training, log in \$PWD/train.log\""
   else
-    remote+="$train"
+    remote+="$loop"
   fi
   run "${gcloud_tpu[@]}" ssh "$TPU_NAME" "${where[@]}" --worker=all --command="$remote"
 }
