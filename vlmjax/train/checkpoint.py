@@ -166,16 +166,22 @@ class Checkpointer:
         if not candidates:
             raise CheckpointError(f"no checkpoint in {self.directory}; {_TRAIN_FIRST}")
         failed: list[tuple[int, str]] = []
+        first_mismatch = None
         for candidate in candidates:
             try:
                 state, data = self._restore_verified(candidate, abstract_state)
-            except _UnreadableError as e:
+            except (_UnreadableError, CheckpointError) as e:
+                # A mismatch with the config is one too when older steps of the run match
+                # (damaged metadata can read as missing parameters); if none does, it is real.
+                first_mismatch = first_mismatch or (e if isinstance(e, CheckpointError) else None)
                 log.warning("checkpoint %d in %s is incomplete or corrupt (%s); trying the "
                             "previous one", candidate, self.directory, e)
                 failed.append((candidate, str(e)))
                 continue
             self._set_aside([s for s, _ in failed])
             return state, data, candidate
+        if first_mismatch is not None and len(failed) == len(candidates):
+            raise first_mismatch
         raise CheckpointError(f"no checkpoint in {self.directory} can be restored: " + "; ".join(
             f"step {s}: {why}" for s, why in failed) + "; restore the files or start a new --workdir")
 
