@@ -25,10 +25,11 @@ VOCAB, CONTEXT, SOT, EOS = 50, 12, 48, 49
 MAX_LEN = CONTEXT - 1
 
 
-def _build(scan: bool = False) -> tuple[nnx.GraphDef, dict]:
+def _build(scan: bool = False, decoder_block: str = "paper") -> tuple[nnx.GraphDef, dict]:
     """The tiny CoCa's graph and random params (biases and norms too, so logits are peaked)."""
     cfg = load_config_file(TINY_COCA).model.to_dict()
     cfg["scan_layers"] = scan
+    cfg["coca"]["decoder_block"] = decoder_block
     graphdef, state = nnx.split(nnx.eval_shape(lambda: CoCa(cfg, VOCAB, CONTEXT, rngs=nnx.Rngs(0))))
     flat, tree = jax.tree_util.tree_flatten_with_path(nnx.to_pure_dict(state))
     rng = np.random.default_rng(0)
@@ -119,6 +120,17 @@ def test_cached_step_with_scanned_layers():
     caption = jax.random.normal(jax.random.key(2), (2, 4, 16))
     ids = jax.random.randint(jax.random.key(3), (2, CONTEXT), 0, VOCAB)
     np.testing.assert_allclose(_cached_logits(scan_graphdef, scan_params, caption, ids),
+                               _full_logits(graphdef, params, caption, ids)[:, :MAX_LEN],
+                               atol=1e-5, rtol=1e-5)
+
+
+def test_cached_step_with_open_clip_decoder_blocks():
+    """open_clip's decoder layout (an MLP between self- and cross-attention) in the cache too."""
+    graphdef, params = _build(decoder_block="open_clip")
+    assert "self_mlp" in params["decoder"]["layers"][0]
+    caption = jax.random.normal(jax.random.key(4), (2, 4, 16))
+    ids = jax.random.randint(jax.random.key(5), (2, CONTEXT), 0, VOCAB)
+    np.testing.assert_allclose(_cached_logits(graphdef, params, caption, ids),
                                _full_logits(graphdef, params, caption, ids)[:, :MAX_LEN],
                                atol=1e-5, rtol=1e-5)
 

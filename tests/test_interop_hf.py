@@ -10,8 +10,9 @@ import shutil
 import numpy as np
 import pytest
 
+from tests.interop_runs import run_forward as vlmjax_forward
 from tests.test_tokenizers import NO_FTFY_NEEDED
-from vlmjax.errors import CheckpointError, ConfigError, VlmjaxError
+from vlmjax.errors import CheckpointError, ConfigError
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
@@ -75,31 +76,6 @@ def converted(tmp_path_factory, bpe_dir) -> dict:
         import_hf(hf_dir, workdir)
         out[name] = hf_dir, workdir
     return out
-
-
-def vlmjax_forward(workdir: str, images: np.ndarray, texts: list[str]) -> dict:
-    """Restores the workdir's checkpoint and embeds images (uint8 NHWC) and texts."""
-    import jax
-    from flax import nnx
-
-    from vlmjax.parallel.mesh import make_mesh
-    from vlmjax.train.checkpoint import Checkpointer
-    from vlmjax.train.state import state_layout
-    from vlmjax.train.step import normalize_images
-    from vlmjax.train.workdir import load_saved_config, tokenizer_for_run
-    cfg = load_saved_config(workdir).to_dict()
-    tok = tokenizer_for_run(cfg, workdir)
-    ctx = cfg["tokenizer"]["context_length"]
-    layout = state_layout(cfg, tok.vocab_size, ctx, make_mesh(cfg["mesh"]))
-    with Checkpointer(os.path.join(workdir, "checkpoints"), read_only=True) as ckpt:
-        state, _, _ = ckpt.restore(None, layout.abstract)
-    pixels = normalize_images(images, cfg["data"]["image_mean"], cfg["data"]["image_std"])
-    ids, mask = tok.encode(texts, ctx)
-    out = jax.jit(lambda p, *xs: nnx.merge(layout.graphdef, p)(*xs))(state["params"], pixels,
-                                                                      ids, mask)
-    return {"pixels": np.asarray(pixels), "ids": ids, "mask": mask,
-            "image": np.asarray(out["image_embed"]), "text": np.asarray(out["text_embed"]),
-            "logits": np.asarray(out["logit_scale"] * out["image_embed"] @ out["text_embed"].T)}
 
 
 def hf_forward(hf_dir: str, ours: dict) -> dict:
@@ -220,11 +196,10 @@ def test_import_errors_name_the_problem(converted, tmp_path):
         import_hf(bad, str(tmp_path / "d"))
 
 
-def test_unwritten_sources_say_so():
-    from vlmjax.interop.sources import get_source
-    for name in ("open_clip",):
-        with pytest.raises(VlmjaxError, match="not implemented yet"):
-            get_source(name)
+def test_every_registered_source_loads():
+    from vlmjax.interop.sources import SOURCES, get_source
+    for name in SOURCES:
+        assert callable(get_source(name)), name
     with pytest.raises(ConfigError, match="not a known source"):
         get_source("onnx")
 

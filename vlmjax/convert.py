@@ -1,4 +1,6 @@
 """`python -m vlmjax.convert --from hf --source DIR --workdir RUN`: import weights as a vlmjax run;
+`--from open_clip --source CKPT [--model-config MODEL.json] --workdir RUN` for open_clip
+CLIP / CoCa;
 `--from big_vision --source CKPT.npz [--tokenizer SP.model] --workdir RUN` for big_vision SigLIP;
 `python -m vlmjax.convert --to hf --workdir RUN --output DIR`: export a run for transformers.
 """
@@ -20,6 +22,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workdir", required=True, help="vlmjax run directory")
     parser.add_argument("--tokenizer", help="--from big_vision: the SentencePiece .model the "
                         "checkpoint was trained with (default: sentencepiece.model beside it)")
+    parser.add_argument("--model-config", help="--from open_clip: open_clip's model-config "
+                        "JSON (default: open_clip_config.json beside the checkpoint)")
     parser.add_argument("--output", help="export: the directory to write")
     parser.add_argument("--step", type=int, default=None, help="export: checkpoint step (latest)")
     args = parser.parse_args(argv)
@@ -31,6 +35,10 @@ def main(argv: list[str] | None = None) -> int:
             if args.source_kind != "big_vision":
                 parser.error("--tokenizer is read by --from big_vision only")
             options["tokenizer"] = args.tokenizer
+        if args.model_config:
+            if args.source_kind != "open_clip":
+                parser.error("--model-config is read by --from open_clip only")
+            options["model_config"] = args.model_config
         from vlmjax.interop.sources import get_source
         get_source(args.source_kind)(args.source, args.workdir, **options)
     else:

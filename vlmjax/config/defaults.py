@@ -129,6 +129,12 @@ def base_config() -> ml_collections.ConfigDict:
     c.model.coca.pooler_heads = 8
     c.model.coca.unimodal_depth = 6
     c.model.coca.multimodal_depth = 6
+    # open_clip's CoCa layout (`--from open_clip` sets both; see models/text_decoder.py):
+    # decoder_block: paper (self-attn, cross-attn, MLP) | open_clip (self-attn, MLP, cross, MLP);
+    # cls_mask: real_tokens (the CLS attends to real tokens and itself) | open_clip (its
+    # shifted mask: real tokens and the first padding position).
+    c.model.coca.decoder_block = "paper"
+    c.model.coca.cls_mask = "real_tokens"
 
     # FILIP only (model.name="filip"): a second temperature for the text->image direction.
     c.model.filip = ml_collections.ConfigDict()
@@ -164,12 +170,12 @@ def base_config() -> ml_collections.ConfigDict:
     c.train.keep_checkpoints = 3
     c.train.eval_every = 0  # 0: evaluate only at the end
     c.train.locked_tower = ""  # "" | image | text  (LiT)
-
-    # Named evaluator instances; each has a `kind` from the evaluator registry.
-    c.evals = ml_collections.ConfigDict()
-    return c
     # Fault tolerance (README "When things go wrong"): stop cleanly (checkpoint, exit status 75)
     # after this many seconds of training (0: no limit), e.g. a little under a job's time limit.
     c.train.time_limit_seconds = 0.0
     # A step with a non-finite loss or gradient is skipped; this many in a row stop the run.
     c.train.max_consecutive_skips = 10
+
+    # Named evaluator instances; each has a `kind` from the evaluator registry.
+    c.evals = ml_collections.ConfigDict()
+    return c

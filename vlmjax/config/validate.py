@@ -25,6 +25,8 @@ CHOICES = {
     "model.text.pool": ("eot", "last"),
     "model.text.proj": ("linear", "linear_bias", "none"),
     "model.coca.pooler": ("paper", "open_clip"),
+    "model.coca.decoder_block": ("paper", "open_clip"),
+    "model.coca.cls_mask": ("real_tokens", "open_clip"),
     "optimizer.schedule": ("cosine", "constant"),
     "train.locked_tower": ("", "image", "text"),
 }
@@ -48,9 +50,9 @@ POSITIVE_INTS = (
     "train.log_every",
     "train.checkpoint_every",
     "train.keep_checkpoints",
+    "train.max_consecutive_skips",
     "data.prefetch",
 )
-    "train.max_consecutive_skips",
 NON_NEGATIVE_INTS = ("optimizer.warmup_steps", "train.eval_every", "data.translate", "data.num_threads")
 
 
@@ -73,6 +75,10 @@ def _type_ok(value: Any, default: Any) -> bool:
     return True
 
 
+# Sections whose keys may be left out (the registry entry's defaults fill them in).
+PARTIAL_SECTIONS = ("objective", "evals")
+
+
 def check_against_schema(cfg: Mapping, schema: Mapping, prefix: str = "") -> None:
     """Raises on keys absent from `schema`, keys of `schema` absent from `cfg` (outside
     PARTIAL_SECTIONS) and leaves whose type differs from the default's."""
@@ -81,10 +87,6 @@ def check_against_schema(cfg: Mapping, schema: Mapping, prefix: str = "") -> Non
             if key not in cfg:
                 _fail(f"{prefix}{key}", "is missing", "start the config from "
                       "vlmjax.config.base_config(), which has every key with its default")
-# Sections whose keys may be left out (the registry entry's defaults fill them in).
-PARTIAL_SECTIONS = ("objective", "evals")
-
-
     for key in cfg:
         path = f"{prefix}{key}"
         if key not in schema:
@@ -246,11 +248,11 @@ def validate(config: ml_collections.ConfigDict, num_devices: int, process_count:
     opt = cfg["optimizer"]
     if not opt["lr"] > 0:
         _fail("optimizer.lr", f"is {opt['lr']}", "use a positive learning rate")
-    if opt["warmup_steps"] >= cfg["train"]["num_steps"]:
-        _fail("optimizer.warmup_steps", f"({opt['warmup_steps']}) is not below "
     if not 0 <= cfg["train"]["time_limit_seconds"] < math.inf:
         _fail("train.time_limit_seconds", f"is {cfg['train']['time_limit_seconds']}",
               "use a number of seconds >= 0 (0: no limit)")
+    if opt["warmup_steps"] >= cfg["train"]["num_steps"]:
+        _fail("optimizer.warmup_steps", f"({opt['warmup_steps']}) is not below "
               f"train.num_steps ({cfg['train']['num_steps']})", "shorten the warmup")
     if not 0 <= opt["b1"] < 1 or not 0 <= opt["b2"] < 1:
         _fail("optimizer.b1", "and b2 must lie in [0, 1)", "use e.g. b1=0.9, b2=0.98")

@@ -107,7 +107,7 @@ def coca_step(model: CoCa, caption_tokens: jax.Array) -> tuple[StepFn, dict]:
             new["unimodal"].append(kv)
         for block, kv, cross in zip(multimodal, cache["multimodal"], cache["cross"], strict=True):
             h, kv = _cached_self_attention(block.self_attn, block.ln_self(x), kv, position)
-            x = x + h
+            x = block.after_self_attention(x + h)
             x = x + _attend(block.cross_attn, block.ln_cross(x), cross["k"], cross["v"], None)
             x = x + block.mlp(block.ln_mlp(x))
             new["multimodal"].append(kv)

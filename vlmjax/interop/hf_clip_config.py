@@ -10,9 +10,8 @@ from collections.abc import Mapping
 
 import ml_collections
 
-from vlmjax.config import base_config
-from vlmjax.config.defaults import channel_stat
 from vlmjax.errors import CheckpointError
+from vlmjax.interop.workdir_writer import imported_config
 
 # HF hidden_act -> vlmjax model.activation ("gelu" is the exact erf GELU in both).
 ACTIVATIONS = {"quick_gelu": "quick_gelu", "gelu": "gelu"}
@@ -54,7 +53,9 @@ def vlmjax_config(hf: Mapping, image_mean: tuple = OPENAI_MEAN, image_std: tuple
         raise CheckpointError(f"config.json has model_type={model_type!r}; --from hf reads "
                               "CLIPModel directories (model_type 'clip')")
     text, vision = _require(hf, "text_config", ""), _require(hf, "vision_config", "")
-    c = base_config()
+    c = imported_config(tokenizer_kind, tokenizer_path,
+                        int(_require(text, "max_position_embeddings", "text_config.")),
+                        int(_require(text, "vocab_size", "text_config.")), image_mean, image_std)
     c.model.name = "two_tower"
     c.model.activation = _activation(hf)
     c.model.embed_dim = int(_require(hf, "projection_dim", ""))
@@ -71,15 +72,6 @@ def vlmjax_config(hf: Mapping, image_mean: tuple = OPENAI_MEAN, image_std: tuple
                                              ("depth", "num_hidden_layers"),
                                              ("heads", "num_attention_heads"),
                                              ("mlp_dim", "intermediate_size"))})
-    c.tokenizer.kind = tokenizer_kind
-    c.tokenizer.path = tokenizer_path
-    c.tokenizer.context_length = int(_require(text, "max_position_embeddings", "text_config."))
-    c.tokenizer.vocab_size = int(_require(text, "vocab_size", "text_config."))
-    c.data.image_mean = channel_stat(tuple(image_mean))
-    c.data.image_std = channel_stat(tuple(image_std))
-    # Fine-tuning defaults (override with --config.*): small lr, short warmup.
-    c.optimizer.lr = 1e-5
-    c.optimizer.warmup_steps = 100
     return c
 
 

@@ -1,14 +1,8 @@
 """Which Hugging Face CLIPModel tensor is which vlmjax parameter, and how its layout differs.
 
 One table serves both directions (import and export), so they cannot drift apart. Each entry
-names the HF key, the vlmjax path ("image/encoder/layers/0/attn/query") and a layout kind:
-
-  same       identical layout
-  linear     torch Linear weight [out, in] <-> [in, out]
-  qkv        [heads * head_dim, dim] <-> [dim, heads, head_dim]
-  qkv_bias   [heads * head_dim] <-> [heads, head_dim]
-  attn_out   [dim, heads * head_dim] <-> [heads, head_dim, dim]
-  patch      conv [out, in, p, p] <-> [p, p, in, out]
+names the HF key, the vlmjax path ("image/encoder/layers/0/attn/query") and a layout kind
+(torch_layout.py lists the kinds).
 
 HF CLIP's patch convolution has no bias: vlmjax's `image/patch_bias` is zero on import and must
 be zero to export. Text pooling agrees: HF pools at the first `eos_token_id` (or at argmax of
@@ -16,22 +10,12 @@ the ids for configs with the old eos id 2), vlmjax at the last real token of the
 CLIP BPE, whose end-of-text id is the largest and only appears last, both are the same position.
 """
 
-import dataclasses
-
-import numpy as np
+from vlmjax.interop.torch_layout import Entry
 
 # HF buffers that are not parameters (older checkpoints saved them).
 IGNORED_SUFFIXES = ("embeddings.position_ids",)
 # vlmjax parameters that HF CLIP does not have; imported as zeros, exported only when zero.
 ZERO_ONLY = ("image/patch_bias",)
-
-
-@dataclasses.dataclass(frozen=True)
-class Entry:
-    hf: str
-    ours: str
-    kind: str
-    heads: int = 0
 
 
 def _layer_entries(hf_prefix: str, our_prefix: str, depth: int, heads: int) -> list[Entry]:
@@ -79,39 +63,3 @@ def clip_entries(image_depth: int, image_heads: int, text_depth: int, text_heads
         Entry(f"{t}.final_layer_norm.bias", "text/ln_final/bias", "same"),
         Entry("text_projection.weight", "text/proj", "linear"),
     ]
-
-
-def to_ours(x: np.ndarray, entry: Entry) -> np.ndarray:
-    """A HF tensor in vlmjax's layout."""
-    h = entry.heads
-    if entry.kind == "linear":
-        return x.T
-    if entry.kind == "qkv":
-        return x.T.reshape(x.shape[1], h, x.shape[0] // h)
-    if entry.kind == "qkv_bias":
-        return x.reshape(h, x.shape[0] // h)
-    if entry.kind == "attn_out":
-        return x.T.reshape(h, x.shape[1] // h, x.shape[0])
-    if entry.kind == "patch":
-        return x.transpose(2, 3, 1, 0)
-    return x
-
-
-def to_hf(x: np.ndarray, entry: Entry) -> np.ndarray:
-    """A vlmjax parameter in HF's layout (the inverse of `to_ours`)."""
-    if entry.kind == "linear":
-        return x.T
-    if entry.kind == "qkv":
-        return x.reshape(x.shape[0], -1).T
-    if entry.kind == "qkv_bias":
-        return x.reshape(-1)
-    if entry.kind == "attn_out":
-        return x.reshape(-1, x.shape[-1]).T
-    if entry.kind == "patch":
-        return x.transpose(3, 2, 0, 1)
-    return x
-
-
-def hf_shape(our_shape: tuple[int, ...], entry: Entry) -> tuple[int, ...]:
-    """The HF shape that maps to a vlmjax parameter of `our_shape`."""
-    return to_hf(np.broadcast_to(np.float32(0), our_shape), entry).shape

@@ -17,6 +17,7 @@ from vlmjax.errors import CheckpointError, ConfigError
 from vlmjax.interop import hf_clip_layout as layout
 from vlmjax.interop import hf_files
 from vlmjax.interop.hf_clip_config import hf_config
+from vlmjax.interop.torch_layout import to_torch
 from vlmjax.tokenizers.base import read_spec
 from vlmjax.tokenizers.clip_bpe import EOT, SOT
 
@@ -66,7 +67,7 @@ def hf_tensors(params: Mapping, cfg: Mapping) -> dict[str, np.ndarray]:
                               "bias, so this model cannot be exported exactly")
     image, text = resolve_vit(cfg["model"]["image"]), cfg["model"]["text"]
     entries = layout.clip_entries(image["depth"], image["heads"], text["depth"], text["heads"])
-    out = {e.hf: layout.to_hf(flat.pop(e.ours), e) for e in entries}
+    out = {e.key: to_torch(flat.pop(e.ours), e) for e in entries}
     if flat:
         raise ConfigError(f"parameter {sorted(flat)[0]} has no HF CLIP counterpart; "
                           "this model cannot be exported")

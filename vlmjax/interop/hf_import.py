@@ -9,53 +9,21 @@ from vlmjax.errors import CheckpointError
 from vlmjax.interop import hf_clip_layout as layout
 from vlmjax.interop import hf_files
 from vlmjax.interop.hf_clip_config import OPENAI_MEAN, OPENAI_STD, vlmjax_config
-from vlmjax.interop.workdir_writer import write_workdir
-from vlmjax.tokenizers import Tokenizer
-from vlmjax.tokenizers.clip_bpe import ClipBpeTokenizer
-from vlmjax.tokenizers.hf_tokenizer import HFTokenizer
-from vlmjax.train.param_groups import map_with_path
+from vlmjax.interop.torch_layout import take_tensors
+from vlmjax.interop.workdir_writer import param_shapes, write_workdir
 
 log = logging.getLogger(__name__)
 PREPROCESSOR = "preprocessor_config.json"
 
 
-def param_shapes(cfg: dict, vocab_size: int) -> dict[str, tuple[int, ...]]:
-    """{param path: shape} of the model `cfg` describes (traced abstractly, no memory)."""
-    from flax import nnx
-
-    from vlmjax.train.state import model_builder
-    build = model_builder(cfg, vocab_size, cfg["tokenizer"]["context_length"])
-    abstract = nnx.to_pure_dict(nnx.state(nnx.eval_shape(lambda: build(nnx.Rngs(0)))))
-    flat = {}
-    map_with_path(lambda path, leaf: flat.__setitem__(path, tuple(leaf.shape)), abstract)
-    return flat
-
-
 def map_tensors(tensors: dict[str, np.ndarray], cfg: dict, vocab_size: int,
                 source: str) -> dict[str, np.ndarray]:
     """{vlmjax param path: array} from HF tensors; every HF tensor must be used exactly once."""
-    shapes = param_shapes(cfg, vocab_size)
     image, text = cfg["model"]["image"], cfg["model"]["text"]
     entries = layout.clip_entries(image["depth"], image["heads"], text["depth"], text["heads"])
-    known = {e.hf for e in entries}
-    for name in sorted(tensors):
-        if name not in known and not name.endswith(layout.IGNORED_SUFFIXES):
-            raise CheckpointError(f"{source}: tensor {name} (shape {tensors[name].shape}) maps to "
-                                  "no vlmjax parameter; this is not a plain CLIPModel or its "
-                                  "config.json does not match its weights")
-    values = {}
-    for entry in entries:
-        if entry.hf not in tensors:
-            raise CheckpointError(f"{source} has no tensor {entry.hf} (for {entry.ours}); the "
-                                  "weights do not match config.json")
-        want = layout.hf_shape(shapes[entry.ours], entry)
-        if tensors[entry.hf].shape != want:
-            raise CheckpointError(f"{source}: tensor {entry.hf} has shape "
-                                  f"{tensors[entry.hf].shape} but config.json implies {want} "
-                                  f"(vlmjax {entry.ours} {shapes[entry.ours]})")
-        values[entry.ours] = layout.to_ours(tensors[entry.hf], entry)
-    width = image["width"]
-    values.update({path: np.zeros((width,), np.float32) for path in layout.ZERO_ONLY})
+    values = take_tensors(tensors, entries, param_shapes(cfg, vocab_size), source, "config.json",
+                          layout.IGNORED_SUFFIXES)
+    values.update({path: np.zeros((image["width"],), np.float32) for path in layout.ZERO_ONLY})
     return values
 
 
@@ -68,18 +36,6 @@ def _image_stats(source: str) -> tuple[tuple, tuple]:
     return tuple(pre.get("image_mean", OPENAI_MEAN)), tuple(pre.get("image_std", OPENAI_STD))
 
 
-def _tokenizer(source: str, directory: str) -> tuple[Tokenizer, str]:
-    """The run's tokenizer stored in `directory` (original files kept beside), and its kind."""
-    kind = hf_files.copy_tokenizer_files(source, directory)
-    if kind == "clip_bpe":
-        tok = ClipBpeTokenizer.from_path(directory)
-    else:
-        tok = HFTokenizer.from_file(os.path.join(directory, hf_files.TOKENIZER_JSON),
-                                    clip_clean=True, source="hf_json")
-    tok.save(directory)
-    return tok, kind
-
-
 def import_hf(source: str, workdir: str) -> None:
     """Converts the CLIPModel in `source` into a vlmjax run directory `workdir`."""
     hf = hf_files.read_json(source, "config.json")
@@ -87,11 +43,9 @@ def import_hf(source: str, workdir: str) -> None:
     # Validate the architecture before touching weights or writing anything.
     vlmjax_config(hf, mean, std)
     os.makedirs(workdir, exist_ok=True)
-    tok_dir = os.path.abspath(os.path.join(workdir, "tokenizer"))
-    tokenizer, kind = _tokenizer(source, tok_dir)
-    config = vlmjax_config(hf, mean, std, tokenizer_kind=kind,
-                           tokenizer_path=tok_dir if kind == "clip_bpe" else
-                           os.path.join(tok_dir, hf_files.TOKENIZER_JSON))
+    tokenizer, kind, path = hf_files.store_tokenizer(
+        source, os.path.abspath(os.path.join(workdir, "tokenizer")))
+    config = vlmjax_config(hf, mean, std, tokenizer_kind=kind, tokenizer_path=path)
     vocab = config.tokenizer.vocab_size
     if tokenizer.vocab_size != vocab:
         raise CheckpointError(f"the tokenizer in {source} has {tokenizer.vocab_size} tokens but "

@@ -2,7 +2,7 @@
 
 Each source is a function (source path, workdir, **options) -> None in its own module, imported
 lazily so one source's dependencies never load for another; options are the CLI's optional
-source-specific flags (big_vision: tokenizer).
+source-specific flags (big_vision: tokenizer; open_clip: model_config).
 """
 
 import importlib
@@ -14,7 +14,7 @@ from vlmjax.errors import ConfigError
 # name -> "module:function", or None for a source that is planned but not written yet.
 SOURCES: dict[str, str | None] = {
     "hf": "vlmjax.interop.hf_import:import_hf",
-    "open_clip": None,
+    "open_clip": "vlmjax.interop.open_clip_import:import_open_clip",
     "big_vision": "vlmjax.interop.big_vision_import:import_big_vision",
 }
 

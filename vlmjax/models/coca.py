@@ -14,6 +14,9 @@ Pooler layouts (`model.coca.pooler`):
   embedding and outputs 1.. (caption_queries - 1 of them) feed the decoder.
 Poolers LayerNorm their queries and keys (open_clip's AttentionalPooler). With image.pool="cls"
 the class token is among the pooled tokens (as in open_clip); "gap" has no class token.
+The text decoder's open_clip variants (`model.coca.cls_mask`, `model.coca.decoder_block`, see
+text_decoder.py) complete the open_clip layout; `python -m vlmjax.convert --from open_clip`
+sets all three.
 
 API (for zero-shot evaluation and, later, KV-cache generation; images are normalised floats):
 - `encode_image(images) -> image_embed [b, e]` and `encode_text(ids, mask) -> text_embed [b, e]`,
@@ -120,10 +123,11 @@ class CoCa(nnx.Module):
                                     coca["pooler_heads"], coca["caption_queries"], rngs=rngs)
         self.text = UnimodalDecoder(vocab_size, context_length, text["width"], coca["unimodal_depth"],
                                     text["heads"], text["mlp_dim"], model["embed_dim"], act,
-                                    rngs=rngs, **stack)
+                                    rngs=rngs, cls_mask=coca["cls_mask"], **stack)
         self.decoder = MultimodalDecoder(vocab_size, text["width"], coca["multimodal_depth"],
                                          text["heads"], text["mlp_dim"], act, rngs=rngs,
-                                         remat=model["remat"], scan=model["scan_layers"])
+                                         remat=model["remat"], scan=model["scan_layers"],
+                                         block=coca["decoder_block"])
         self.logit_scale = layers.param(
             rngs, lambda *_: jnp.asarray(model["logit_scale_init"], jnp.float32), (), ())
 
