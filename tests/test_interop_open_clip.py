@@ -124,6 +124,17 @@ def test_import_matches_open_clip(reference, restored, name):
     assert model["activation"] == ("quick_gelu" if name == "clip_quickgelu" else "gelu")
     if name == "coca":
         assert model["name"] == "coca" and model["coca"]["pooler"] == "open_clip"
+        assert restored[name].cfg["objective"]["name"] == "coca"
+
+
+def test_converted_configs_are_valid_for_training(converted):
+    """`vlmjax.train --workdir` starts from the saved config: it must pass validation."""
+    import jax
+
+    from vlmjax.config.validate import validate
+    from vlmjax.train.workdir import load_saved_config
+    for workdir in converted.values():
+        validate(load_saved_config(workdir), jax.device_count(), 1)
 
 
 def test_tokenizer_ids_match_open_clip(reference, converted, restored):

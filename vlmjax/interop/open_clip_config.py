@@ -228,5 +228,6 @@ def _coca(c: ml_collections.ConfigDict, cfg: Mapping, pooler: dict, name: str) -
         raise CheckpointError(f"{name}: init_logit_bias is not supported for CoCa (vlmjax's CoCa "
                               "has no logit bias)")
     c.model.name = "coca"
+    c.objective.name = "coca"  # contrastive + captioning (weights 1 and 2, as open_clip's)
     c.model.coca.update(pooler="open_clip", decoder_block="open_clip", cls_mask="open_clip",
                         unimodal_depth=text.depth, multimodal_depth=int(m["layers"]), **pooler)
