@@ -46,6 +46,8 @@ def run_main(main: Callable[[], int | None]) -> None:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     for noisy in ("absl", "jax._src", "orbax", "grain"):
         logging.getLogger(noisy).setLevel(logging.ERROR)
+    from vlmjax.train.compilation_cache import enable_compilation_cache
+    enable_compilation_cache()  # before anything compiles: later runs reuse the programs
     try:
         code = main()
     except VlmjaxError as e:

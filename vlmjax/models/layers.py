@@ -32,6 +32,19 @@ normal = jax.nn.initializers.normal
 xavier = jax.nn.initializers.xavier_uniform
 
 
+def dense(x: jax.Array, kernel: jax.Array, bias: jax.Array) -> jax.Array:
+    """x [..., d] @ kernel [d, *out] + bias [*out] as ONE 2-D matmul [rows, d] x [d, prod(out)].
+
+    The same sums as the named einsum ("btd,dnh->btnh", ...), but XLA:CPU then needs no
+    transposed copies of activations for the weight gradients (its dots contract one axis
+    in place; a gradient contracting b and t together was copied to [d, b*t] first):
+    measured 15% off the demo CLIP's train step on 2 CPU cores.
+    """
+    d, out = kernel.shape[0], kernel.shape[1:]
+    y = jnp.dot(x.reshape(-1, d), kernel.reshape(d, -1))
+    return y.reshape(*x.shape[:-1], *out) + bias
+
+
 class LayerNorm(nnx.Module):
     """LayerNorm over the last axis, computed in float32 whatever the compute dtype."""
 
@@ -61,9 +74,9 @@ class Mlp(nnx.Module):
 
     def __call__(self, x: jax.Array) -> jax.Array:
         dt = x.dtype
-        h = jnp.einsum("btd,df->btf", x, self.fc1[...].astype(dt)) + self.fc1_bias[...].astype(dt)
+        h = dense(x, self.fc1[...].astype(dt), self.fc1_bias[...].astype(dt))  # btd,df->btf
         h = constrain(ACTIVATIONS[self.activation](h), ("batch", "length", "mlp"))
-        return jnp.einsum("btf,fd->btd", h, self.fc2[...].astype(dt)) + self.fc2_bias[...].astype(dt)
+        return dense(h, self.fc2[...].astype(dt), self.fc2_bias[...].astype(dt))  # btf,fd->btd
 
 
 class Attention(nnx.Module):
@@ -88,15 +101,17 @@ class Attention(nnx.Module):
         """x: [b, t, d]; kv: [b, s, d] (defaults to x); mask: [b, s] True where keys are valid."""
         kv = x if kv is None else kv
         dt = x.dtype
-        q = jnp.einsum("btd,dnh->btnh", x, self.query[...].astype(dt)) + self.query_bias[...].astype(dt)
-        k = jnp.einsum("bsd,dnh->bsnh", kv, self.key[...].astype(dt)) + self.key_bias[...].astype(dt)
-        v = jnp.einsum("bsd,dnh->bsnh", kv, self.value[...].astype(dt)) + self.value_bias[...].astype(dt)
+        q = dense(x, self.query[...].astype(dt), self.query_bias[...].astype(dt))  # btd,dnh->btnh
+        k = dense(kv, self.key[...].astype(dt), self.key_bias[...].astype(dt))  # bsd,dnh->bsnh
+        v = dense(kv, self.value[...].astype(dt), self.value_bias[...].astype(dt))
         q = constrain(q, ("batch", "length", "heads", "kv"))
         k = constrain(k, ("batch", "length", "heads", "kv"))
         v = constrain(v, ("batch", "length", "heads", "kv"))
         key_mask = None if mask is None else mask[:, None, None, :]  # [b, 1(n), 1(t), s]
         o = jax.nn.dot_product_attention(q, k, v, mask=key_mask, is_causal=causal)
-        return jnp.einsum("btnh,nhd->btd", o, self.out[...].astype(dt)) + self.out_bias[...].astype(dt)
+        heads, head_dim, dim = self.out.shape
+        out = self.out[...].astype(dt).reshape(heads * head_dim, dim)  # btnh,nhd->btd
+        return dense(o.reshape(*o.shape[:2], heads * head_dim), out, self.out_bias[...].astype(dt))
 
 
 class Block(nnx.Module):

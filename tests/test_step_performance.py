@@ -1,0 +1,122 @@
+"""The train step's speed-ups change no numbers: 2-D dense layers and fused attention against
+NumPy, bfloat16 compute on float32 master weights, the persistent compilation cache."""
+
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from vlmjax.models import layers
+from vlmjax.train import compilation_cache
+
+
+def _numpy_attention(attn: layers.Attention, x: np.ndarray, kv: np.ndarray,
+                     valid: np.ndarray) -> np.ndarray:
+    """Multi-head softmax attention in NumPy; valid [b, t, s] says which keys each query sees."""
+    q = np.einsum("btd,dnh->btnh", x, attn.query[...]) + attn.query_bias[...]
+    k = np.einsum("bsd,dnh->bsnh", kv, attn.key[...]) + attn.key_bias[...]
+    v = np.einsum("bsd,dnh->bsnh", kv, attn.value[...]) + attn.value_bias[...]
+    s = np.einsum("btnh,bsnh->bnts", q, k) / np.sqrt(q.shape[-1])
+    s = np.where(valid[:, None], s, -np.inf)
+    p = np.exp(s - s.max(-1, keepdims=True))
+    p /= p.sum(-1, keepdims=True)
+    o = np.einsum("bnts,bsnh->btnh", p, v)
+    return np.einsum("btnh,nhd->btd", o, attn.out[...]) + attn.out_bias[...]
+
+
+def test_causal_attention_with_padding_mask_matches_numpy():
+    rng = np.random.default_rng(0)
+    attn = layers.Attention(12, 3, rngs=nnx.Rngs(1))
+    x = rng.normal(size=(3, 6, 12)).astype(np.float32)
+    mask = np.arange(6)[None, :] < np.array([[6], [4], [1]])  # right padding, one 1-token row
+    got = jax.jit(lambda x, m: attn(x, causal=True, mask=m))(jnp.asarray(x), jnp.asarray(mask))
+    causal = np.tril(np.ones((6, 6), bool))
+    want = _numpy_attention(attn, x, x, causal[None] & mask[:, None, :])
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
+
+
+def test_cross_attention_to_another_width_and_length_matches_numpy():
+    rng = np.random.default_rng(1)
+    attn = layers.Attention(8, 2, rngs=nnx.Rngs(2), kv_dim=20)
+    x = rng.normal(size=(2, 3, 8)).astype(np.float32)
+    kv = rng.normal(size=(2, 5, 20)).astype(np.float32)
+    mask = np.array([[1, 1, 0, 0, 0], [1, 1, 1, 1, 1]], bool)
+    got = jax.jit(lambda x, kv, m: attn(x, kv, mask=m))(jnp.asarray(x), jnp.asarray(kv),
+                                                        jnp.asarray(mask))
+    want = _numpy_attention(attn, x, kv, np.broadcast_to(mask[:, None, :], (2, 3, 5)))
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
+
+
+def test_dense_is_the_named_einsum():
+    rng = np.random.default_rng(2)
+    x = rng.normal(size=(2, 5, 6)).astype(np.float32)
+    kernel = rng.normal(size=(6, 3, 4)).astype(np.float32)
+    bias = rng.normal(size=(3, 4)).astype(np.float32)
+    got = layers.dense(jnp.asarray(x), jnp.asarray(kernel), jnp.asarray(bias))
+    np.testing.assert_allclose(got, np.einsum("btd,dnh->btnh", x, kernel) + bias, rtol=1e-5,
+                               atol=1e-5)
+    flat = layers.dense(jnp.asarray(x[0]), jnp.asarray(kernel[:, 0]), jnp.asarray(bias[0]))
+    np.testing.assert_allclose(flat, x[0] @ kernel[:, 0] + bias[0], rtol=1e-5, atol=1e-5)
+
+
+def test_bfloat16_step_updates_float32_master_weights(tiny_config):
+    """An update far below bfloat16's resolution still moves the float32 parameters."""
+    from vlmjax.parallel.mesh import batch_sharding, make_mesh, replicated
+    from vlmjax.train.loop import _step_spec
+    from vlmjax.train.state import state_layout
+    from vlmjax.train.step import jit_train_step
+
+    config = tiny_config
+    config.model.dtype = "bfloat16"
+    config.optimizer.update(lr=1e-5, schedule="constant", warmup_steps=0, weight_decay=0.0)
+    config.train.batch_size = 8
+    config.mesh.data = 1  # one device: the dtypes do not depend on the mesh, compiling does
+    cfg = config.to_dict()
+    mesh = make_mesh(cfg["mesh"], jax.devices()[:1])
+    layout = state_layout(cfg, 40, 6, mesh)
+    # Random float32 weights and AdamW's initial state (all zeros) from the abstract layout:
+    # no init program to compile.
+    rng = np.random.default_rng(0)
+    before = jax.tree.map(lambda a: rng.normal(0, 0.1, a.shape).astype(np.float32),
+                          layout.abstract["params"])
+    opt_state = jax.tree.map(lambda a: np.zeros(a.shape, a.dtype), layout.abstract["opt_state"])
+    state = jax.device_put({"step": np.int32(0), "params": before, "opt_state": opt_state},
+                           layout.sharding)
+    host = {"image": rng.integers(0, 256, (8, 28, 28, 1), dtype=np.uint8),
+            "text": rng.integers(1, 40, (8, 6)).astype(np.int32),
+            "text_mask": np.ones((8, 6), bool), "label": np.arange(8, dtype=np.int32)}
+    sharding = batch_sharding(mesh, cfg["sharding_rules"])
+    batch = {k: jax.device_put(v, sharding) for k, v in host.items()}
+    step = jit_train_step(_step_spec(cfg, layout, mesh), layout.sharding, sharding, replicated(mesh))
+    state, metrics = step(state, batch)
+    assert np.isfinite(float(metrics["loss"]))
+    floats = [x for x in jax.tree.leaves(state) if jnp.issubdtype(x.dtype, jnp.floating)]
+    assert {x.dtype for x in floats} == {jnp.dtype(jnp.float32)}  # params and Adam moments
+    # Adam's first step moves each weight by about lr = 1e-5, far below bfloat16's spacing
+    # (2^-8 relative, ~4e-4 at these magnitudes): only float32 weights record it.
+    change = np.abs(np.asarray(state["params"]["image"]["patch_embed"])
+                    - before["image"]["patch_embed"])
+    assert 0 < change.max() < 1e-4 and np.median(change) > 1e-6
+
+
+def test_compilation_cache_default_keeps_a_configured_cache_and_can_be_disabled(
+        tmp_path, monkeypatch):
+    original = jax.config.jax_compilation_cache_dir
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    try:
+        jax.config.update("jax_compilation_cache_dir", None)
+        monkeypatch.setenv(compilation_cache.DISABLE_ENV, "1")
+        assert compilation_cache.enable_compilation_cache() is None
+        assert not jax.config.jax_compilation_cache_dir
+        monkeypatch.delenv(compilation_cache.DISABLE_ENV)
+        path = compilation_cache.enable_compilation_cache()
+        assert path == os.path.join(str(tmp_path), "vlmjax", "jax_compilation_cache")
+        assert os.path.isdir(path) and jax.config.jax_compilation_cache_dir == path
+        # A cache configured by the user (JAX_COMPILATION_CACHE_DIR, jax.config) wins.
+        jax.config.update("jax_compilation_cache_dir", str(tmp_path / "mine"))
+        assert compilation_cache.enable_compilation_cache() == str(tmp_path / "mine")
+    finally:
+        jax.config.update("jax_compilation_cache_dir", original)
+
