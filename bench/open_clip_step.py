@@ -131,7 +131,7 @@ class Trainer:
         self.optimizer.step()
         with torch.no_grad():
             self.model.logit_scale.clamp_(0, self.max_log_scale)
-        return float(loss)
+        return loss.item()
 
 
 def load_batch(path: str, arch: dict) -> dict:

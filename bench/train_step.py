@@ -6,13 +6,14 @@
 
 Two worker processes are pinned to the same `--threads` cores: this script with `--worker`
 (vlmjax's jitted train step on one CPU device) and bench/open_clip_step.py under
-`.venv-openclip/bin/python` (open_clip's CLIP / CoCa + loss + AdamW, eager and under
-`torch.compile` for the rows in `--compile-rows`, `torch.set_num_threads(threads)`). Both train on the same synthetic batch
-(uint8 images, token ids of random length padded with 0). Per row they build and warm up (compile
-excluded), then time `--steps` steps in `--rounds` interleaved rounds (vlmjax, open_clip eager,
-open_clip compiled, in turn) so that both see the same load from other processes; each figure is
-the median over all timed steps (rounds x steps >= 10). Each round also times a 2048^3 float32
-`jnp.dot` on the vlmjax side: the machine's measured matmul peak at that moment.
+`.venv-openclip/bin/python` (open_clip's CLIP / CoCa + loss + AdamW, eager, and under
+`torch.compile` for the rows in `--compile-rows`; `torch.set_num_threads(threads)`). Both
+train on the same synthetic batch (uint8 images, token ids of random length padded with 0).
+Per row they build and warm up (compile excluded), then time `--steps` steps in `--rounds`
+interleaved rounds (vlmjax, open_clip eager, open_clip compiled, in turn) so that both see
+the same load from other processes; each figure is the median over all timed steps (rounds x
+steps >= 10). Each round also times a 2048^3 float32 `jnp.dot` on the vlmjax side: the
+machine's measured matmul peak at that moment.
 
 Model FLOPs per step are counted from the jaxpr of vlmjax's train step: 2 x M x N x K for every
 `dot_general` (forward and backward, attention and loss included; elementwise work excluded).
@@ -66,7 +67,7 @@ def pin(threads: int) -> list[int]:
 
 def dot_flops(jaxpr) -> int:
     """2 * M * N * K summed over every dot_general of a closed jaxpr, sub-jaxprs included."""
-    import jax
+    import jax.extend
     import numpy as np
 
     total = 0
@@ -77,7 +78,7 @@ def dot_flops(jaxpr) -> int:
             k = int(np.prod([lhs.shape[d] for d in lhs_contract]))
             total += 2 * int(np.prod(out.shape)) * k
         repeat = eqn.params.get("length", 1) if eqn.primitive.name == "scan" else 1
-        for sub in jax.core.jaxprs_in_params(eqn.params):
+        for sub in jax.extend.core.jaxprs_in_params(eqn.params):
             total += repeat * dot_flops(sub)
     return total
 
