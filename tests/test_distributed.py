@@ -208,7 +208,10 @@ def test_tpu_pod_dry_run_prints_the_gcloud_commands():
     assert "SETUP_EXTRAS=tpu bash launch/setup.sh" in setup_command
     # The remote shell sees the training command with every argument intact.
     train_command = next(a for a in train if a.startswith("--command=")).removeprefix("--command=")
-    remote = shlex.split(train_command.split("; ")[-1])
+    # It runs inside the restart loop: status 75 (stopped with a checkpoint) starts it again.
+    segment = next(s for s in train_command.split("; ") if s.startswith(".venv/bin/python"))
+    remote = shlex.split(segment.removesuffix(" || status=$?"))
+    assert "[ $status -eq 75 ] || exit $status" in train_command
     assert remote == [".venv/bin/python", "-m", "vlmjax.train", "--config",
                       "configs/demo/clip_fashion_mnist.py", "--workdir", "/mnt/runs/clip", *overrides]
     assert delete == ["delete", "my-tpu", "--zone=us-central2-b", "--quiet"]

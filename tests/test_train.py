@@ -46,7 +46,10 @@ def test_metrics_logs_checkpoints_and_plots(trained_run):
     assert glob.glob(os.path.join(workdir, "tensorboard", "events.out.tfevents.*"))
     assert os.path.getsize(os.path.join(workdir, "curves.png")) > 1000
     # Saved every 10 steps, the last 3 kept.
-    assert sorted(int(s) for s in os.listdir(os.path.join(workdir, "checkpoints"))) == [20, 30, 40]
+    steps = [s for s in os.listdir(os.path.join(workdir, "checkpoints")) if s.isdigit()]
+    assert sorted(map(int, steps)) == [20, 30, 40]
+    with open(os.path.join(workdir, "checkpoints", "LATEST")) as f:
+        assert f.read().strip() == "40"
     assert os.path.isfile(os.path.join(workdir, "tokenizer", "tokenizer_spec.json"))
     assert os.path.isfile(os.path.join(workdir, "config.json"))
 
