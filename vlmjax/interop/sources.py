@@ -11,8 +11,8 @@ from typing import Any
 
 from vlmjax.errors import ConfigError
 
-# name -> "module:function", or None for a source that is planned but not written yet.
-SOURCES: dict[str, str | None] = {
+# name -> "module:function".
+SOURCES: dict[str, str] = {
     "hf": "vlmjax.interop.hf_import:import_hf",
     "open_clip": "vlmjax.interop.open_clip_import:import_open_clip",
     "big_vision": "vlmjax.interop.big_vision_import:import_big_vision",
@@ -24,9 +24,5 @@ def get_source(name: str) -> Callable[..., Any]:
     if name not in SOURCES:
         raise ConfigError(f"--from {name!r} is not a known source; choose one of "
                           f"{', '.join(SOURCES)}")
-    target = SOURCES[name]
-    if target is None:
-        ready = ", ".join(k for k, v in SOURCES.items() if v)
-        raise ConfigError(f"--from {name} is not implemented yet; available now: {ready}")
-    module, _, function = target.partition(":")
+    module, _, function = SOURCES[name].partition(":")
     return getattr(importlib.import_module(module), function)
