@@ -125,4 +125,5 @@ class ImageTextTransform:
             return "undecodable_image"
         # Grayscale, CMYK, palette and alpha images all go through PIL's own conversion, as
         # open_clip's `_convert_to_rgb` does (alpha is dropped, not composited).
-        return pil.convert("L" if self.channels == 1 else "RGB")
+        mode = "L" if self.channels == 1 else "RGB"
+        return pil if pil.mode == mode else pil.convert(mode)
