@@ -64,23 +64,30 @@ class SkipAndCount(grain.IterDataset):
 
 @dataclasses.dataclass(frozen=True)
 class FinishBatch(grain.transforms.Map):
-    """Batched samples -> model inputs: tokenized captions, images (uint8, or normalised float32
-    when `mean`/`std` are given), and the batch's skip counts summed over its samples."""
+    """Batched samples -> model inputs: tokenized captions, uint8 images, and the batch's skip
+    counts summed over its samples."""
 
     tokenizer: Tokenizer
     context_length: int
-    mean: tuple[float, ...] | None = None
-    std: tuple[float, ...] | None = None
 
     def map(self, batch: dict) -> dict:
         ids, mask = self.tokenizer.encode([str(c) for c in batch["caption"]], self.context_length)
-        image = batch["image"]
-        if self.mean is not None:
-            scale = 1.0 / (255.0 * np.asarray(self.std, np.float32))
-            image = image * scale - np.asarray(self.mean, np.float32) / np.asarray(self.std, np.float32)
-            image = image.astype(np.float32, copy=False)
-        return {"image": image, "text": ids, "text_mask": mask,
+        return {"image": batch["image"], "text": ids, "text_mask": mask,
                 "skipped": batch["skipped"].sum(axis=0, dtype=np.int64)}
+
+
+@dataclasses.dataclass(frozen=True)
+class NormaliseBatch(grain.transforms.Map):
+    """uint8 images -> (x / 255 - mean) / std in float32, for consumers that want host-side
+    normalisation (training normalises on the device instead)."""
+
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+
+    def map(self, batch: dict) -> dict:
+        std = np.asarray(self.std, np.float32)
+        image = batch["image"] * (1.0 / (255.0 * std)) - np.asarray(self.mean, np.float32) / std
+        return {**batch, "image": image.astype(np.float32, copy=False)}
 
 
 def image_text_dataset(sources: Sequence[SourceSpec], transform: ImageTextTransform,
@@ -95,12 +102,14 @@ def image_text_dataset(sources: Sequence[SourceSpec], transform: ImageTextTransf
                   open_sources(sources, seed, process_index, process_count, cycle_length)]
     ds = per_source[0] if len(per_source) == 1 else grain.IterDataset.mix(
         per_source, list(weights) if weights else None)
-    mean, std = normalize if normalize is not None else (None, None)
-    ds = ds.batch(batch_size, drop_remainder=True).map(
-        FinishBatch(tokenizer, context_length, mean, std))
+    ds = ds.batch(batch_size, drop_remainder=True).map(FinishBatch(tokenizer, context_length))
     if num_workers > 0:
         ds = ds.mp_prefetch(grain.MultiprocessingOptions(
             num_workers=num_workers, per_worker_buffer_size=worker_buffer))
+    if normalize is not None:
+        # After the workers: uint8 batches cross the process boundary (a quarter of float32's
+        # bytes); the float pass itself is cheap next to that copy.
+        ds = ds.map(NormaliseBatch(*normalize))
     return ds
 
 
