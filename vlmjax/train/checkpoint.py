@@ -14,6 +14,7 @@
 
 import logging
 import os
+import re
 import shutil
 import time
 from typing import Any
@@ -47,9 +48,29 @@ def all_finite(tree: Any) -> jax.Array:
     return jnp.stack(leaves).all() if leaves else jnp.bool_(True)
 
 
+# Where a message turns into a dump of a C++ object: tensorstore's "See full TensorStore details:
+# <bound method pybind11...spec of TensorStore({...", or any "<... object at 0x...>" repr.
+_OBJECT_DUMP = re.compile(r"\s*(See full TensorStore details:|<bound method |<[\w.]+ object at 0x).*$")
+
+
 def _first_line(error: BaseException) -> str:
+    """The error's first line, cut where it starts printing a C++ object."""
     text = str(error).strip()
-    return (text.splitlines()[0] if text else type(error).__name__)[:300]
+    line = _OBJECT_DUMP.sub("", text.splitlines()[0]) if text else ""
+    return line[:300]
+
+
+def _reason(error: BaseException) -> str:
+    """Why reading failed, in one line: the innermost explicit cause that says something
+    (tensorstore's wrapper says only 'error while reading array index'; its cause names the
+    file and the value)."""
+    reasons, cause, seen = [], error, set()
+    while cause is not None and id(cause) not in seen:
+        seen.add(id(cause))
+        if line := _first_line(cause):
+            reasons.append(line)
+        cause = cause.__cause__
+    return reasons[-1] if reasons else type(error).__name__
 
 
 def checkpoint_bytes(abstract_state: Any) -> int:
@@ -170,20 +191,25 @@ class Checkpointer:
         for candidate in candidates:
             try:
                 state, data = self._restore_verified(candidate, abstract_state)
-            except (_UnreadableError, CheckpointError) as e:
-                # A mismatch with the config is one too when older steps of the run match
-                # (damaged metadata can read as missing parameters); if none does, it is real.
-                first_mismatch = first_mismatch or (e if isinstance(e, CheckpointError) else None)
+            except _UnreadableError as e:
                 log.warning("checkpoint %d in %s is incomplete or corrupt (%s); trying the "
                             "previous one", candidate, self.directory, e)
                 failed.append((candidate, str(e)))
                 continue
+            except CheckpointError as e:
+                # Readable but unlike the config's model: an older step of the run may match.
+                first_mismatch = first_mismatch or e
+                log.warning("%s; trying the previous one", e)
+                failed.append((candidate, str(e)))
+                continue
             self._set_aside([s for s, _ in failed])
             return state, data, candidate
-        if first_mismatch is not None and len(failed) == len(candidates):
+        if first_mismatch is not None:  # a readable checkpoint and the config disagree
             raise first_mismatch
-        raise CheckpointError(f"no checkpoint in {self.directory} can be restored: " + "; ".join(
-            f"step {s}: {why}" for s, why in failed) + "; restore the files or start a new --workdir")
+        raise CheckpointError(
+            f"every checkpoint in {self.directory} is unreadable (" + "; ".join(
+                f"step {s}: {why}" for s, why in failed) + "): their files are damaged or "
+            "incomplete, not the config; restore them from a copy, or start a new --workdir")
 
     def _restore_verified(self, step: int, abstract_state: Any) -> tuple[Any, dict]:
         """Restores `step`; _UnreadableError when its files are damaged or it holds a non-finite value,
@@ -193,7 +219,7 @@ class Checkpointer:
             restored = self._manager.restore(step, args=ocp.args.Composite(
                 state=ocp.args.StandardRestore(abstract_state), data=ocp.args.JsonRestore()))
         except Exception as e:  # tensorstore, JSON and orbax errors of damaged files alike
-            raise _UnreadableError(_first_line(e)) from e
+            raise _UnreadableError(_reason(e)) from e
         if not bool(all_finite(restored["state"])):
             raise _UnreadableError("it holds a non-finite value")
         return restored["state"], restored["data"]
@@ -225,7 +251,13 @@ class Checkpointer:
             self._check_params_match(step, {"params": abstract_params})
         except _UnreadableError as e:
             raise CheckpointError(f"checkpoint {step} in {self.directory} cannot be read: {e}") from e
-        stored = ocp.StandardCheckpointer().restore(os.path.join(self.directory, str(step), "state"))
+        try:
+            stored = ocp.StandardCheckpointer().restore(os.path.join(self.directory, str(step),
+                                                                     "state"))
+        except Exception as e:  # tensorstore, JSON and orbax errors of damaged files alike
+            raise CheckpointError(f"checkpoint {step} in {self.directory} cannot be read: "
+                                  f"{_reason(e)}; restore its files or import the weights "
+                                  "again") from e
         # Restored without a target, list indices come back as string keys: match by path.
         by_path = {path_string(p): x for p, x in
                    jax.tree_util.tree_flatten_with_path(stored["params"])[0]}
@@ -237,8 +269,11 @@ class Checkpointer:
         try:
             stored = _param_shapes(ocp.StandardCheckpointer().metadata(path).item_metadata)
         except Exception as e:  # a missing or damaged metadata file
-            raise _UnreadableError(f"its metadata cannot be read: {_first_line(e)}") from e
+            raise _UnreadableError(f"its metadata cannot be read: {_reason(e)}") from e
         wanted = _param_shapes(abstract_state)
+        if wanted and not stored:  # orbax logs a damaged metadata file and returns nothing
+            raise _UnreadableError("its metadata lists no parameters (state/_METADATA or the "
+                                   "OCDBT files under state/ are damaged or missing)")
         fix = "use the config the run was trained with (workdir/config.json) or a new --workdir"
         for name, shape in wanted.items():
             if name not in stored:
