@@ -133,10 +133,15 @@ def test_export_round_trip(converted, tmp_path):
         ids = cls.from_pretrained(out)(TEXTS, padding="max_length", max_length=77)["input_ids"]
         np.testing.assert_array_equal(np.where(ours["mask"], np.asarray(ids), -1),
                                       np.where(ours["mask"], ours["ids"], -1))
+    from PIL import Image  # CLIPProcessor prepares RGB images as vlmjax does
+    processor = transformers.CLIPProcessor.from_pretrained(out)
+    pixels = processor(images=[Image.fromarray(x) for x in random_images(workdir)],
+                       return_tensors="pt")["pixel_values"].permute(0, 2, 3, 1).numpy()
+    np.testing.assert_allclose(pixels, ours["pixels"], atol=1e-6, rtol=0)
 
 
 def test_export_refuses_what_hf_cannot_represent(converted):
-    from vlmjax.interop.hf_export import check_exportable, hf_tensors
+    from vlmjax.interop.hf_export import check_exportable
     from vlmjax.train.workdir import load_saved_config
     cfg = load_saved_config(converted["quick_gelu"][1]).to_dict()
     for key, value in (("pool", "map"), ("ln_pre", False)):
@@ -146,8 +151,23 @@ def test_export_refuses_what_hf_cannot_represent(converted):
             check_exportable(bad)
     with pytest.raises(ConfigError, match="model.use_logit_bias"):
         check_exportable({**cfg, "model": {**cfg["model"], "use_logit_bias": True}})
-    with pytest.raises(ConfigError, match="image/patch_bias"):
-        hf_tensors({"image": {"patch_bias": np.ones(4)}}, cfg)
+
+
+def test_export_folds_the_patch_bias_into_patch_positions(converted):
+    """patch @ W + bias + pos == patch @ W + (pos + bias) for the patch tokens; the class token
+    (position 0) never sees the bias."""
+    import jax
+
+    from tests.interop_runs import restore_run
+    from vlmjax.interop.hf_export import hf_tensors
+    run = restore_run(converted["quick_gelu"][1])
+    params = jax.tree.map(np.asarray, run.params)
+    bias = np.linspace(-1, 1, params["image"]["patch_bias"].shape[0], dtype=np.float32)
+    params["image"]["patch_bias"] = bias
+    pos = hf_tensors(params, run.cfg)["vision_model.embeddings.position_embedding.weight"]
+    ours = params["image"]["pos_embed"]
+    np.testing.assert_array_equal(pos[0], ours[0])
+    np.testing.assert_array_equal(pos[1:], ours[1:] + bias[None])
 
 
 def _load(path: str) -> dict:

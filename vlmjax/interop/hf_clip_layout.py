@@ -4,18 +4,39 @@ One table serves both directions (import and export), so they cannot drift apart
 names the HF key, the vlmjax path ("image/encoder/layers/0/attn/query") and a layout kind
 (torch_layout.py lists the kinds).
 
-HF CLIP's patch convolution has no bias: vlmjax's `image/patch_bias` is zero on import and must
-be zero to export. Text pooling agrees: HF pools at the first `eos_token_id` (or at argmax of
-the ids for configs with the old eos id 2), vlmjax at the last real token of the mask; with
-CLIP BPE, whose end-of-text id is the largest and only appears last, both are the same position.
+HF CLIP's patch convolution has no bias: vlmjax's `image/patch_bias` is zero on import, and on
+export it is folded into the position embeddings of the patch tokens (`fold_patch_bias`), which
+is exact because the bias reaches every patch token and nothing else.
+
+Text pooling agrees: HF pools at the first `eos_token_id` (or at argmax of the ids for configs
+with the old eos id 2), vlmjax at the last real token of the mask; with CLIP BPE, whose
+end-of-text id is the largest and only appears last, both are the same position.
 """
+
+import numpy as np
 
 from vlmjax.interop.torch_layout import Entry
 
 # HF buffers that are not parameters (older checkpoints saved them).
 IGNORED_SUFFIXES = ("embeddings.position_ids",)
-# vlmjax parameters that HF CLIP does not have; imported as zeros, exported only when zero.
+# vlmjax parameters that HF CLIP does not have; imported as zeros (exported by fold_patch_bias).
 ZERO_ONLY = ("image/patch_bias",)
+PATCH_BIAS = "image/patch_bias"
+POSITION_KEY = "vision_model.embeddings.position_embedding.weight"
+
+
+def fold_patch_bias(position: np.ndarray, patch_bias: np.ndarray) -> np.ndarray:
+    """HF position embeddings [1 + patches, d] with the patch bias added to the patch rows.
+
+    vlmjax computes (patch @ W + patch_bias) + pos; HF has no patch bias, so patch_bias moves
+    into pos for the patch tokens only: row 0 is the class token, which the bias never reaches.
+    """
+    if position.ndim != 2 or position.shape[1:] != patch_bias.shape:
+        raise ValueError(f"position embeddings {position.shape} do not fit a patch bias "
+                         f"{patch_bias.shape}")
+    out = np.array(position, np.float32)
+    out[1:] += patch_bias
+    return out
 
 
 def _layer_entries(hf_prefix: str, our_prefix: str, depth: int, heads: int) -> list[Entry]:

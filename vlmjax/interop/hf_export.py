@@ -1,25 +1,36 @@
-"""`--to hf`: a vlmjax CLIP run -> a directory `transformers.CLIPModel.from_pretrained` loads.
+"""`--to hf`: a vlmjax CLIP run -> a directory `transformers.CLIPModel.from_pretrained` and
+`CLIPProcessor.from_pretrained` load.
 
 Refuses what HF CLIP cannot represent, naming the setting: other model families, pooling other
-than the class token, no ln_pre, a logit bias, a non-zero patch bias, a non-CLIP-BPE tokenizer,
-and the big_vision options (norm_eps, gelu_tanh, bidirectional text, last pooling, biased heads).
+than the class token, no ln_pre, a logit bias, a tokenizer CLIPTokenizer does not reproduce, and
+the big_vision options (norm_eps, gelu_tanh, bidirectional text, last pooling, biased heads).
+The patch bias, which HF lacks, is folded into the patch position embeddings (exact).
+Every check runs before the output is kept: files go to a hidden sibling directory that is
+renamed to --output at the end, so a refusal or a failure never leaves a half-written one.
 """
 
+import dataclasses
 import json
+import logging
 import os
 import shutil
-from collections.abc import Mapping
+import uuid
+from collections.abc import Callable, Mapping
+from typing import Any
 
 import jax
 import numpy as np
 
-from vlmjax.errors import CheckpointError, ConfigError
+from vlmjax.errors import ConfigError
 from vlmjax.interop import hf_clip_layout as layout
 from vlmjax.interop import hf_files
+from vlmjax.interop import hf_tokenizer_export as tokenizer_export
 from vlmjax.interop.hf_clip_config import hf_config
 from vlmjax.interop.torch_layout import to_torch
-from vlmjax.tokenizers.base import read_spec
-from vlmjax.tokenizers.clip_bpe import EOT, SOT
+from vlmjax.tokenizers import Tokenizer
+from vlmjax.tokenizers.registry import load_tokenizer
+
+log = logging.getLogger(__name__)
 
 # (config path, value HF CLIP needs, why)
 REQUIRED = (
@@ -58,81 +69,118 @@ def _flat(params: Mapping) -> dict[str, np.ndarray]:
 
 
 def hf_tensors(params: Mapping, cfg: Mapping) -> dict[str, np.ndarray]:
-    """HF CLIPModel state dict (NumPy) of vlmjax two-tower params."""
+    """HF CLIPModel state dict (NumPy) of vlmjax two-tower params (class-token pooling)."""
     from vlmjax.models.sizes import resolve_vit
     flat = _flat(params)
-    for path in layout.ZERO_ONLY:
-        if np.any(flat.pop(path) != 0):
-            raise ConfigError(f"parameter {path} is not zero; HF CLIP's patch embedding has no "
-                              "bias, so this model cannot be exported exactly")
+    patch_bias = flat.pop(layout.PATCH_BIAS)
     image, text = resolve_vit(cfg["model"]["image"]), cfg["model"]["text"]
     entries = layout.clip_entries(image["depth"], image["heads"], text["depth"], text["heads"])
     out = {e.key: to_torch(flat.pop(e.ours), e) for e in entries}
     if flat:
         raise ConfigError(f"parameter {sorted(flat)[0]} has no HF CLIP counterpart; "
                           "this model cannot be exported")
+    out[layout.POSITION_KEY] = layout.fold_patch_bias(out[layout.POSITION_KEY], patch_bias)
     return out
 
 
-def _tokenizer_files(tok_dir: str, output: str) -> dict:
-    """Writes vocab.json + merges.txt into output; returns the vocabulary."""
-    spec = read_spec(tok_dir)
-    if spec.get("source") not in ("clip_bpe",) or spec["kind"] != "hf_json":
-        raise ConfigError(f"the run's tokenizer ({tok_dir}) is {spec.get('source', spec['kind'])!r};"
-                          " HF CLIPTokenizer needs CLIP BPE (config.tokenizer.kind='clip_bpe')")
-    if all(os.path.isfile(os.path.join(tok_dir, f)) for f in hf_files.TOKENIZER_FILES):
-        for name in hf_files.TOKENIZER_FILES:
-            shutil.copyfile(os.path.join(tok_dir, name), os.path.join(output, name))
-        with open(os.path.join(tok_dir, "vocab.json"), encoding="utf-8") as f:
-            return json.load(f)
-    with open(os.path.join(tok_dir, spec["file"]), encoding="utf-8") as f:
-        model = json.load(f)["model"]
-    vocab = model["vocab"]
-    merges = [m if isinstance(m, str) else " ".join(m) for m in model["merges"]]
-    with open(os.path.join(output, "vocab.json"), "w", encoding="utf-8") as f:
-        json.dump(vocab, f, ensure_ascii=False)
-    with open(os.path.join(output, "merges.txt"), "w", encoding="utf-8") as f:
-        f.write("#version: 0.2\n" + "\n".join(merges) + "\n")
-    return vocab
+def preprocessor_config(cfg: Mapping) -> dict:
+    """preprocessor_config.json: CLIPImageProcessor resizing, cropping and normalising as vlmjax
+    evaluates (bicubic shorter side, centre crop, (x / 255 - mean) / std per channel).
+
+    Models of other than 3 channels keep the image's own channels (do_convert_rgb false), so a
+    1-channel model is given grayscale ("L") images.
+    """
+    size, channels = cfg["model"]["image"]["image_size"], cfg["model"]["image"]["channels"]
+    stats = {}
+    for name in ("image_mean", "image_std"):
+        value = cfg["data"][name]
+        value = list(value) if isinstance(value, (list, tuple)) else [value] * channels
+        if len(value) != channels:
+            raise ConfigError(f"config.data.{name} has {len(value)} values for a "
+                              f"{channels}-channel model; give one per channel")
+        stats[name] = [float(v) for v in value]
+    return {"image_processor_type": "CLIPImageProcessor", "do_resize": True,
+            "size": {"shortest_edge": size}, "do_center_crop": True,
+            "crop_size": {"height": size, "width": size}, "resample": 3, "do_rescale": True,
+            "rescale_factor": 1 / 255, "do_normalize": True, "do_convert_rgb": channels == 3,
+            **stats}
 
 
-def _write_json(output: str, name: str, content: dict) -> None:
-    with open(os.path.join(output, name), "w", encoding="utf-8") as f:
+@dataclasses.dataclass
+class LoadedRun:
+    cfg: dict
+    tokenizer: Tokenizer
+    tokenizer_dir: str
+    params: Any  # the parameter tree of the restored checkpoint, on the host
+    step: int
+
+
+def load_run(workdir: str, step: int | None,
+             check: Callable[[dict, str], None] | None = None) -> LoadedRun:
+    """The run's config, stored tokenizer and checkpoint `step` (latest if None), read-only;
+    `check(config, tokenizer directory)` runs first, so refusals come before the restore.
+
+    The one place export touches trainer internals (to become the shared run loader).
+    """
+    from vlmjax.parallel.mesh import make_mesh
+    from vlmjax.train.checkpoint import Checkpointer
+    from vlmjax.train.state import state_layout
+    from vlmjax.train.workdir import load_saved_config
+    cfg = load_saved_config(workdir).to_dict()
+    tok_dir = os.path.join(workdir, "tokenizer")
+    if check is not None:
+        check(cfg, tok_dir)
+    tokenizer = load_tokenizer(tok_dir)
+    with Checkpointer(os.path.join(workdir, "checkpoints"), read_only=True) as ckpt:
+        state_layout_ = state_layout(cfg, tokenizer.vocab_size, cfg["tokenizer"]["context_length"],
+                                     make_mesh(cfg["mesh"]))
+        state, _, step = ckpt.restore(step, state_layout_.abstract)
+    return LoadedRun(cfg, tokenizer, tok_dir, jax.device_get(state["params"]), step)
+
+
+def _check_run(cfg: dict, tok_dir: str) -> None:
+    check_exportable(cfg)
+    tokenizer_export.clip_bpe_files(tok_dir)
+
+
+def _check_output(output: str) -> None:
+    if os.path.exists(output) and (not os.path.isdir(output) or os.listdir(output)):
+        raise ConfigError(f"--output {output} already exists and is not an empty directory; "
+                          "give a new directory (export never overwrites files)")
+
+
+def _write_json(directory: str, name: str, content: dict) -> None:
+    with open(os.path.join(directory, name), "w", encoding="utf-8") as f:
         json.dump(content, f, indent=2)
 
 
 def export_hf(workdir: str, output: str, step: int | None = None) -> None:
     """Writes the run's checkpoint `step` (latest if None) as a HF CLIPModel directory."""
-    from vlmjax.parallel.mesh import make_mesh
-    from vlmjax.train.checkpoint import Checkpointer
-    from vlmjax.train.state import state_layout
-    from vlmjax.train.workdir import load_saved_config, tokenizer_for_run
-
-    cfg = load_saved_config(workdir).to_dict()
-    check_exportable(cfg)
-    os.makedirs(output, exist_ok=True)
-    vocab = _tokenizer_files(os.path.join(workdir, "tokenizer"), output)
-    tokenizer = tokenizer_for_run(cfg, workdir)
-    ctx = cfg["tokenizer"]["context_length"]
-    with Checkpointer(os.path.join(workdir, "checkpoints"), read_only=True) as ckpt:
-        layout_ = state_layout(cfg, tokenizer.vocab_size, ctx, make_mesh(cfg["mesh"]))
-        state, _, step = ckpt.restore(step, layout_.abstract)
-    if SOT not in vocab or EOT not in vocab:
-        raise CheckpointError(f"the run's vocabulary lacks {SOT} or {EOT}; not a CLIP BPE vocab")
-    hf_files.write_tensors(hf_tensors(jax.device_get(state["params"]), cfg),
-                           os.path.join(output, hf_files.SAFETENSORS))
-    _write_json(output, "config.json", hf_config(cfg, tokenizer.vocab_size, vocab[SOT], vocab[EOT]))
-    specials = {"bos_token": SOT, "eos_token": EOT, "unk_token": EOT, "pad_token": EOT}
-    _write_json(output, "special_tokens_map.json", specials)
-    _write_json(output, "tokenizer_config.json", {
-        "tokenizer_class": "CLIPTokenizer", "model_max_length": ctx, **specials})
-    size = cfg["model"]["image"]["image_size"]
-    data = cfg["data"]
-    channels = cfg["model"]["image"]["channels"]
-    stats = {k: list(v) if isinstance(v, (list, tuple)) else [v] * channels
-             for k, v in (("image_mean", data["image_mean"]), ("image_std", data["image_std"]))}
-    _write_json(output, "preprocessor_config.json", {
-        "image_processor_type": "CLIPImageProcessor", "do_resize": True,
-        "size": {"shortest_edge": size}, "do_center_crop": True,
-        "crop_size": {"height": size, "width": size}, "resample": 3, "do_rescale": True,
-        "rescale_factor": 1 / 255, "do_normalize": True, **stats})
+    output = os.path.abspath(output)
+    _check_output(output)
+    run = load_run(workdir, step, _check_run)
+    cfg, ctx = run.cfg, run.cfg["tokenizer"]["context_length"]
+    vocab, merges = tokenizer_export.clip_bpe_files(run.tokenizer_dir)
+    if len(vocab) != run.tokenizer.vocab_size:
+        raise ConfigError(f"the run's tokenizer has {run.tokenizer.vocab_size} ids but its BPE "
+                          f"vocabulary {len(vocab)}; it cannot be written as vocab.json")
+    tensors = hf_tensors(run.params, cfg)
+    config = hf_config(cfg, run.tokenizer.vocab_size, vocab[tokenizer_export.SOT],
+                       vocab[tokenizer_export.EOT])
+    preprocessor = preprocessor_config(cfg)
+    parent = os.path.dirname(output)
+    os.makedirs(parent, exist_ok=True)
+    staging = os.path.join(parent, f".{os.path.basename(output)}.partial-{uuid.uuid4().hex[:8]}")
+    os.mkdir(staging)
+    try:
+        hf_files.write_tensors(tensors, os.path.join(staging, hf_files.SAFETENSORS))
+        _write_json(staging, "config.json", config)
+        _write_json(staging, "preprocessor_config.json", preprocessor)
+        tokenizer_export.write_clip_bpe(vocab, merges, ctx, staging)
+        tokenizer_export.verify_ids(staging, run.tokenizer, ctx, run.tokenizer_dir)
+        _check_output(output)  # nothing appeared there meanwhile
+        os.replace(staging, output)  # replaces an empty directory, never a non-empty one
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    log.info("exported step %d of %s -> %s", run.step, workdir, output)

@@ -120,10 +120,14 @@ def read_tensors(source: str) -> dict[str, np.ndarray]:
 
 
 def write_tensors(tensors: dict[str, np.ndarray], path: str) -> None:
-    """model.safetensors with the metadata transformers expects ({"format": "pt"})."""
+    """model.safetensors with the metadata transformers expects ({"format": "pt"}), readable as
+    any new file is (safetensors itself creates it owner-only, 0600)."""
     from safetensors.numpy import save_file
     save_file({k: np.require(v, np.float32, "C") for k, v in tensors.items()}, path,
               metadata={"format": "pt"})
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(path, 0o666 & ~umask)
 
 
 def copy_tokenizer_files(source: str, directory: str) -> str:
