@@ -8,6 +8,7 @@ import pytest
 from flax import nnx
 from sklearn.linear_model import LogisticRegression
 
+from tests.tolerances import accuracy_slack, ambiguous_rows, dot_atol, gamma, unit_roundoff
 from vlmjax.errors import ConfigError, DataError
 from vlmjax.transfer import closed_form, coop, logistic, tip_adapter
 from vlmjax.transfer.shots import confident_per_class, few_shot_split
@@ -21,17 +22,40 @@ def _blobs(n: int, d: int, k: int, seed: int, spread: float = 1.2):
     return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32), y
 
 
+def sklearn_objective(w: np.ndarray, b: np.ndarray, c: float, x: np.ndarray, y: np.ndarray) -> float:
+    """scikit-learn's LogisticRegression(C=c) objective (1.9, multinomial lbfgs),
+    C * sum_i CE_i + ||W||^2 / 2 with the bias unpenalised, divided by C * n as scikit-learn's
+    own solver scales it; in float64. w [d, C], b [C]."""
+    w, b = np.asarray(w, np.float64), np.asarray(b, np.float64)
+    z = np.asarray(x, np.float64) @ w + b
+    z -= z.max(1, keepdims=True)
+    ce = np.log(np.exp(z).sum(1)) - z[np.arange(len(y)), y]
+    return float(ce.mean() + np.sum(w ** 2) / (2 * c * len(y)))
+
+
+def objective_rtol(n: int) -> float:
+    """How much worse than scikit-learn's float64 optimum our float32 L-BFGS may end: it ranks
+    points by the float32 mean of n cross-entropies, which is only known to gamma(n) relative."""
+    return gamma(n)
+
+
 def test_logistic_regression_matches_scikit_learn():
     x, y = _blobs(600, 8, 3, seed=0)
-    cs = [0.1, 1.0, 10.0]
+    cs = [0.1, 1.0, 10.0]  # well-conditioned: one optimum, which both solvers reach
     heads = logistic.fit_logistic(x, y, 3, cs, tol=1e-5, pad_rows_to=700)  # padding is ignored
     for head, c in zip(heads, cs, strict=True):
         ref = LogisticRegression(C=c, max_iter=5000, tol=1e-8).fit(x, y)
+        ours = sklearn_objective(head.w, head.b, c, x, y)
+        assert ours <= sklearn_objective(ref.coef_.T, ref.intercept_, c, x, y) * (
+            1 + objective_rtol(len(y))), c
         logits = head.logits(x)
         probs = np.exp(logits - logits.max(1, keepdims=True))
         probs /= probs.sum(1, keepdims=True)
-        assert np.abs(probs - ref.predict_proba(x)).max() < 1e-3, c
-        assert abs(logistic.accuracy(head, x, y) - ref.score(x, y)) <= 0.005
+        want = ref.predict_proba(x)
+        assert np.abs(probs - want).max() < 1e-3, c
+        # So the predictions agree wherever 1e-3 decides them (every row here, measured).
+        same = probs.argmax(1) == want.argmax(1)
+        assert np.all(same | ambiguous_rows(want, 1e-3)), c
 
 
 def test_regularisation_sweep_is_coarse_to_fine():
@@ -75,28 +99,57 @@ def _tip_problem(seed: int = 0):
     return x, y, classifier.astype(np.float32)
 
 
+def _tip_atol(x: np.ndarray, keys: np.ndarray, alpha: float, beta: float) -> float:
+    """Largest difference between two float32 computations of the Tip-Adapter logits of unit
+    features x [n, d] (tests.tolerances): the zero-shot term is 100 times a dot product of unit
+    vectors (one more rounding for the scale). Each cache term exp(-beta * (1 - a)) is at most 1;
+    it moves by beta times the affinity a's error, plus roundings of 1 - a (|1 - a| <= 2),
+    beta * (1 - a), and the exp (taken as 2 ulp): (4 beta + 4) u. Summing n_keys of them adds
+    gamma(n_keys) * n_keys; scaling by alpha and adding the zero-shot term one rounding each."""
+    k, n_keys, u = x.shape[1] + 1, len(keys), unit_roundoff()
+    zs = tip_adapter.ZEROSHOT_SCALE
+    per_key = beta * dot_atol(k) + 2 * (4 * beta + 4) * u
+    return (zs * dot_atol(k) + alpha * n_keys * (per_key + 2 * gamma(n_keys))
+            + 4 * u * (zs + alpha * n_keys))
+
+
 def test_tip_adapter_with_alpha_zero_is_zero_shot_and_its_cache_formula():
     x, y, classifier = _tip_problem()
     adapter = tip_adapter.TipAdapter(classifier=classifier, keys=x[:40], labels=y[:40], alpha=0.0)
-    zeroshot = 100.0 * x[40:] @ classifier.T
-    np.testing.assert_array_equal(adapter.logits(x[40:]), np.asarray(jnp.asarray(zeroshot)))
+    zeroshot = 100.0 * x[40:].astype(np.float64) @ classifier.T.astype(np.float64)
+    # XLA against float64: alpha = 0 adds exactly zero; the zero-shot dot products differ.
+    np.testing.assert_allclose(adapter.logits(x[40:]), zeroshot, rtol=0,
+                               atol=100.0 * dot_atol(x.shape[1] + 1))
     a = tip_adapter.TipAdapter(classifier=classifier, keys=x[:40], labels=y[:40], alpha=1.3, beta=4.0)
-    cache = np.exp(-4.0 * (1 - x[40:] @ x[:40].T)) @ np.eye(4)[y[:40]]
-    np.testing.assert_allclose(a.logits(x[40:]), zeroshot + 1.3 * cache, rtol=1e-5, atol=1e-3)
+    cache = np.exp(-4.0 * (1 - x[40:].astype(np.float64) @ x[:40].T.astype(np.float64))) @ np.eye(4)[y[:40]]
+    np.testing.assert_allclose(a.logits(x[40:]), zeroshot + 1.3 * cache, rtol=0,
+                               atol=_tip_atol(x, x[:40], 1.3, 4.0))
+
+
+def _numpy_tip_accuracy(x, y, classifier, keys, key_labels, alpha, beta) -> tuple[float, float]:
+    """Float64 Tip-Adapter accuracy at one grid point and how far a float32 computation of it
+    can be off (the rows whose prediction float32 rounding can flip)."""
+    x64 = x.astype(np.float64)
+    logits = (tip_adapter.ZEROSHOT_SCALE * x64 @ classifier.T.astype(np.float64)
+              + alpha * np.exp(-beta * (1 - x64 @ keys.T.astype(np.float64))) @ np.eye(4)[key_labels])
+    return float(np.mean(logits.argmax(1) == y)), accuracy_slack(logits, _tip_atol(x, keys, alpha, beta))
 
 
 def test_tip_adapter_search_finds_the_best_grid_point():
     x, y, classifier = _tip_problem(seed=3)
     adapter = tip_adapter.TipAdapter(classifier=classifier, keys=x[:40], labels=y[:40])
     found = tip_adapter.search(adapter, x[40:80], y[40:80])
-    zeroshot = 100.0 * x[40:80] @ classifier.T
-    affinity = x[40:80] @ x[:40].T
-    values = np.eye(4)[y[:40]]
-    best = max((np.mean(np.argmax(zeroshot + a * np.exp(-b * (1 - affinity)) @ values, 1) == y[40:80]))
-               for b in tip_adapter.BETAS[::7] for a in tip_adapter.ALPHAS)
-    found_acc = np.mean(found.logits(x[40:80]).argmax(1) == y[40:80])
-    assert found_acc >= best - 1e-9  # the full grid is at least as good as every 7th beta
     assert found.alpha in tip_adapter.ALPHAS and found.beta in tip_adapter.BETAS
+
+    def accuracy(alpha, beta):
+        return _numpy_tip_accuracy(x[40:80], y[40:80], classifier, x[:40], y[:40], alpha, beta)
+
+    # The search maximises its own float32 accuracy over the full grid, so it is at least as
+    # accurate as every 7th beta; in float64 that holds up to the rows rounding can flip.
+    found_acc, found_slack = accuracy(found.alpha, found.beta)
+    best = max(acc - slack for acc, slack in (accuracy(a, b) for b in tip_adapter.BETAS[::7]
+                                              for a in tip_adapter.ALPHAS))
+    assert found_acc + found_slack >= best
 
 
 def test_tip_adapter_f_lowers_the_training_loss():
