@@ -77,9 +77,40 @@ def test_resuming_with_a_different_model_names_the_parameter(trained_run):
         assert f.read() == saved  # the run's own config is left as it was
 
 
-def test_logit_scale_never_exceeds_its_clamp(trained_run):
-    _, workdir, _ = trained_run
-    assert float(_params_at(workdir, 40)["logit_scale"]) <= np.log(100.0) + 1e-6
+def test_a_step_clamps_the_logit_scale(tiny_config):
+    """From a temperature above the clamp, one step brings it back to log(max_logit_scale).
+
+    One Adam step moves it by about lr = 3e-3, far less than the 1.0 it starts above the clamp,
+    so only the clamp can bring it there; min() is exact, so it lands on float32(log(100))."""
+    from vlmjax.parallel.mesh import batch_sharding, make_mesh, replicated
+    from vlmjax.train.loop import _step_spec
+    from vlmjax.train.state import state_layout
+    from vlmjax.train.step import jit_train_step
+
+    config = tiny_config
+    config.train.batch_size = 8
+    config.mesh.data = 1  # one device: the clamp does not depend on the mesh, compiling does
+    cfg = config.to_dict()
+    ceiling = np.float32(np.log(cfg["model"]["max_logit_scale"]))
+    mesh = make_mesh(cfg["mesh"], jax.devices()[:1])
+    layout = state_layout(cfg, 40, 6, mesh)
+    rng = np.random.default_rng(0)
+    params = jax.tree.map(lambda a: rng.normal(0, 0.1, a.shape).astype(np.float32),
+                          layout.abstract["params"])
+    params["logit_scale"] = ceiling + np.float32(1.0)
+    opt_state = jax.tree.map(lambda a: np.zeros(a.shape, a.dtype), layout.abstract["opt_state"])
+    state = jax.device_put({"step": np.int32(0), "params": params, "opt_state": opt_state},
+                           layout.sharding)
+    host = {"image": rng.integers(0, 256, (8, 28, 28, 1), dtype=np.uint8),
+            "text": rng.integers(1, 40, (8, 6)).astype(np.int32),
+            "text_mask": np.ones((8, 6), bool), "label": np.arange(8, dtype=np.int32)}
+    sharding = batch_sharding(mesh, cfg["sharding_rules"])
+    batch = {k: jax.device_put(v, sharding) for k, v in host.items()}
+    step = jit_train_step(_step_spec(cfg, layout, mesh), layout.sharding, sharding, replicated(mesh))
+    state, metrics = step(state, batch)
+    assert int(metrics["update_skipped"]) == 0
+    assert float(metrics["logit_scale"]) == pytest.approx(np.exp(ceiling + 1.0), rel=1e-6)  # was used
+    assert np.asarray(state["params"]["logit_scale"]) == ceiling
 
 
 def test_lit_locked_image_tower_does_not_move(tiny_config, tmp_path):
