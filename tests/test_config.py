@@ -115,6 +115,29 @@ def test_missing_dataset_names_the_key_and_the_fix(tiny_config, tmp_path):
         _validate(tiny_config)
 
 
+@pytest.mark.parametrize("overrides,message", [
+    ({"image_size": 56}, r"model\.image\.image_size=56; set --config\.model\.image\.image_size=28, "),
+    ({"channels": 3}, r"model\.image\.channels=3; set --config\.model\.image\.channels=1, "),
+    ({"image_size": 56, "channels": 3},
+     r"image_size=56 and model\.image\.channels=3; set --config\.model\.image\.image_size=28 "
+     r"--config\.model\.image\.channels=1, "),
+])
+def test_model_image_unlike_the_data_images_is_named_before_training(tiny_config, overrides,
+                                                                      message):
+    # Without the check training compiles, then fails deep in JAX (a patch embedding of the
+    # wrong shape); the IDX images are not resized, so the model must take 28x28 grayscale.
+    from vlmjax.train.__main__ import check_training_images
+    tiny_config.model.image.update(overrides)
+    _validate(tiny_config)  # the model alone is fine, and evaluating another dataset is too
+    with pytest.raises(ConfigError, match=r"^the fashion_mnist images in .* are 28x28 with 1 "
+                                          r"channel\(s\) \(they are not resized\), but model"):
+        check_training_images(tiny_config)
+    with pytest.raises(ConfigError, match=message):
+        check_training_images(tiny_config)
+    tiny_config.data.name = "image_text"  # resized to the model's size: not this check's
+    check_training_images(tiny_config)
+
+
 def test_mesh_resolution():
     assert resolve_mesh_shape({"data": -1, "fsdp": 2, "tensor": 1}, 8) == {
         "data": 4, "fsdp": 2, "tensor": 1}
@@ -135,10 +158,11 @@ def _run_cli(args, cwd=REPO):
     (["--config.train.batch_size=100"], "does not divide evenly"),
     (["--config.train.batchsize=64"], "did you mean --config.train.batch_size"),
     (["--config.data.dir=/nonexistent"], "apt-get install dataset-fashion-mnist"),
+    (["--config.model.image.image_size=56"], "set --config.model.image.image_size=28"),
 ])
-def test_train_cli_errors_are_one_line(args, message, tmp_path):
+def test_train_cli_errors_are_one_line(args, message, tmp_path, synthetic_data_dir):
     result = _run_cli(["vlmjax.train", "--config", TINY_CONFIG, "--workdir", str(tmp_path / "w"),
-                       *args])
+                       f"--config.data.dir={synthetic_data_dir}", *args])
     assert result.returncode == 2, result.stderr
     error_lines = [line for line in result.stderr.splitlines() if line.startswith("error:")]
     assert len(error_lines) == 1 and message in error_lines[0], result.stderr

@@ -2,13 +2,16 @@
 
 import gzip
 import os
+import shutil
+import zlib
 
 import numpy as np
 import pytest
 
+from tests.conftest import write_split
 from vlmjax.data.captions import build_caption_table, caption_texts
-from vlmjax.data.datasets import caption_vocabulary, dataset_prompts, load_split
-from vlmjax.data.idx import read_idx, write_idx
+from vlmjax.data.datasets import caption_vocabulary, check_dataset, dataset_prompts, load_split
+from vlmjax.data.idx import read_idx, read_idx_header, write_idx
 from vlmjax.data.pipeline import example_uniforms, train_dataset, train_iterator
 from vlmjax.errors import DataError
 from vlmjax.tokenizers import build_tokenizer
@@ -48,6 +51,89 @@ def test_real_fashion_mnist_when_installed():
     images, labels = load_split("fashion_mnist", directory, "test")
     assert images.shape == (10_000, 28, 28, 1) and images.dtype == np.uint8
     np.testing.assert_array_equal(np.bincount(labels), [1000] * 10)
+
+
+REAL_FASHION_MNIST = "/usr/share/datasets/fashion-mnist"
+
+
+def _corrupt_deflate(path: str) -> None:
+    """Flips 16 bytes of the deflate stream, from its middle on, at the first place where zlib
+    itself fails (elsewhere the damage may decode to wrong bytes that only the CRC catches)."""
+    with open(path, "rb") as f:
+        data = f.read()
+    for start in range(len(data) // 2, len(data) - 24, 97):
+        damaged = bytearray(data)
+        damaged[start:start + 16] = bytes(b ^ 0xFF for b in data[start:start + 16])
+        try:
+            gzip.decompress(bytes(damaged))
+        except zlib.error:
+            with open(path, "wb") as f:
+                f.write(bytes(damaged))
+            return
+        except (OSError, EOFError):
+            continue
+    raise AssertionError(f"no flip of {path} makes zlib fail")
+
+
+def test_corrupt_deflate_stream_of_real_fashion_mnist_is_one_data_error(tmp_path):
+    if not os.path.isdir(REAL_FASHION_MNIST):
+        pytest.skip("dataset-fashion-mnist is not installed (launch/setup.sh installs it)")
+    for name in ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"):
+        shutil.copy(os.path.join(REAL_FASHION_MNIST, name), tmp_path / name)
+    labels = str(tmp_path / "t10k-labels-idx1-ubyte.gz")
+    _corrupt_deflate(labels)
+    with pytest.raises(DataError, match=r"is damaged \(corrupt gzip data: Error -3") as error:
+        load_split("fashion_mnist", str(tmp_path), "test")
+    assert labels in str(error.value)
+    assert "apt-get install --reinstall dataset-fashion-mnist" in str(error.value)
+    with pytest.raises(DataError, match="is damaged"):
+        read_idx(labels)
+
+
+def test_read_idx_header_reads_the_declared_dimensions_only(tmp_path):
+    path = str(tmp_path / "x-idx3-ubyte.gz")
+    write_idx(path, np.zeros((5, 7, 3), np.uint8))
+    with open(path, "r+b") as f:  # the data is cut off: the header still reads
+        f.truncate(40)
+    assert read_idx_header(path) == (np.dtype(np.uint8), (5, 7, 3))
+
+
+def _split_with(directory, images: np.ndarray | None = None, labels: np.ndarray | None = None,
+                n: int = 30) -> str:
+    rng = np.random.default_rng(1)
+    images = rng.integers(0, 255, (n, 28, 28), dtype=np.uint8) if images is None else images
+    labels = np.arange(n) % 10 if labels is None else labels
+    for split in ("train", "t10k"):
+        write_split(str(directory), split, images, labels)
+    return str(directory)
+
+
+def test_idx_header_with_permuted_dimensions_is_named_before_loading(tmp_path):
+    # The same bytes under a header that declares 28 x 30 x 28: as many values, so the length
+    # check passes; read as [N, H, W] it would be 28 scrambled "images" of 30 x 28.
+    directory = _split_with(tmp_path)
+    path = os.path.join(directory, "train-images-idx3-ubyte.gz")
+    with gzip.open(path, "rb") as f:
+        raw = f.read()
+    with gzip.open(path, "wb") as f:
+        f.write(raw[:4] + b"".join(n.to_bytes(4, "big") for n in (28, 30, 28)) + raw[16:])
+    message = (r"train-images-idx3-ubyte.gz declares images of shape 28 x 30 x 28 but "
+               r"fashion_mnist images are N x 28 x 28; its header is damaged")
+    with pytest.raises(DataError, match=message):
+        check_dataset("fashion_mnist", directory, split="train")  # what config validation runs
+    with pytest.raises(DataError, match=message):
+        load_split("fashion_mnist", directory, "train")
+
+
+@pytest.mark.parametrize("bad", [10, 255])
+def test_labels_outside_the_classes_are_a_data_error_at_load_time(tmp_path, bad):
+    labels = np.arange(30) % 10
+    labels[17] = bad
+    directory = _split_with(tmp_path, labels=labels)
+    with pytest.raises(DataError, match=rf"t10k-labels-idx1-ubyte.gz: label {bad} of example 17 "
+                                        r"\(and 0 more\) is not a class of fashion_mnist, whose "
+                                        r"labels are 0..9"):
+        load_split("fashion_mnist", directory, "test")
 
 
 def test_prompts_and_user_files(tmp_path):

@@ -9,8 +9,8 @@ from importlib import resources
 
 import numpy as np
 
-from vlmjax.data.idx import read_idx
-from vlmjax.errors import DataError
+from vlmjax.data.idx import read_idx, read_idx_header
+from vlmjax.errors import ConfigError, DataError
 
 
 @dataclasses.dataclass(frozen=True)
@@ -21,16 +21,49 @@ class DatasetInfo:
     split_files: dict[str, tuple[str, str]]  # split -> (images file, labels file) under the dir
     load: Callable[[str, str], tuple[np.ndarray, np.ndarray]]  # (dir, split) -> images, labels
     install_hint: str
+    repair_hint: str  # what to do about a damaged file
     asset: str  # JSON in vlmjax/data/assets with classnames, templates and caption vocabulary
+    image_shape: tuple[int, int, int]  # (height, width, channels) of every image
+
+
+def _check_idx_shapes(info: DatasetInfo, images_path: str, images_shape: tuple[int, ...],
+                      labels_path: str, labels_shape: tuple[int, ...]) -> None:
+    """The IDX dimensions must be [N, H, W] images and [N] labels with the dataset's H x W: a
+    header whose dimensions are permuted would otherwise reshape into scrambled images."""
+    height, width, _ = info.image_shape
+    if len(images_shape) != 3 or images_shape[1:] != (height, width):
+        raise DataError(f"{images_path} declares images of shape {' x '.join(map(str, images_shape))}"
+                        f" but {info.name} images are N x {height} x {width}; its header is "
+                        f"damaged or it is another dataset's file: {info.repair_hint}")
+    if len(labels_shape) != 1:
+        raise DataError(f"{labels_path} declares labels of shape "
+                        f"{' x '.join(map(str, labels_shape))}, not one label per image; its "
+                        f"header is damaged or it is another dataset's file: {info.repair_hint}")
+    if images_shape[0] != labels_shape[0]:
+        raise DataError(f"{images_path} holds {images_shape[0]} images but {labels_path} holds "
+                        f"{labels_shape[0]} labels; the files are from different splits: "
+                        f"{info.repair_hint}")
+
+
+def _check_labels(info: DatasetInfo, labels_path: str, labels: np.ndarray) -> None:
+    """Every label must name one of the dataset's classes (it indexes the caption table)."""
+    classes = num_classes(info.name)
+    bad = np.flatnonzero((labels < 0) | (labels >= classes))
+    if bad.size:
+        raise DataError(f"{labels_path}: label {labels[bad[0]]} of example {bad[0]} (and "
+                        f"{bad.size - 1} more) is not a class of {info.name}, whose labels are "
+                        f"0..{classes - 1}; the file is damaged or holds another dataset's labels: "
+                        f"{info.repair_hint}")
 
 
 def _load_idx_pair(info_name: str, directory: str, split: str) -> tuple[np.ndarray, np.ndarray]:
-    images_file, labels_file = DATASETS[info_name].split_files[split]
-    images = read_idx(os.path.join(directory, images_file))
-    labels = read_idx(os.path.join(directory, labels_file)).astype(np.int32)
-    if images.shape[0] != labels.shape[0]:
-        raise DataError(f"{info_name} {split}: {images.shape[0]} images but {labels.shape[0]} "
-                        f"labels in {directory}; the files are from different splits")
+    info = DATASETS[info_name]
+    images_path, labels_path = (os.path.join(directory, f) for f in info.split_files[split])
+    images = read_idx(images_path, info.repair_hint)
+    labels = read_idx(labels_path, info.repair_hint)
+    _check_idx_shapes(info, images_path, images.shape, labels_path, labels.shape)
+    labels = labels.astype(np.int32)
+    _check_labels(info, labels_path, labels)
     return images[..., None], labels  # add the channel axis
 
 
@@ -45,7 +78,10 @@ DATASETS: dict[str, DatasetInfo] = {
         install_hint=("install it with `sudo apt-get install dataset-fashion-mnist` (files land "
                       "in /usr/share/datasets/fashion-mnist), or download the four "
                       "*-ubyte.gz files and pass --config.data.dir=THAT_DIR"),
+        repair_hint=("re-install it with `sudo apt-get install --reinstall dataset-fashion-mnist`"
+                     ", or download the four *-ubyte.gz files again"),
         asset="fashion_mnist.json",
+        image_shape=(28, 28, 1),
     ),
 }
 
@@ -58,8 +94,11 @@ def get_dataset(name: str) -> DatasetInfo:
     return DATASETS[name]
 
 
-def check_dataset(name: str, directory: str, key: str = "data.dir", split: str | None = None) -> None:
-    """Raises a DataError naming the missing file, the config key and how to get the data."""
+def check_dataset(name: str, directory: str, key: str = "data.dir", split: str | None = None,
+                  image_size: int | None = None, channels: int | None = None) -> None:
+    """Raises a DataError naming the missing or damaged file, the config key and how to get the
+    data, from the files' headers alone (no data is read). With the model's `image_size` and
+    `channels`, a ConfigError when the images differ from them (they are not resized)."""
     info = get_dataset(name)
     splits = [split] if split else list(info.split_files)
     if split and split not in info.split_files:
@@ -71,11 +110,41 @@ def check_dataset(name: str, directory: str, key: str = "data.dir", split: str |
             if not os.path.isfile(path):
                 raise DataError(f"{name} not found: {path} is missing (config.{key}={directory!r}); "
                                 f"{info.install_hint}")
+        images_path, labels_path = (os.path.join(directory, f) for f in info.split_files[s])
+        _check_idx_shapes(info, images_path, read_idx_header(images_path, info.repair_hint)[1],
+                          labels_path, read_idx_header(labels_path, info.repair_hint)[1])
+    _check_model_image(info, directory, image_size, channels)
 
 
-def load_split(name: str, directory: str, split: str) -> tuple[np.ndarray, np.ndarray]:
-    """All images (uint8 [N, H, W, C]) and labels (int32 [N]) of one split."""
-    check_dataset(name, directory, split=split)
+def _check_model_image(info: DatasetInfo, directory: str, image_size: int | None,
+                       channels: int | None) -> None:
+    """ConfigError naming both sizes when the model's images differ from the dataset's."""
+    height, width, depth = info.image_shape
+    wrong = []
+    if image_size is not None and image_size != height:
+        wrong.append(("image_size", image_size, height))
+    if channels is not None and channels != depth:
+        wrong.append(("channels", channels, depth))
+    if wrong:
+        raise ConfigError(
+            f"the {info.name} images in {directory} are {height}x{width} with {depth} channel(s) "
+            "(they are not resized), but " + " and ".join(
+                f"model.image.{k}={v}" for k, v, _ in wrong) + "; set " + " ".join(
+                f"--config.model.image.{k}={want}" for k, _, want in wrong)
+            + ", or train on images of the model's size (data.name='image_text' resizes)")
+
+
+def num_classes(name: str) -> int:
+    """How many classes the dataset has (its asset's class names)."""
+    return len(json.loads(resources.files("vlmjax.data").joinpath(
+        "assets", get_dataset(name).asset).read_text())["classnames"])
+
+
+def load_split(name: str, directory: str, split: str, image_size: int | None = None,
+               channels: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """All images (uint8 [N, H, W, C]) and labels (int32 [N]) of one split; with the model's
+    `image_size` and `channels`, a ConfigError first if the images differ from them."""
+    check_dataset(name, directory, split=split, image_size=image_size, channels=channels)
     return get_dataset(name).load(directory, split)
 
 
