@@ -1,4 +1,8 @@
-"""Greedy, sampling and beam search against brute force on a toy model whose cache matters."""
+"""Greedy, sampling and beam search against brute force on a toy model whose cache matters.
+
+The toy logits are sums of two float32 table entries (one correctly rounded add, the same in
+NumPy and XLA on any host), and every choice below is decided far above rounding (checked in
+test_toy_choices_are_far_from_ties), so chosen tokens are compared exactly."""
 
 import itertools
 
@@ -27,9 +31,10 @@ def _numpy_logprobs(previous: int, total: int) -> np.ndarray:
     return logits - np.log(np.exp(logits - logits.max()).sum()) - logits.max()
 
 
-def brute_force_best(first: int, max_len: int) -> tuple[list[int], float]:
-    """Exhaustive search over every sequence that stops at EOS or at max_len."""
-    best, best_score = None, -np.inf
+def brute_force_best(first: int, max_len: int) -> tuple[list[int], float, float]:
+    """Exhaustive search over every sequence that stops at EOS or at max_len: the best, its
+    summed log-probability and the runner-up's."""
+    best, best_score, runner_up = None, -np.inf, -np.inf
     for length in range(1, max_len + 1):
         for seq in itertools.product(range(V), repeat=length):
             if EOS in seq[:-1] or (length < max_len and seq[-1] != EOS):
@@ -39,19 +44,32 @@ def brute_force_best(first: int, max_len: int) -> tuple[list[int], float]:
                 score += _numpy_logprobs(previous, total)[token]
                 total, previous = total + previous, token
             if score > best_score:
-                best, best_score = list(seq), score
-    return best, best_score
+                best, best_score, runner_up = list(seq), score, best_score
+            else:
+                runner_up = max(runner_up, score)
+    return best, best_score, runner_up
 
 
 FIRST = jnp.array([0, 1, 2, 3], jnp.int32)
 CACHE = jnp.zeros(4, jnp.int32)
+DECIDED = 1e-3  # far above float32 rounding of these log-probabilities (|x| < 30: ~2e-6)
+
+
+def test_toy_choices_are_far_from_ties():
+    """The exact token comparisons here hold on any host: no two toy logits of a step, and no
+    best and runner-up sequence of the exhaustive search, are within DECIDED."""
+    rows = np.sort([TRANSITION[p] + HISTORY[h] for p in range(V) for h in range(V)], axis=1)
+    assert np.diff(rows, axis=1).min() > DECIDED
+    for first in np.asarray(FIRST):
+        _, best, runner_up = brute_force_best(int(first), 3)
+        assert best - runner_up > DECIDED
 
 
 def test_beam_search_with_enough_beams_finds_the_exact_optimum():
     tokens, lengths = jax.jit(lambda f, c: beam_search(toy_step, c, f, num_beams=25, max_len=3,
                                                        eos_id=EOS))(FIRST, CACHE)
     for row, first in enumerate(np.asarray(FIRST)):
-        want, _ = brute_force_best(int(first), 3)
+        want, _, _ = brute_force_best(int(first), 3)
         assert list(np.asarray(tokens[row, : int(lengths[row])])) == want
 
 
@@ -86,6 +104,7 @@ def test_filter_logits_top_k_and_top_p_against_numpy():
     for row, mask in zip(np.asarray(logits), nucleus, strict=True):
         order = np.argsort(-row)
         probs = np.exp(row - row.max()) / np.exp(row - row.max()).sum()
+        assert np.abs(np.cumsum(probs[order]) - 0.7).min() > DECIDED  # the cut is not a near-tie
         needed = int(np.searchsorted(np.cumsum(probs[order]), 0.7) + 1)  # smallest set with mass >= p
         assert set(np.nonzero(mask)[0]) == set(order[:needed])
 
