@@ -8,9 +8,15 @@ data before training. The paper pre-trains at 288px with Adafactor, wd 0.01, bat
 import ml_collections
 
 from vlmjax.config import base_config
+from vlmjax.errors import ConfigError
+
+ARGS = ("paper", "open_clip")  # the attentional poolers' layout
 
 
 def get_config(arg: str = "paper") -> ml_collections.ConfigDict:
+    if arg not in ARGS:
+        raise ConfigError(f"{__file__}: unknown argument {arg!r}; choose paper or open_clip "
+                          "(path.py:open_clip)")
     c = base_config()
     c.tokenizer.kind = "trained_bpe"
     c.tokenizer.vocab_size = 64_000

@@ -138,6 +138,47 @@ def test_model_image_unlike_the_data_images_is_named_before_training(tiny_config
     check_training_images(tiny_config)
 
 
+# Every config file that takes an argument, with its valid arguments ("" is none).
+CONFIG_ARGS = {
+    "configs/demo/clip_fashion_mnist.py": ("", "clip", "siglip"),
+    "configs/demo/coca_fashion_mnist.py": ("", "paper", "open_clip"),
+    "configs/demo/filip_fashion_mnist.py": ("", "per_direction"),
+    "configs/test/tiny_clip.py": ("", "clip", "siglip"),
+    "configs/test/tiny_coca.py": ("", "paper", "open_clip"),
+    "configs/test/tiny_filip.py": ("", "per_direction"),
+    "configs/coca_base.py": ("", "paper", "open_clip"),
+}
+
+
+@pytest.mark.parametrize("path,valid", CONFIG_ARGS.items())
+def test_config_arguments_are_checked(path, valid):
+    path = os.path.join(REPO, path)
+    for arg in valid:
+        load_config_file(f"{path}:{arg}" if arg else path)
+    for typo in ("sigilp", "open-clip", "per-direction", "CLIP"):
+        with pytest.raises(ConfigError, match=rf"^{path}: unknown argument '{typo}'; ") as error:
+            load_config_file(f"{path}:{typo}")
+        assert all(f" {arg} " in str(error.value) for arg in valid if arg)
+
+
+def test_config_argument_selects_what_it_names():
+    demo = os.path.join(REPO, "configs/demo")
+    assert load_config_file(f"{demo}/clip_fashion_mnist.py:siglip").objective.name == "siglip"
+    assert load_config_file(f"{demo}/coca_fashion_mnist.py:open_clip").model.coca.pooler == "open_clip"
+    assert load_config_file(f"{demo}/filip_fashion_mnist.py:per_direction"
+                            ).model.filip.temperature_per_direction
+
+
+def test_config_argument_typo_on_the_command_line_is_one_line(tmp_path):
+    result = _run_cli(["vlmjax.train", "--config", "configs/demo/clip_fashion_mnist.py:sigilp",
+                       "--workdir", str(tmp_path / "w")])
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.strip().splitlines()[-1] == (
+        f"error: {REPO}/configs/demo/clip_fashion_mnist.py: unknown argument 'sigilp'; choose "
+        "clip or siglip (path.py:siglip)")
+    assert "Traceback" not in result.stderr and not (tmp_path / "w").exists()
+
+
 def test_mesh_resolution():
     assert resolve_mesh_shape({"data": -1, "fsdp": 2, "tensor": 1}, 8) == {
         "data": 4, "fsdp": 2, "tensor": 1}

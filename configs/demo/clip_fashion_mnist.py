@@ -9,9 +9,15 @@ import math
 import ml_collections
 
 from vlmjax.config import base_config
+from vlmjax.errors import ConfigError
+
+ARGS = ("clip", "siglip")  # the objective
 
 
 def get_config(arg: str = "clip") -> ml_collections.ConfigDict:
+    if arg not in ARGS:
+        raise ConfigError(f"{__file__}: unknown argument {arg!r}; choose clip or siglip "
+                          "(path.py:siglip)")
     c = base_config()
     c.data.name = "fashion_mnist"
     c.data.image_mean = 0.2860  # Fashion-MNIST pixel statistics
@@ -37,7 +43,7 @@ def get_config(arg: str = "clip") -> ml_collections.ConfigDict:
     c.model.text.heads = 2
     c.model.text.mlp_dim = 256
 
-    c.objective.name = arg if arg in ("clip", "siglip") else "clip"
+    c.objective.name = arg
     if c.objective.name == "siglip":
         c.model.use_logit_bias = True
         c.model.logit_scale_init = math.log(10.0)

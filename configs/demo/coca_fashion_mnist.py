@@ -11,14 +11,19 @@ import os
 import ml_collections
 
 from vlmjax.config import load_config_file
+from vlmjax.errors import ConfigError
 
 CLIP_DEMO = os.path.join(os.path.dirname(os.path.abspath(__file__)), "clip_fashion_mnist.py")
+ARGS = ("paper", "open_clip")  # the attentional poolers' layout
 
 
 def get_config(arg: str = "paper") -> ml_collections.ConfigDict:
+    if arg not in ARGS:
+        raise ConfigError(f"{__file__}: unknown argument {arg!r}; choose paper or open_clip "
+                          "(path.py:open_clip)")
     c = load_config_file(CLIP_DEMO)
     c.model.name = "coca"
-    c.model.coca.pooler = arg if arg in ("paper", "open_clip") else "paper"
+    c.model.coca.pooler = arg
     c.model.coca.caption_queries = 16  # the poolers read the 16 patch tokens
     c.model.coca.pooler_heads = 4
     c.model.coca.unimodal_depth = 1

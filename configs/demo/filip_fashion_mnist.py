@@ -11,11 +11,16 @@ import os
 import ml_collections
 
 from vlmjax.config import load_config_file
+from vlmjax.errors import ConfigError
 
 CLIP_DEMO = os.path.join(os.path.dirname(os.path.abspath(__file__)), "clip_fashion_mnist.py")
+ARGS = ("", "per_direction")  # one temperature, or one per direction
 
 
 def get_config(arg: str = "") -> ml_collections.ConfigDict:
+    if arg not in ARGS:
+        raise ConfigError(f"{__file__}: unknown argument {arg!r}; give no argument or "
+                          "per_direction (path.py:per_direction)")
     c = load_config_file(CLIP_DEMO)
     c.model.name = "filip"
     c.model.filip.temperature_per_direction = arg == "per_direction"

@@ -8,9 +8,15 @@ import math
 import ml_collections
 
 from vlmjax.config import base_config
+from vlmjax.errors import ConfigError
+
+ARGS = ("clip", "siglip")  # the objective
 
 
 def get_config(arg: str = "clip") -> ml_collections.ConfigDict:
+    if arg not in ARGS:
+        raise ConfigError(f"{__file__}: unknown argument {arg!r}; choose clip or siglip "
+                          "(path.py:siglip)")
     c = base_config()
     c.data.image_mean = 0.3
     c.data.image_std = 0.3

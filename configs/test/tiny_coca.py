@@ -9,11 +9,16 @@ import os
 import ml_collections
 
 from vlmjax.config import load_config_file
+from vlmjax.errors import ConfigError
 
 TINY_CLIP = os.path.join(os.path.dirname(os.path.abspath(__file__)), "tiny_clip.py")
+ARGS = ("paper", "open_clip")  # the attentional poolers' layout
 
 
 def get_config(arg: str = "paper") -> ml_collections.ConfigDict:
+    if arg not in ARGS:
+        raise ConfigError(f"{__file__}: unknown argument {arg!r}; choose paper or open_clip "
+                          "(path.py:open_clip)")
     c = load_config_file(TINY_CLIP)
     c.model.name = "coca"
     c.model.image.pool = "gap"

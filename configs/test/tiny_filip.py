@@ -9,11 +9,16 @@ import os
 import ml_collections
 
 from vlmjax.config import load_config_file
+from vlmjax.errors import ConfigError
 
 TINY_CLIP = os.path.join(os.path.dirname(os.path.abspath(__file__)), "tiny_clip.py")
+ARGS = ("", "per_direction")  # one temperature, or one per direction
 
 
 def get_config(arg: str = "") -> ml_collections.ConfigDict:
+    if arg not in ARGS:
+        raise ConfigError(f"{__file__}: unknown argument {arg!r}; give no argument or "
+                          "per_direction (path.py:per_direction)")
     c = load_config_file(TINY_CLIP)
     c.model.name = "filip"
     c.model.image.pool = "gap"  # 4 patch tokens of 14 px
