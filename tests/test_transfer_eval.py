@@ -14,7 +14,7 @@ import pytest
 from sklearn.linear_model import LogisticRegression
 
 from tests.test_transfer import objective_rtol, sklearn_objective
-from tests.tolerances import accuracy_slack, dot_atol
+from tests.tolerances import accuracy_slack, dot_atol, image_tower_atol
 from vlmjax.evaluate import evaluate
 from vlmjax.evaluators import frozen_features
 from vlmjax.evaluators.zeroshot import class_embeddings
@@ -60,20 +60,6 @@ def _zeroshot_scores(workdir: str) -> tuple[np.ndarray, np.ndarray]:
     return test["features"].astype(np.float64) @ classifier.T, test["labels"]
 
 
-def _image_tower_atol(config) -> float:
-    """How far two programs (fused differently) may place the tiny CLIP's unit image embeddings
-    apart: the float32 rounding of the reductions on the tower's longest path, added up to
-    first order (tests.tolerances.dot_atol over their summed lengths): patch embedding, per
-    block LayerNorm, q/k/v, scores, softmax sum, attention average, output, LayerNorm and the
-    two MLP layers, then the final LayerNorm, the projection and the normalisation."""
-    image, embed = config.model.image, config.model.embed_dim
-    tokens = (image.image_size // image.patch_size) ** 2 + 1
-    head = image.width // image.heads
-    block = 3 * image.width + head + 2 * tokens + 2 * image.width + image.mlp_dim
-    return dot_atol(image.patch_size ** 2 * image.channels + image.depth * block + 2 * image.width
-                    + embed)
-
-
 def test_linear_probe_reaches_scikit_learns_optimum_on_the_cached_features(transfer_results):
     _, workdir, evals = transfer_results
     probe = evals["linear_probe/fashion_mnist"]
@@ -114,7 +100,7 @@ def test_fewshot_and_unsupervised_report_every_method_and_shot(transfer_results)
     slack = accuracy_slack(scores, dot_atol(scores.shape[1] + 1))
     assert abs(unsupervised["zeroshot/acc1"] - reference) <= slack + 1e-9
     # The zero-shot evaluator embeds the images in its own program.
-    slack = accuracy_slack(scores, _image_tower_atol(config) + dot_atol(scores.shape[1] + 1))
+    slack = accuracy_slack(scores, image_tower_atol(config.model.to_dict()) + dot_atol(scores.shape[1] + 1))
     assert abs(evals["zeroshot/fashion_mnist"]["acc1"] - reference) <= slack + 1e-9
     assert unsupervised["pseudo_labelled"] <= 40
     for method in ("linear", "coop"):
@@ -128,7 +114,7 @@ def test_finetune_head_starts_as_the_zero_shot_classifier(transfer_results):
     scores, labels = _zeroshot_scores(workdir)
     # Its head is exp(logit_scale) times the zero-shot classifier on the backbone's embeddings,
     # in another program: the scale's rounding is one more.
-    slack = accuracy_slack(scores, _image_tower_atol(config) + dot_atol(scores.shape[1] + 2))
+    slack = accuracy_slack(scores, image_tower_atol(config.model.to_dict()) + dot_atol(scores.shape[1] + 2))
     assert abs(finetune["zeroshot_head/acc1"] - np.mean(scores.argmax(1) == labels)) <= slack + 1e-9
     assert finetune["acc1"] == finetune["zeroshot_head/acc1"]  # zero steps: the same program
 

@@ -9,6 +9,8 @@ computations each within that bound differ by at most twice it. Exact comparison
 where the very same program runs twice.
 """
 
+from collections.abc import Mapping
+
 import numpy as np
 
 
@@ -42,3 +44,18 @@ def accuracy_slack(scores: np.ndarray, atol: float) -> float:
     """How far the top-1 accuracy of `scores` can move when every score moves by up to `atol`:
     the fraction of rows whose argmax is not decided at that precision."""
     return float(np.mean(ambiguous_rows(scores, atol)))
+
+
+def image_tower_atol(model: Mapping) -> float:
+    """How far two programs (fused or sharded differently) may place a ViT's unit image
+    embeddings apart (config.model as a dict): float32 rounding of the reductions on the
+    tower's longest path added up to first order, i.e. dot_atol over their summed lengths:
+    patch embedding; per block LayerNorm, q/k/v, scores, softmax sum, attention average,
+    output, LayerNorm and the two MLP layers; the final LayerNorm, projection, normalisation.
+    First order: it does not account for a layer that amplifies relative error."""
+    image = model["image"]
+    tokens = (image["image_size"] // image["patch_size"]) ** 2 + 1
+    head = image["width"] // image["heads"]
+    block = 3 * image["width"] + head + 2 * tokens + 2 * image["width"] + image["mlp_dim"]
+    return dot_atol(image["patch_size"] ** 2 * image["channels"] + image["depth"] * block
+                    + 2 * image["width"] + model["embed_dim"])
