@@ -79,7 +79,8 @@ def _flags(parser) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args, overrides = parse_args(sys.argv[1:] if argv is None else argv,
-                                 "Caption images with a trained CoCa run.", _flags)
+                                 "Caption images with a trained CoCa run.", _flags,
+                                 prog="python -m vlmjax.caption")
     initialize_processes(args)
     from vlmjax.config import config_from_args
     from vlmjax.train.workdir import load_saved_config

@@ -7,12 +7,13 @@ CLIP / CoCa;
 
 import argparse
 
-from vlmjax.cli import run_main
+from vlmjax.cli import enable_compilation_cache, run_main
 
 
 def main(argv: list[str] | None = None) -> int:
     from vlmjax.interop.sources import SOURCES
-    parser = argparse.ArgumentParser(description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m vlmjax.convert", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     direction = parser.add_mutually_exclusive_group(required=True)
     direction.add_argument("--from", dest="source_kind", choices=list(SOURCES),
                            help="import: the format of --source")
@@ -27,6 +28,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--output", help="export: the directory to write")
     parser.add_argument("--step", type=int, default=None, help="export: checkpoint step (latest)")
     args = parser.parse_args(argv)
+    enable_compilation_cache()
     if args.source_kind:
         if not args.source:
             parser.error("--from needs --source PATH")

@@ -52,7 +52,8 @@ def evaluate(config, workdir: str, step: int | None = None) -> dict:
 def main() -> int:
     args, overrides = parse_args(
         sys.argv[1:], "Evaluate a checkpoint of a vlmjax run.",
-        lambda p: p.add_argument("--step", type=int, default=None, help="default: latest"))
+        lambda p: p.add_argument("--step", type=int, default=None, help="default: latest"),
+        prog="python -m vlmjax.evaluate")
     initialize_processes(args)
     from vlmjax.config import config_from_args
     from vlmjax.train.workdir import load_saved_config

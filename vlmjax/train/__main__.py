@@ -12,7 +12,7 @@ from vlmjax.cli import initialize_processes, parse_args, run_main
 
 def main() -> int:
     args, overrides = parse_args(sys.argv[1:], "Pre-train (or resume) and evaluate a model.",
-                                 lambda parser: None)
+                                 lambda parser: None, prog="python -m vlmjax.train")
     saved_path = os.path.join(args.workdir, "config.json")
     if not args.config and not os.path.isfile(saved_path):
         raise SystemExit(f"error: --config path/to/config.py is required ({saved_path} does not "
