@@ -40,7 +40,8 @@ class PowerLaw:
         scale = self.b * (1.0 - 2.0 ** (-self.c))
         if scale <= 0:
             return 0.0
-        return (scale / (points / 100.0)) ** (1.0 / self.c)
+        exponent = math.log(scale / (points / 100.0)) / self.c
+        return math.exp(exponent) if exponent < 700 else math.inf  # a near-flat exponent: never
 
 
 def _solve_ab(z: np.ndarray, y: np.ndarray, w: np.ndarray) -> tuple[float, float, float]:
@@ -86,6 +87,9 @@ def describe_saturation(fit: PowerLaw, x_max: float, unit: str = "") -> str:
     """One sentence: saturated or not at the largest measured x, and from where by the fit."""
     if fit.b <= 0:
         return "does not rise with x (the fit is flat or falling): no saturation to speak of"
+    if fit.c < 1.5 * C_MIN:
+        return (f"no ceiling in sight: the points rise like log x (the fitted exponent c is at its "
+                f"bound {C_MIN:g}), so the fit cannot say where it saturates")
     gain = 100.0 * fit.doubling_gain(x_max)
     x_sat = fit.saturation_x()
     where = f"{x_sat:.3g}{unit}"
