@@ -15,6 +15,10 @@ import pytest
 from vlmjax.errors import CheckpointError
 from vlmjax.train.checkpoint import Checkpointer
 
+# When one array cannot be read, orbax abandons the other reads in flight; each reports the same
+# failure again when collected (the command-line tools drop these: cli.quiet_abandoned_reads).
+pytestmark = pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
+
 STEPS = (1, 2)
 # What must never reach a user: a pybind/tensorstore object dump.
 OBJECT_DUMPS = ("pybind11", "<bound method", "TensorStore({", " object at 0x")
