@@ -125,14 +125,14 @@ def test_idx_header_with_permuted_dimensions_is_named_before_loading(tmp_path):
         load_split("fashion_mnist", directory, "train")
 
 
-@pytest.mark.parametrize("bad", [10, 255])
-def test_labels_outside_the_classes_are_a_data_error_at_load_time(tmp_path, bad):
+@pytest.mark.parametrize("bad,more", [([10], ""), ([255, 11, 12], r" \(and 2 more\)")])
+def test_labels_outside_the_classes_are_a_data_error_at_load_time(tmp_path, bad, more):
     labels = np.arange(30) % 10
-    labels[17] = bad
+    labels[17:17 + len(bad)] = bad
     directory = _split_with(tmp_path, labels=labels)
-    with pytest.raises(DataError, match=rf"t10k-labels-idx1-ubyte.gz: label {bad} of example 17 "
-                                        r"\(and 0 more\) is not a class of fashion_mnist, whose "
-                                        r"labels are 0..9"):
+    with pytest.raises(DataError, match=rf"t10k-labels-idx1-ubyte.gz: label {bad[0]} of example 17"
+                                        rf"{more} is not a class of fashion_mnist, whose labels are "
+                                        r"0\.\.9; the file is damaged"):
         load_split("fashion_mnist", directory, "test")
 
 

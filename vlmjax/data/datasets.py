@@ -50,10 +50,10 @@ def _check_labels(info: DatasetInfo, labels_path: str, labels: np.ndarray) -> No
     classes = num_classes(info.name)
     bad = np.flatnonzero((labels < 0) | (labels >= classes))
     if bad.size:
-        raise DataError(f"{labels_path}: label {labels[bad[0]]} of example {bad[0]} (and "
-                        f"{bad.size - 1} more) is not a class of {info.name}, whose labels are "
-                        f"0..{classes - 1}; the file is damaged or holds another dataset's labels: "
-                        f"{info.repair_hint}")
+        more = f" (and {bad.size - 1} more)" if bad.size > 1 else ""
+        raise DataError(f"{labels_path}: label {labels[bad[0]]} of example {bad[0]}{more} is not a "
+                        f"class of {info.name}, whose labels are 0..{classes - 1}; the file is "
+                        f"damaged or holds another dataset's labels: {info.repair_hint}")
 
 
 def _load_idx_pair(info_name: str, directory: str, split: str) -> tuple[np.ndarray, np.ndarray]:
