@@ -3,6 +3,7 @@
 import io
 import json
 import os
+import shutil
 import tarfile
 
 import numpy as np
@@ -10,15 +11,23 @@ import pytest
 from PIL import Image
 
 from vlmjax.data.idx import read_idx
-from vlmjax.data.image_text_pipeline import ImageTextIterator, image_text_dataset
-from vlmjax.data.image_text_sources import SourceSpec, prepared_source, tar_source
+from vlmjax.data.image_text_pipeline import ImageTextIterator, image_text_dataset, skip_metrics
+from vlmjax.data.image_text_sources import (
+    SourceSpec,
+    check_missing_shards,
+    prepared_source,
+    tar_source,
+)
 from vlmjax.data.image_text_transform import (
+    SHARD_COUNTS,
     SKIP_REASONS,
     ImageTextTransform,
     random_resized_crop_box,
     resize_centre_crop,
 )
 from vlmjax.data.prepare import main as prepare_main
+from vlmjax.data.webdataset_tar import expand_shards, iter_tar_samples
+from vlmjax.errors import ConfigError, DataError
 from vlmjax.tokenizers.trained_bpe import train_bpe
 
 SHARDS, PER_SHARD, BATCH = 4, 100, 20
@@ -358,3 +367,189 @@ def test_train_from_prepared_shards_logs_skips(tmp_path, prepared, tokenizer):
     assert [r["step"] for r in rows] == [2, 4] and all(np.isfinite(r["loss"]) for r in rows)
     # 4 steps x 16 samples in the shuffled stream: about 1 truncated record per 13 good ones
     assert 0 < rows[-1]["data/skipped_truncated_image"] == rows[-1]["data/skipped"] < 16
+
+
+# Damaged and missing shards. A tar of the `tars` fixture holds samples i = 100 s .. 100 s + 99;
+# sample i is a planted bad one when i % 20 < 7, so its first n samples hold
+# good(n) = sum(i % 20 >= 7 for i < n) usable ones.
+
+
+def good(n: int) -> int:
+    return sum(i % 20 >= len(BAD_KINDS) for i in range(n))
+
+
+def cut_tar(source: str, target: str, sample: int, where: str) -> None:
+    """`source` cut at its local sample `sample`: "boundary" ends the file right before that
+    sample's first member (a killed writer), "mid" inside that member's data (a cut copy)."""
+    with tarfile.open(source) as tar:
+        members = tar.getmembers()
+    key = f"{int(os.path.basename(source)[:5]) * PER_SHARD + sample:06d}"
+    first = next(m for m in members if m.name.startswith(key + "."))
+    size = first.offset if where == "boundary" else first.offset_data + first.size // 2
+    with open(source, "rb") as f, open(target, "wb") as out:
+        out.write(f.read(size))
+
+
+def write_stats(tar_path: str, successes: int) -> None:
+    """img2dataset's per-shard statistics file: `successes` is the samples written to the tar."""
+    with open(tar_path[:-len(".tar")] + "_stats.json", "w") as f:
+        json.dump({"count": successes + 3, "successes": successes, "failed_to_download": 3}, f)
+
+
+def one_shard(tmp_path, tars, name: str, sample: int | None = None, where: str = "",
+              stats: bool = False) -> str:
+    """A directory holding shard 00001 of `tars`, cut at `sample` when given."""
+    directory = tmp_path / name
+    directory.mkdir()
+    target = str(directory / "00001.tar")
+    if sample is None:
+        shutil.copy(os.path.join(tars, "00001.tar"), target)
+    else:
+        cut_tar(os.path.join(tars, "00001.tar"), target, sample, where)
+    if stats:
+        write_stats(target, PER_SHARD)
+    return str(directory)
+
+
+def test_tar_reader_reports_every_kind_of_cut(tmp_path, tars):
+    cases = {  # name: (file bytes of shard 00001, complete samples, sample in progress dropped)
+        "intact": (None, PER_SHARD, 0)}
+    data = read_bytes(os.path.join(tars, "00001.tar"))
+    with tarfile.open(os.path.join(tars, "00001.tar")) as tar:
+        members = tar.getmembers()
+    last = members[-1].offset_data + -(-members[-1].size // 512) * 512  # end of the last member
+    header_40 = next(m for m in members if m.name.startswith("000140.")).offset
+    cases.update({
+        "no end-of-archive marker": (data[:last], PER_SHARD - 1, 1),  # writer killed at close
+        "half an end-of-archive marker": (data[:last + 512], PER_SHARD, 0),
+        "cut at a member boundary": (data[:header_40], 40 - 1, 1),
+        "cut in a header": (data[:header_40 + 100], 40 - 1, 1),
+        "a garbage header": (data[:header_40] + b"x" * 512 + data[header_40 + 512:], 40 - 1, 1),
+        "cut in a member": (data[:header_40 + 700], 40, 1)})
+    for name, (content, read, dropped) in cases.items():
+        path = os.path.join(tars, "00001.tar") if content is None else str(tmp_path / "t.tar")
+        if content is not None:
+            with open(path, "wb") as f:
+                f.write(content)
+        items = list(iter_tar_samples(path))
+        samples = [x for x in items if "__error__" not in x]
+        assert [x["__key__"] for x in samples] == [f"{PER_SHARD + i:06d}" for i in range(read)], name
+        markers = items[len(samples):]
+        if name == "intact":
+            assert not markers
+            continue
+        assert len(markers) == 1 and markers[0]["__read__"] == read, name
+        assert markers[0]["__dropped__"] == dropped and not markers[0]["__missing__"], name
+        # A reader resumed after the marker does not count the damage twice.
+        assert list(iter_tar_samples(path, skip=len(items))) == [], name
+    missing = list(iter_tar_samples(str(tmp_path / "absent.tar")))
+    assert len(missing) == 1 and missing[0]["__missing__"] and missing[0]["__read__"] == 0
+
+
+def single_shard_loader(directory: str, tokenizer, batch: int, **kw) -> ImageTextIterator:
+    """One epoch's usable samples per batch: a single shard read in order (cycle_length 1)."""
+    return ImageTextIterator(image_text_dataset(
+        [SourceSpec("tar", directory)], ImageTextTransform(16), tokenizer, 12, batch, seed=0,
+        cycle_length=1, **kw))
+
+
+@pytest.mark.parametrize("where, stats", [("mid", True), ("boundary", False)])
+def test_cut_tars_count_the_samples_they_lost(tmp_path, tars, tokenizer, where, stats):
+    # Cut inside sample 35 with img2dataset's stats beside it (100 samples): 35 complete ones
+    # are read, the other 65 lost; cut before sample 41's first member without stats: 40 are
+    # read and sample 40, maybe incomplete, is dropped: 1 known lost, the rest unknown.
+    sample = 35 if where == "mid" else 41
+    read = sample if where == "mid" else sample - 1
+    lost, unknown = (PER_SHARD - read, 0) if stats else (1, 1)
+    it = single_shard_loader(one_shard(tmp_path, tars, "cut", sample, where, stats), tokenizer,
+                             good(read))
+    planted = read - good(read)
+    for epochs in (1, 2, 3):
+        batch = next(it)  # one epoch's usable samples
+        assert batch["image"].shape[0] == good(read)
+        # A shard's end marker comes after its last usable sample, so it is counted with the
+        # next epoch's first one: after n batches, n epochs of planted skips and n - 1 markers.
+        assert sum(it.skipped[r] for r in BAD_KINDS) == planted * epochs
+        assert it.skipped["damaged_tar"] == lost * (epochs - 1)
+    assert it.shards == {"damaged_shards": 2, "missing_shards": 0, "unknown_loss_shards": 2 * unknown}
+    # Every sample of the input accounted for: used, skipped by reason, or lost to the damage.
+    if stats:
+        assert good(read) + planted + lost == PER_SHARD
+    metrics = skip_metrics(it.get_state())
+    assert metrics["data/damaged_shards"] == 2 and metrics["data/skipped_damaged_tar"] == 2 * lost
+    assert metrics["data/skipped"] == sum(it.skipped.values())  # samples only, not shards
+    it.close()
+
+
+def test_missing_shards_are_an_error_or_counted(tmp_path, tars, tokenizer):
+    directory = tmp_path / "gap"
+    directory.mkdir()
+    for s in (0, 1, 3):  # shard 2 is missing
+        shutil.copy(os.path.join(tars, f"{s:05d}.tar"), directory)
+    pattern = str(directory / "{00000..00003}.tar")
+    with pytest.raises(DataError, match=r"1 of the 4 tar shards .* are missing \(00002.tar\).*"
+                                        r"missing_shards=count"):
+        expand_shards(pattern)
+    with pytest.raises(DataError, match="missing"):
+        SourceSpec("tar", pattern).check()
+    with pytest.raises(DataError, match="missing"):
+        loader([SourceSpec("tar", pattern)], tokenizer)
+    SourceSpec("tar", pattern).check("count")
+    check_missing_shards("count")
+    with pytest.raises(ConfigError, match="data.web.missing_shards"):
+        check_missing_shards("skip")
+    assert expand_shards(pattern, "count") == [str(directory / f"{s:05d}.tar") for s in range(4)]
+    for stats in (False, True):
+        if stats:
+            write_stats(str(directory / "00002.tar"), PER_SHARD)
+        it = loader([SourceSpec("tar", pattern)], tokenizer, missing_shards="count")
+        for _ in range(2 * 3 * good(PER_SHARD) // BATCH):  # two epochs of the 3 shards
+            next(it)
+        # each read of the missing shard is counted; with img2dataset's stats, its samples too
+        n = it.shards["missing_shards"]
+        assert n >= 1 and it.shards["damaged_shards"] == 0
+        assert it.skipped["missing_tar"] == (PER_SHARD * n if stats else 0)
+        assert it.shards["unknown_loss_shards"] == (0 if stats else n)
+        assert skip_metrics(it.get_state())["data/missing_shards"] == n
+        it.close()
+
+
+def test_prepare_report_accounts_for_every_input_sample(tmp_path, tars, capsys):
+    directory = tmp_path / "damaged"
+    directory.mkdir()
+    shutil.copy(os.path.join(tars, "00000.tar"), directory)
+    write_stats(str(directory / "00000.tar"), PER_SHARD)
+    cut_tar(os.path.join(tars, "00001.tar"), str(directory / "00001.tar"), 35, "mid")
+    write_stats(str(directory / "00001.tar"), PER_SHARD)
+    cut_tar(os.path.join(tars, "00002.tar"), str(directory / "00002.tar"), 41, "boundary")
+    write_stats(str(directory / "00003.tar"), PER_SHARD)  # the tar itself is missing
+    out = str(tmp_path / "out")
+    args = ["--tar", str(directory / "{00000..00003}.tar"), "--output_dir", out,
+            "--num_workers", "1"]
+    assert prepare_main(args) == 2
+    assert "00003.tar" in capsys.readouterr().err
+    assert prepare_main([*args, "--missing_shards", "count"]) == 0
+    err = capsys.readouterr().err
+    assert "2 damaged and 1 missing tar shards" in err and "1 whose sample count is unknown" in err
+    with open(os.path.join(out, "prepare_report.json")) as f:
+        report = json.load(f)
+    # shard 0: intact; 1: cut in sample 35 (65 lost); 2: cut before sample 41, no stats (40
+    # read, sample 40 dropped); 3: missing (100 lost).
+    assert report["records"] == good(100) + good(35) + good(40)
+    assert report["skipped"]["damaged_tar"] == 65 + 1 and report["skipped"]["missing_tar"] == 100
+    planted = sum(report["skipped"][r] for r in BAD_KINDS)
+    assert planted == 100 - good(100) + 35 - good(35) + 40 - good(40)
+    assert report["input_samples"] == 100 + 100 + 41 + 100
+    assert report["damaged_or_missing"] == {"damaged_shards": 2, "missing_shards": 1,
+                                            "unknown_loss_shards": 1}
+    assert sorted((d["samples_read"], d["expected"], d["missing"]) for d in report["damage"]) == [
+        (0, 100, True), (35, 100, False), (40, None, False)]
+    # The missing shard restored: only it is prepared again, and nothing is missing any more.
+    shutil.copy(os.path.join(tars, "00003.tar"), directory)
+    assert prepare_main([*args, "--missing_shards", "count"]) == 0
+    with open(os.path.join(out, "prepare_report.json")) as f:
+        again = json.load(f)
+    assert again["written_now"] == 1 and again["skipped"]["missing_tar"] == 0
+    assert again["records"] == report["records"] + good(100)
+    assert again["damaged_or_missing"]["missing_shards"] == 0
+    assert set(SHARD_COUNTS) == set(again["damaged_or_missing"])

@@ -6,7 +6,8 @@ Each source is an infinite grain `IterDataset` of samples `{"__key__", "image" (
   host p takes positions p, p + n, ... of the shuffled stream (disjoint and complete).
 - tar shards: the shard list is shuffled every epoch and dealt to hosts (and, under
   `mp_prefetch`, to workers) round-robin; `cycle_length` shards are read at once, interleaved.
-  The iterator state is (shard, samples read), so resume is exact at sample granularity.
+  The iterator state is (shard, samples read), so resume is exact at sample granularity. A
+  damaged or missing shard becomes one skip marker carrying what it lost (`shard_loss_counts`).
 """
 
 import dataclasses
@@ -17,8 +18,14 @@ import grain
 from grain.experimental import InterleaveIterDataset
 
 from vlmjax.data.image_text_records import decode_record, shard_paths
-from vlmjax.data.webdataset_tar import IMAGE_EXTENSIONS, expand_shards, iter_tar_samples
-from vlmjax.errors import DataError
+from vlmjax.data.webdataset_tar import (
+    IMAGE_EXTENSIONS,
+    MISSING_SHARDS,
+    expand_shards,
+    iter_tar_samples,
+    shard_sample_count,
+)
+from vlmjax.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
 
@@ -40,12 +47,21 @@ class SourceSpec:
                             "`python -m vlmjax.data.prepare`) or 'tar:PATTERN' (webdataset tars)")
         return cls(kind, path)
 
-    def check(self) -> None:
-        """Raises DataError (with the fix) when the source has nothing to read."""
+    def check(self, missing_shards: str = "error") -> None:
+        """Raises DataError (with the fix) when the source has nothing to read, or (unless
+        `missing_shards="count"`) when shards of its brace range are missing."""
         if self.kind == "prepared":
             shard_paths(self.path)
         else:
-            expand_shards(self.path)
+            expand_shards(self.path, missing_shards)
+
+
+def check_missing_shards(value: str) -> None:
+    """Raises ConfigError unless `value` is a valid data.web.missing_shards."""
+    if value not in MISSING_SHARDS:
+        raise ConfigError(f"config.data.web.missing_shards is {value!r}; choose 'error' (a tar "
+                          "shard missing from a brace range stops the run) or 'count' (train "
+                          "without it, counted in data/missing_shards)")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -66,11 +82,31 @@ def prepared_source(directory: str, seed: int, process_index: int = 0,
     return ds.map_with_index(DecodeRecord())[process_index::process_count]
 
 
-def tar_fields_to_sample(fields: dict, position: list[int]) -> dict:
-    """A webdataset sample (`{"__key__", "jpg": ..., "txt": ...}`) in the common sample form."""
+def shard_loss_counts(marker: dict, path: str) -> dict[str, int]:
+    """What the end marker of a damaged or missing shard (see `iter_tar_samples`) adds to the
+    skip counts: the shard under damaged_shards / missing_shards, and its lost samples under
+    damaged_tar / missing_tar: exactly when the shard's sample count is known, else those known
+    lost (the sample cut short) plus the shard under unknown_loss_shards."""
+    missing = bool(marker["__missing__"])
+    reason = "missing_tar" if missing else "damaged_tar"
+    counts = {"missing_shards" if missing else "damaged_shards": 1}
+    expected, read = shard_sample_count(path), int(marker["__read__"])
+    if expected is not None and expected >= read + int(marker["__dropped__"]):
+        counts[reason] = expected - read
+    else:
+        counts[reason] = int(marker["__dropped__"])
+        counts["unknown_loss_shards"] = 1
+    return counts
+
+
+def tar_fields_to_sample(fields: dict, position: list[int], path: str = "") -> dict:
+    """A webdataset sample (`{"__key__", "jpg": ..., "txt": ...}`) in the common sample form;
+    the end marker of a damaged or missing shard `path` becomes a skip carrying its counts."""
     key = fields["__key__"]
     if "__error__" in fields:
-        return {"__skip__": "damaged_tar", "__key__": key}
+        counts = shard_loss_counts(fields, path)
+        reason = "missing_tar" if fields["__missing__"] else "damaged_tar"
+        return {"__skip__": reason, "__key__": key, "__counts__": counts}
     image = next((fields[e] for e in IMAGE_EXTENSIONS if e in fields), None)
     if image is None:
         return {"__skip__": "missing_image", "__key__": key}
@@ -89,7 +125,7 @@ class _TarShardIterator(grain.DatasetIterator):
 
     def __next__(self) -> dict:
         fields = next(self._samples)
-        sample = tar_fields_to_sample(fields, [self._stream_index, self._offset])
+        sample = tar_fields_to_sample(fields, [self._stream_index, self._offset], self._path)
         self._offset += 1
         return sample
 
@@ -119,16 +155,16 @@ class OpenShard(grain.transforms.MapWithIndex):
 
 
 def tar_source(pattern: str, seed: int, process_index: int = 0, process_count: int = 1,
-               cycle_length: int = 4) -> grain.IterDataset:
+               cycle_length: int = 4, missing_shards: str = "error") -> grain.IterDataset:
     """This host's tar shards (reshuffled each epoch), `cycle_length` of them interleaved."""
-    paths = expand_shards(pattern)
+    paths = expand_shards(pattern, missing_shards)
     shards = grain.MapDataset.source(paths).shuffle(seed=seed).repeat()
     shards = shards.map_with_index(OpenShard())[process_index::process_count]
     return InterleaveIterDataset(shards, cycle_length=cycle_length)
 
 
 def open_sources(specs: Sequence[SourceSpec], seed: int, process_index: int, process_count: int,
-                 cycle_length: int) -> list[grain.IterDataset]:
+                 cycle_length: int, missing_shards: str = "error") -> list[grain.IterDataset]:
     """Each source as this host's IterDataset of samples (seeded apart so they differ)."""
     out = []
     for i, spec in enumerate(specs):
@@ -137,5 +173,5 @@ def open_sources(specs: Sequence[SourceSpec], seed: int, process_index: int, pro
             out.append(ds.to_iter_dataset())
         else:
             out.append(tar_source(spec.path, seed + 7919 * i, process_index, process_count,
-                                  cycle_length))
+                                  cycle_length, missing_shards))
     return out

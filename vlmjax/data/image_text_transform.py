@@ -20,7 +20,17 @@ SKIP_REASONS = (
     "absurd_size",        # a side under min_size or over max_size, or aspect ratio over max_aspect
     "empty_caption",      # only whitespace
     "caption_not_utf8",   # the caption bytes are not UTF-8
-    "damaged_tar",        # the rest of a tar shard is unreadable (counted once per shard)
+    "damaged_tar",        # lost in a tar shard that is cut short or corrupt (see SHARD_COUNTS)
+    "missing_tar",        # in a tar shard of a brace range that does not exist (missing_shards=count)
+)
+# Counted in shards, not samples. The samples a damaged or missing tar shard lost are counted
+# under damaged_tar / missing_tar exactly when the shard's sample count is known (img2dataset's
+# <shard>_stats.json); otherwise only those known lost are (the sample cut short), and the shard
+# is counted in unknown_loss_shards: nothing is lost without a count.
+SHARD_COUNTS = (
+    "damaged_shards",       # tar shard reads that ended at damage (each epoch's read counts)
+    "missing_shards",       # tar shard reads that found no file
+    "unknown_loss_shards",  # of those, the reads whose number of lost samples is unknown
 )
 
 

@@ -12,6 +12,10 @@
 - Images stay encoded; each is checked (header size limits; a full decode unless
   --no-decode_check) and captions must be non-empty UTF-8. Rejected samples are counted by reason
   (the loader's reasons) in OUT/prepare_report.json and the printed table.
+- Every input sample is accounted for: a tar cut short or corrupt (no end-of-archive marker
+  included) counts the samples it lost under damaged_tar, and a shard missing from a brace range
+  (an error unless --missing_shards count) under missing_tar, exactly when the shard's sample
+  count is known (img2dataset's `<shard>_stats.json`); shards whose loss is unknown are listed.
 - Shards are written in `--num_workers` processes, each atomically, then marked done
   (`<shard>.done.json`). Re-running the same command after an interruption skips done shards and
   produces the same output.
@@ -32,8 +36,15 @@ from collections.abc import Iterator
 from PIL import Image
 
 from vlmjax.data.image_text_records import SHARD_SUFFIX, encode_record, write_shard
-from vlmjax.data.image_text_transform import SKIP_REASONS, ImageTextTransform
-from vlmjax.data.webdataset_tar import IMAGE_EXTENSIONS, expand_shards, iter_tar_samples
+from vlmjax.data.image_text_sources import shard_loss_counts
+from vlmjax.data.image_text_transform import SHARD_COUNTS, SKIP_REASONS, ImageTextTransform
+from vlmjax.data.webdataset_tar import (
+    IMAGE_EXTENSIONS,
+    MISSING_SHARDS,
+    expand_shards,
+    iter_tar_samples,
+    shard_sample_count,
+)
 from vlmjax.errors import DataError, VlmjaxError
 
 log = logging.getLogger(__name__)
@@ -103,11 +114,12 @@ def _as_bytes_list(value) -> list[bytes]:
 
 
 def _task_samples(task: ShardTask) -> Iterator[tuple[str, bytes | None, list[bytes], dict]]:
-    """(key, image bytes or None, captions, metadata) of every input sample of a task."""
+    """(key, image bytes or None, captions, metadata) of every input sample of a task; a
+    damaged or missing tar ends with its end marker as metadata `{"__damage__": marker}`."""
     if task.kind == "tar":
         for fields in iter_tar_samples(task.source):
             if "__error__" in fields:
-                yield fields["__key__"], None, [], {"__skip__": "damaged_tar"}
+                yield fields["__key__"], None, [], {"__damage__": fields}
                 continue
             image = next((fields[e] for e in IMAGE_EXTENSIONS if e in fields), None)
             meta = {}
@@ -175,18 +187,25 @@ def run_task(task: ShardTask) -> dict:
                                  max_aspect=float(task.option("max_aspect")))
     decode = task.option("decode_check") == "1"
     records, skipped = [], dict.fromkeys(SKIP_REASONS, 0)
+    shards, damage = dict.fromkeys(SHARD_COUNTS, 0), None
     for key, image, captions, meta in _task_samples(task):
-        reason = meta.pop("__skip__", None)
-        if reason is None:
-            reason, captions, image_meta = check_sample(image, captions, checker, decode)
+        if "__damage__" in meta:
+            marker = meta["__damage__"]
+            for name, n in shard_loss_counts(marker, task.source).items():
+                (skipped if name in skipped else shards)[name] += n
+            damage = {"source": task.source, "error": marker["__error__"],
+                      "missing": marker["__missing__"], "samples_read": marker["__read__"],
+                      "expected": shard_sample_count(task.source)}
+            continue
+        reason, captions, image_meta = check_sample(image, captions, checker, decode)
         if reason is not None:
             skipped[reason] += 1
             log.info("skipping %s (%s): %s", key, task.source, reason)
             continue
         records.append(encode_record(key, image, captions, {**meta, **image_meta}))
     write_shard(task.output, records)
-    done = {"records": len(records), "skipped": skipped, "source": task.source,
-            "start": task.start, "stop": task.stop}
+    done = {"records": len(records), "skipped": skipped, "shards": shards, "damage": damage,
+            "source": task.source, "start": task.start, "stop": task.stop}
     with open(task.output + ".done.json.partial", "w") as f:
         json.dump(done, f)
     os.replace(task.output + ".done.json.partial", task.output + ".done.json")
@@ -205,7 +224,7 @@ def plan_tasks(args: argparse.Namespace) -> list[ShardTask]:
     inputs: list[tuple[str, str, int, int]] = []
     rows: list = []
     if args.tar:
-        inputs = [("tar", p, 0, 0) for p in expand_shards(args.tar)]
+        inputs = [("tar", p, 0, 0) for p in expand_shards(args.tar, args.missing_shards)]
     elif args.csv or args.jsonl:
         path = args.csv or args.jsonl
         if not os.path.isfile(path):
@@ -243,7 +262,7 @@ def prepare(args: argparse.Namespace) -> dict:
     else:
         with open(spec_path, "w") as f:
             json.dump(spec, f)
-    todo = [t for t in tasks if not os.path.isfile(t.output + ".done.json")]
+    todo = [t for t in tasks if not _is_done(t)]
     log.info("%d shards, %d already done, %d to write with %d workers", len(tasks),
              len(tasks) - len(todo), len(todo), args.num_workers)
     if args.num_workers <= 1:
@@ -255,16 +274,35 @@ def prepare(args: argparse.Namespace) -> dict:
             for task, done in zip(todo, pool.map(run_task, todo), strict=True):
                 log.info("wrote %s: %d records", os.path.basename(task.output), done["records"])
     report = {"shards": len(tasks), "written_now": len(todo), "records": 0,
-              "skipped": dict.fromkeys(SKIP_REASONS, 0)}
+              "skipped": dict.fromkeys(SKIP_REASONS, 0), "input_samples": 0,
+              "damaged_or_missing": dict.fromkeys(SHARD_COUNTS, 0), "damage": []}
     for task in tasks:
         with open(task.output + ".done.json") as f:
             done = json.load(f)
         report["records"] += done["records"]
         for reason, n in done["skipped"].items():
             report["skipped"][reason] += n
+        for name, n in done.get("shards", {}).items():
+            report["damaged_or_missing"][name] += n
+        if done.get("damage"):
+            report["damage"].append(done["damage"])
+    # Every input sample is a record or a skip; exactly the input's size unless some damaged or
+    # missing shard's sample count is unknown (damaged_or_missing.unknown_loss_shards).
+    report["input_samples"] = report["records"] + sum(report["skipped"].values())
     with open(os.path.join(args.output_dir, REPORT_FILE), "w") as f:
         json.dump(report, f, indent=2)
     return report
+
+
+def _is_done(task: ShardTask) -> bool:
+    """Its done marker exists, and it is not that of a missing tar that has since appeared."""
+    try:
+        with open(task.output + ".done.json") as f:
+            done = json.load(f)
+    except FileNotFoundError:
+        return False
+    missing = (done.get("damage") or {}).get("missing", False)
+    return not (missing and os.path.isfile(task.source))
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -276,6 +314,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     source.add_argument("--jsonl", help="JSON lines of image path + caption")
     source.add_argument("--tfds", help="name of a prepared (array_record) TFDS dataset")
     p.add_argument("--name", default="data", help="shard file name prefix")
+    p.add_argument("--missing_shards", choices=MISSING_SHARDS, default="error",
+                   help="tars of a --tar brace range that do not exist: stop (error) or go on "
+                        "without them, counted in the report (count)")
     p.add_argument("--image_column", default="image")
     p.add_argument("--caption_column", default="caption")
     p.add_argument("--tfds_split", default="train")
@@ -307,6 +348,16 @@ def main(argv: list[str] | None = None) -> int:
     print("| skipped reason | samples |\n| --- | --- |")
     for reason, n in report["skipped"].items():
         print(f"| {reason} | {n} |")
+    shards = report["damaged_or_missing"]
+    if report["damage"]:
+        print(f"WARNING: {shards['damaged_shards']} damaged and {shards['missing_shards']} missing "
+              f"tar shards; the samples they lost are counted above as damaged_tar / missing_tar"
+              + (f", except in {shards['unknown_loss_shards']} whose sample count is unknown "
+                 "(no <shard>_stats.json)" if shards["unknown_loss_shards"] else ""), file=sys.stderr)
+        for damage in report["damage"]:
+            expected = "unknown" if damage["expected"] is None else damage["expected"]
+            print(f"  {damage['source']}: {damage['error']} ({damage['samples_read']} complete "
+                  f"samples of {expected})", file=sys.stderr)
     return 0
 
 
