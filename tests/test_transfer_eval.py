@@ -97,10 +97,10 @@ def test_fewshot_and_unsupervised_report_every_method_and_shot(transfer_results)
     reference = np.mean(scores.argmax(1) == labels)
     # The unsupervised evaluator scores the cached features in float32 NumPy: dot products of
     # unit vectors, which decide the argmax except on rows closer than their rounding.
-    slack = accuracy_slack(scores, dot_atol(scores.shape[1] + 1))
-    assert abs(unsupervised["zeroshot/acc1"] - reference) <= slack + 1e-9
+    cosine_atol = dot_atol(config.model.embed_dim)
+    assert abs(unsupervised["zeroshot/acc1"] - reference) <= accuracy_slack(scores, cosine_atol) + 1e-9
     # The zero-shot evaluator embeds the images in its own program.
-    slack = accuracy_slack(scores, image_tower_atol(config.model.to_dict()) + dot_atol(scores.shape[1] + 1))
+    slack = accuracy_slack(scores, image_tower_atol(config.model.to_dict()) + cosine_atol)
     assert abs(evals["zeroshot/fashion_mnist"]["acc1"] - reference) <= slack + 1e-9
     assert unsupervised["pseudo_labelled"] <= 40
     for method in ("linear", "coop"):
@@ -114,7 +114,8 @@ def test_finetune_head_starts_as_the_zero_shot_classifier(transfer_results):
     scores, labels = _zeroshot_scores(workdir)
     # Its head is exp(logit_scale) times the zero-shot classifier on the backbone's embeddings,
     # in another program: the scale's rounding is one more.
-    slack = accuracy_slack(scores, image_tower_atol(config.model.to_dict()) + dot_atol(scores.shape[1] + 2))
+    slack = accuracy_slack(scores, image_tower_atol(config.model.to_dict())
+                           + dot_atol(config.model.embed_dim + 1))
     assert abs(finetune["zeroshot_head/acc1"] - np.mean(scores.argmax(1) == labels)) <= slack + 1e-9
     assert finetune["acc1"] == finetune["zeroshot_head/acc1"]  # zero steps: the same program
 
