@@ -13,6 +13,7 @@
 # writes a checkpoint and exits with status 75; it is started again (up to VLMJAX_MAX_RESTARTS times,
 # default 100) and resumes. Ctrl-C or a SIGTERM to this script stops it for good (the run still writes
 # its checkpoint; the same command resumes it later).
+# VLMJAX_SKIP_SETUP=1 skips `launch/setup.sh` (python -m vlmjax.study sets it for its runs).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 script=$PWD/launch/local.sh
@@ -44,7 +45,7 @@ shift 2
 processes=${VLMJAX_PROCESSES:-1}
 [[ "$processes" =~ ^[1-9][0-9]*$ ]] || { echo "error: VLMJAX_PROCESSES must be a positive integer," \
                                               "got '$processes'" >&2; exit 2; }
-bash launch/setup.sh
+[ -n "${VLMJAX_SKIP_SETUP:-}" ] || bash launch/setup.sh  # a study's runs skip it: set up already
 source launch/env.sh
 train=(.venv/bin/python -m vlmjax.train --config "$config" --workdir "$workdir" "$@")
 if [ "$processes" -eq 1 ]; then
