@@ -154,7 +154,15 @@ class SlurmCluster:
             f.write("\n".join(lines) + "\n")
 
     def stop(self) -> None:
-        """SIGTERM to each daemon by its pid file (slurmd first), then SIGKILL what is left."""
+        """Cancels any job left (a failed test's), then SIGTERM to each daemon by its pid file
+        (slurmd first) and SIGKILL to what is left."""
+        if os.path.exists(self._pid_files["slurmctld"]):
+            jobs = self.run("squeue", "-h", "-o", "%i", check=False).stdout.split()
+            if jobs:
+                self.run("scancel", *jobs, check=False)
+                deadline = time.time() + 40
+                while time.time() < deadline and self.run("squeue", "-h", check=False).stdout.strip():
+                    time.sleep(0.5)
         pids = []
         for name in ("slurmd", "slurmctld", "munged"):
             try:

@@ -125,12 +125,20 @@ def main(argv: list[str] | None = None) -> int:
                   + shlex.join(run_command(REPO, run, paths[run.name], run_dirs[run.name])))
         return 0
 
-    claim_directory(directory, study.record(runs))
     if args.tpu:
+        # DIR is the workers' storage, often not mounted here: record the study if it can be.
+        try:
+            claim_directory(directory, study.record(runs))
+            recorded = f"# {directory}/study.json records the study (vlmjax.report reads it)"
+        except OSError as e:
+            recorded = (f"# {directory} is not writable here ({e.strerror}): run this command where it "
+                        "is mounted to write its study.json, which vlmjax.report reads")
+        print(recorded)
         print(f"# {len(pending)} of {len(runs)} runs to train (finished ones as seen from here are left "
               "out); set TPU_NAME and ZONE, then run these one after another from this checkout:")
         print("\n".join(tpu_commands(REPO, [(r, paths[r.name], run_dirs[r.name]) for r in pending])))
         return 0
+    claim_directory(directory, study.record(runs))
     if args.slurm:
         for run in runs:
             write_args(directory, run, paths[run.name], run_dirs[run.name])
