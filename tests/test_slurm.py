@@ -133,6 +133,9 @@ def test_a_study_submitted_as_a_job_array_completes(cluster, setup, synthetic_da
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     array = re.search(r"submitted job array (\d+): 2 of 2 runs \(tasks 0, 1\)", done.stdout).group(1)
+    twice = subprocess.run([*args, "--slurm", "--sbatch_args", " ".join(CPU_JOB)], cwd=REPO, env=env,
+                           capture_output=True, text=True, timeout=300)
+    assert twice.returncode == 2 and "of this study are still queued or running" in twice.stderr, twice.stderr
     deadline = time.time() + 600
     while time.time() < deadline and cluster.run("squeue", "-h", "-j", array, check=False).stdout.strip():
         time.sleep(1)

@@ -21,7 +21,7 @@ from vlmjax.errors import ConfigError, VlmjaxError
 from vlmjax.study.check import check_runs
 from vlmjax.study.slurm import array_spec, sbatch_command, write_args
 from vlmjax.study.spec import label_of, load_study, parse_study, raw_value
-from vlmjax.study.state import FINISHED, INTERRUPTED, NEW, claim_directory, run_state
+from vlmjax.study.state import FINISHED, INTERRUPTED, NEW, claim_directory, lock_directory, run_state
 from vlmjax.study.tpu import tpu_commands
 
 STUDY_FILE = os.path.join(REPO, "configs", "study", "tiny_test.py")
@@ -138,6 +138,13 @@ def test_a_directory_of_another_study_is_refused(tmp_path):
         claim_directory(str(tmp_path / "plain"), record)
 
 
+def test_one_local_runner_per_study_directory(tmp_path):
+    taken = rf"another `python -m vlmjax.study` \(pid {os.getpid()}\)"
+    with lock_directory(str(tmp_path)), pytest.raises(VlmjaxError, match=taken):
+        lock_directory(str(tmp_path))
+    lock_directory(str(tmp_path)).close()  # free again
+
+
 def test_run_state_from_the_run_directory(tmp_path):
     run = tmp_path / "run"
     assert run_state(str(run), 20, True) == NEW
@@ -163,7 +170,8 @@ def test_slurm_array_and_tpu_commands(tmp_path):
         "/repo/configs/test/tiny_clip.py", "/s/objective=siglip,seed=0", *run.override_args()]
     assert "--config.data.dir=/data dir" in run.override_args()
     command = sbatch_command("/repo", "/s", [0, 2, 3], "vlmjax-study-x", ["--nodes=4"])
-    assert command[:4] == ["sbatch", "--parsable", "--array=0,2-3", "--job-name=vlmjax-study-x"]
+    assert command[:5] == ["sbatch", "--parsable", "--array=0,2-3", "--job-name=vlmjax-study-x",
+                           "--comment=vlmjax-study:/s"]
     assert command[-4:] == ["--nodes=4", "/repo/launch/slurm_gpu.sbatch", "--study", "/s"]
     (line,) = tpu_commands(REPO, [(run, os.path.join(REPO, "configs/test/tiny_clip.py"), "/mnt/s/r")])
     assert line.startswith("bash launch/tpu_pod.sh train configs/test/tiny_clip.py /mnt/s/r ")

@@ -29,7 +29,7 @@ from vlmjax.study.local import (
 )
 from vlmjax.study.slurm import require_sbatch, sbatch_command, submit, write_args
 from vlmjax.study.spec import Run, load_study
-from vlmjax.study.state import FINISHED, claim_directory, run_state
+from vlmjax.study.state import FINISHED, claim_directory, lock_directory, run_state
 from vlmjax.study.tpu import tpu_commands
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(vlmjax.__file__)))
@@ -150,7 +150,8 @@ def main(argv: list[str] | None = None) -> int:
               f"{', '.join(str(r.index) for r in pending)}); run output in {directory}/<run>/slurm.log; "
               f"`python -m vlmjax.study ... --dry_run` shows their state")
         return 0
-    return run_locally(runs, pending, paths, run_dirs, configs, args.processes)
+    with lock_directory(directory):
+        return run_locally(runs, pending, paths, run_dirs, configs, args.processes)
 
 
 def run_locally(runs: list[Run], pending: list[Run], paths: dict, run_dirs: dict, configs: dict,

@@ -47,12 +47,27 @@ def array_spec(indices: list[int], max_parallel: int = 0) -> str:
     return ",".join(ranges) + (f"%{max_parallel}" if max_parallel > 0 else "")
 
 
+def job_comment(directory: str) -> str:
+    """The comment that marks a study's jobs, so that a second submission can find the first."""
+    return f"vlmjax-study:{directory}"
+
+
 def sbatch_command(repo: str, directory: str, indices: list[int], name: str,
                    sbatch_args: list[str], max_parallel: int = 0) -> list[str]:
     """The sbatch command line of the study's array (extra sbatch arguments come last, so they win)."""
     return ["sbatch", "--parsable", f"--array={array_spec(indices, max_parallel)}",
-            f"--job-name={name}", f"--output={os.path.join(directory, 'slurm', '%a.out')}",
+            f"--job-name={name}", f"--comment={job_comment(directory)}",
+            f"--output={os.path.join(directory, 'slurm', '%a.out')}",
             *sbatch_args, os.path.join(repo, SBATCH_SCRIPT), "--study", directory]
+
+
+def queued_jobs(directory: str, env: Mapping[str, str] | None = None) -> list[str]:
+    """Ids of this study's jobs still queued or running (squeue), [] when none or squeue fails."""
+    done = subprocess.run(["squeue", "-h", "-o", "%i %k"], env=dict(os.environ if env is None else env),
+                          capture_output=True, text=True)
+    comment = job_comment(directory)
+    return [line.split(" ", 1)[0] for line in done.stdout.splitlines()
+            if done.returncode == 0 and line.partition(" ")[2].strip() == comment]
 
 
 def require_sbatch(env: Mapping[str, str] | None = None) -> None:
@@ -66,6 +81,10 @@ def submit(repo: str, directory: str, indices: list[int], name: str, sbatch_args
            max_parallel: int = 0, env: Mapping[str, str] | None = None) -> str:
     """Submits the array and returns its job id (VlmjaxError, one line, when sbatch is missing or fails)."""
     require_sbatch(env)
+    queued = queued_jobs(directory, env)
+    if queued:
+        raise VlmjaxError(f"job(s) {', '.join(queued)} of this study are still queued or running; "
+                          "submitting again would run their runs twice: wait for them (or scancel them)")
     command = sbatch_command(repo, directory, indices, name, sbatch_args, max_parallel)
     run_env = dict(os.environ if env is None else env)
     run_env["VLMJAX_ROOT"] = repo  # the batch script runs from SLURM's spool: find the checkout

@@ -1,9 +1,11 @@
 """The study directory: its record (study.json, which refuses another study's runs) and each
 run's state read from its run directory (new, interrupted or finished)."""
 
+import fcntl
 import json
 import os
 from collections.abc import Mapping
+from typing import IO
 
 from vlmjax.errors import VlmjaxError
 
@@ -61,6 +63,24 @@ def claim_directory(directory: str, record: Mapping) -> None:
     with open(tmp, "w") as f:
         json.dump(record, f, indent=1)
     os.replace(tmp, path)
+
+
+def lock_directory(directory: str) -> IO:
+    """An exclusive lock on directory/study.lock for as long as the returned file stays open, so
+    that two local runners of one study never train the same run at once (VlmjaxError if taken)."""
+    handle = open(os.path.join(directory, "study.lock"), "a+")  # noqa: SIM115 (held by the caller)
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        handle.seek(0)
+        holder = handle.read().strip() or "?"
+        handle.close()
+        raise VlmjaxError(f"another `python -m vlmjax.study` (pid {holder}) is running the study in "
+                          f"{directory}; wait for it or stop it (Ctrl-C checkpoints its run)") from None
+    handle.truncate(0)
+    handle.write(str(os.getpid()))
+    handle.flush()
+    return handle
 
 
 def load_record(directory: str) -> dict:
