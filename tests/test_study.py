@@ -273,3 +273,21 @@ def test_finished_runs_are_skipped_and_the_directory_is_recorded(local_study):
             assert json.load(f)["step"] == 60
         with open(os.path.join(directory, name, "config.json")) as f:
             assert json.load(f)["seed"] == {"run=a": 0, "run=b": 1}[name]
+
+
+def test_the_report_reads_the_real_study_and_counts_parameters_from_checkpoints(local_study, tmp_path):
+    import jax
+    import numpy as np
+
+    from tests.launch_helpers import final_params
+    from vlmjax.report import write_study_report
+    from vlmjax.study.summary import parameter_count
+    directory = local_study[0]
+    with open(write_study_report(directory, str(tmp_path / "report"))) as f:
+        report = f.read()
+    assert "2 of 3 runs have results" in report and "Not finished yet (left out): run=broken." in report
+    assert "| run | fashion_mnist | mean | n |" in report
+    run_dir = os.path.join(directory, "run=a")
+    params = final_params(run_dir, 60)
+    assert parameter_count(run_dir) == sum(int(np.size(x)) for x in jax.tree.leaves(params)) > 10_000
+    assert parameter_count(os.path.join(directory, "run=broken")) is None
