@@ -110,6 +110,7 @@ def main(argv: list[str] | None = None) -> int:
     sbatch_args = shlex.split(args.sbatch_args)
 
     if args.dry_run:
+        claim_directory(directory, study.record(runs), write=False)  # another study's: refused
         print(f"{len(runs)} runs in {directory} ({len(runs) - len(pending)} finished), "
               f"valid for {devices} devices:")
         for run in runs:

@@ -42,8 +42,9 @@ def run_state(run_dir: str, num_steps: int, has_evals: bool) -> str:
     return NEW
 
 
-def claim_directory(directory: str, record: Mapping) -> None:
-    """Writes directory/study.json, or checks that the one there is this study's (VlmjaxError if not)."""
+def claim_directory(directory: str, record: Mapping, write: bool = True) -> None:
+    """Writes directory/study.json (unless `write` is false), or checks that the one there is this
+    study's (VlmjaxError if not)."""
     path = os.path.join(directory, RECORD)
     if os.path.isfile(path):
         with open(path) as f:
@@ -58,6 +59,8 @@ def claim_directory(directory: str, record: Mapping) -> None:
     if os.path.isdir(directory) and os.listdir(directory):
         raise VlmjaxError(f"{directory} is not empty and holds no {RECORD}, so it is not a study "
                           "directory; pass an empty or new --workdir")
+    if not write:
+        return
     os.makedirs(directory, exist_ok=True)
     tmp = path + ".tmp"
     with open(tmp, "w") as f:
