@@ -130,8 +130,9 @@ def test_a_directory_of_another_study_is_refused(tmp_path):
     claim_directory(directory, record)  # the same study again: fine
     body = load_study(STUDY_FILE + ":quick")
     other = dataclasses.replace(body, overrides={**body.overrides, "train.num_steps": 30})
+    refused = r"holds another study .*train.num_steps=20, this study sets 30"
     for write in (True, False):  # (False: what --dry_run checks)
-        with pytest.raises(VlmjaxError, match=r"holds another study .*train.num_steps=20, this study sets 30"):
+        with pytest.raises(VlmjaxError, match=refused):
             claim_directory(directory, other.record(other.runs()), write=write)
     (tmp_path / "plain").mkdir()
     (tmp_path / "plain" / "something").write_text("x")
