@@ -25,6 +25,7 @@ from vlmjax.study.state import FINISHED, INTERRUPTED, NEW, claim_directory, lock
 from vlmjax.study.tpu import tpu_commands
 
 STUDY_FILE = os.path.join(REPO, "configs", "study", "tiny_test.py")
+STEPS = 60  # of the runs trained here; a row every step: the SIGTERM lands mid-run even on a fast machine
 
 
 def _env() -> dict:
@@ -209,7 +210,8 @@ def local_study(tmp_path_factory, synthetic_data_dir):
     tmp = tmp_path_factory.mktemp("study")
     broken = _truncated_copy(synthetic_data_dir, str(tmp / "broken_data"))
     study = _study(tmp, {"config": "configs/test/tiny_clip.py",
-                         "overrides": {"train.num_steps": 60, "train.checkpoint_every": 30},
+                         "overrides": {"train.num_steps": STEPS, "train.checkpoint_every": 30,
+                                       "train.log_every": 1},
                          "axes": {"run": {"broken": {"data.dir": broken},
                                           "a": {"data.dir": synthetic_data_dir, "seed": 0},
                                           "b": {"data.dir": synthetic_data_dir, "seed": 1}}}})
@@ -253,7 +255,7 @@ def test_sigterm_stops_the_study_with_a_checkpoint_and_the_next_start_resumes(lo
     assert status == 75, err
     assert "run the same command to resume the study" in err
     assert "[3/3]" not in out  # the study stopped; the next run was not started
-    assert 0 < stopped_at < 60
+    assert 0 < stopped_at < STEPS
     with open(os.path.join(directory, "run=a", "run.log")) as f:
         log = f.read()
     assert f"wrote the checkpoint of step {stopped_at}" in log
@@ -272,7 +274,7 @@ def test_finished_runs_are_skipped_and_the_directory_is_recorded(local_study):
     assert [r["name"] for r in record["runs"]] == ["run=broken", "run=a", "run=b"]
     for name in ("run=a", "run=b"):
         with open(os.path.join(directory, name, "results.json")) as f:
-            assert json.load(f)["step"] == 60
+            assert json.load(f)["step"] == STEPS
         with open(os.path.join(directory, name, "config.json")) as f:
             assert json.load(f)["seed"] == {"run=a": 0, "run=b": 1}[name]
 
@@ -290,6 +292,6 @@ def test_the_report_reads_the_real_study_and_counts_parameters_from_checkpoints(
     assert "2 of 3 runs have results" in report and "Not finished yet (left out): run=broken." in report
     assert "| run | fashion_mnist | mean | n |" in report
     run_dir = os.path.join(directory, "run=a")
-    params = final_params(run_dir, 60)
+    params = final_params(run_dir, STEPS)
     assert parameter_count(run_dir) == sum(int(np.size(x)) for x in jax.tree.leaves(params)) > 10_000
     assert parameter_count(os.path.join(directory, "run=broken")) is None
