@@ -82,12 +82,12 @@ def test_impossible_values(tiny_config):
     cases = [
         ("model.activation", "relu", "choose one of 'gelu', 'quick_gelu'"),
         ("model.image.pool", "max", "choose one of 'cls', 'gap', 'map'"),
-        ("train.num_steps", 0, "positive integer"),
+        ("train.num_steps", 0, "it must be positive"),
         ("optimizer.warmup_steps", 100, "is not below train.num_steps"),
         ("model.image.patch_size", 5, "not a multiple of the patch size"),
         ("model.text.heads", 3, "does not divide model.text.width"),
-        ("objective.name", "triplet", "not a registered objective"),
-        ("tokenizer.kind", "wordpiece", "choose one of clip_bpe"),
+        ("objective.name", "triplet", "objective.name='triplet' is not registered"),
+        ("tokenizer.kind", "wordpiece", "choose one of 'clip_bpe'"),
         ("train.locked_tower", "audio", "choose one of"),
         ("tokenizer.kind", "sentencepiece", r"config\.tokenizer\.path \(''\) does not exist"),
     ]
@@ -126,16 +126,14 @@ def test_model_image_unlike_the_data_images_is_named_before_training(tiny_config
                                                                       message):
     # Without the check training compiles, then fails deep in JAX (a patch embedding of the
     # wrong shape); the IDX images are not resized, so the model must take 28x28 grayscale.
-    from vlmjax.train.__main__ import check_training_images
+    from vlmjax.config import validate
     tiny_config.model.image.update(overrides)
-    _validate(tiny_config)  # the model alone is fine, and evaluating another dataset is too
+    validate(tiny_config, 8, training=False)  # evaluating the model (other data) is fine
     with pytest.raises(ConfigError, match=r"^the fashion_mnist images in .* are 28x28 with 1 "
                                           r"channel\(s\) \(they are not resized\), but model"):
-        check_training_images(tiny_config)
+        validate(tiny_config, 8)
     with pytest.raises(ConfigError, match=message):
-        check_training_images(tiny_config)
-    tiny_config.data.name = "image_text"  # resized to the model's size: not this check's
-    check_training_images(tiny_config)
+        validate(tiny_config, 8)
 
 
 # Every config file that takes an argument, with its valid arguments ("" is none).
@@ -223,9 +221,9 @@ def test_saved_config_of_an_older_version_gets_defaults_for_newer_keys(tmp_path,
 
     from vlmjax.train.workdir import load_saved_config
     old = tiny_config.to_dict()
-    del old["model"]["coca"], old["model"]["filip"], old["train"]["grad_accum_steps"]
+    del old["model"]["image"]["mask_ratio"], old["train"]["grad_accum_steps"]
     (tmp_path / "config.json").write_text(json.dumps(old))
     loaded = load_saved_config(str(tmp_path))
-    assert loaded.model.filip.temperature_per_direction is False
+    assert loaded.model.image.mask_ratio == 0.0
     assert loaded.train.grad_accum_steps == 1 and loaded.train.batch_size == tiny_config.train.batch_size
     validate(loaded, 8)

@@ -7,7 +7,9 @@ import os
 
 import ml_collections
 
-from vlmjax.config.defaults import PER_CHANNEL_KEYS, channel_stat
+from vlmjax.config.defaults import channel_stat
+from vlmjax.config.schema import complete, schema_of, swap_components
+from vlmjax.data.registry import PER_CHANNEL_KEYS
 from vlmjax.errors import ConfigError
 
 
@@ -75,30 +77,63 @@ def _parse_value(raw: str, current: object, key: str) -> object:
     return value
 
 
-def apply_override(config: ml_collections.ConfigDict, key: str, raw: str) -> None:
-    """Sets dotted `key` (which must exist) to `raw` parsed as the existing value's type."""
+def _find(config: ml_collections.ConfigDict, parts: list[str]) -> ml_collections.ConfigDict | None:
+    """The section holding key `parts[-1]`, or None where the path does not exist."""
     node = config
-    parts = key.split(".")
+    for part in parts[:-1]:
+        if not isinstance(node, ml_collections.ConfigDict) or part not in node:
+            return None
+        node = node[part]
+    if not isinstance(node, ml_collections.ConfigDict) or parts[-1] not in node:
+        return None
+    return node
+
+
+def _missing_key_error(config: ml_collections.ConfigDict, key: str) -> ConfigError:
+    parts, node = key.split("."), config
     for i, part in enumerate(parts):
         if not isinstance(node, ml_collections.ConfigDict) or part not in node:
             known = list(node.keys()) if isinstance(node, ml_collections.ConfigDict) else []
             close = difflib.get_close_matches(part, known, n=1)
             prefix = ".".join(parts[:i] + close[:1])
             hint = f"did you mean --config.{prefix}?" if close else "check the key's spelling"
-            raise ConfigError(f"--config.{key}: config.{'.'.join(parts[:i + 1])} is not a "
-                              f"key of this config; {hint}")
-        if i < len(parts) - 1:
-            node = node[part]
+            return ConfigError(f"--config.{key}: config.{'.'.join(parts[:i + 1])} is not a key "
+                               f"of this config; {hint}")
+        node = node[part]
+    return ConfigError(f"--config.{key} is not a key of this config")
+
+
+def apply_override(config: ml_collections.ConfigDict, key: str, raw: str) -> None:
+    """Sets dotted `key` to `raw` parsed as the existing value's type.
+
+    Every key of the config's components is overridable, also where the file left it at its
+    default; `--config.evals.NAME.kind=KIND` adds an evaluator. Changing a component (a `name`
+    or `kind`) swaps the keys the old one brought for the new one's defaults.
+    """
+    parts = key.split(".")
+    node = _find(config, parts)
+    if node is None:
+        complete(config)
+        node = _find(config, parts)
+    if node is None and len(parts) == 3 and parts[0] == "evals" and parts[2] == "kind":
+        with config.unlocked():
+            config.evals[parts[1]] = ml_collections.ConfigDict({"kind": raw})
+        complete(config)
+        return
+    if node is None:
+        raise _missing_key_error(config, key)
     current = node[parts[-1]]
     if isinstance(current, ml_collections.ConfigDict):
         raise ConfigError(f"--config.{key} names a section; set one of its keys instead: "
                           f"{', '.join(current.keys())}")
     value = _parse_value(raw, current, key)
+    old_schema = schema_of(config.to_dict())
     with node.unlocked():
         if key in PER_CHANNEL_KEYS:  # a config rebuilt from JSON typed the field float or list
             del node[parts[-1]]
             value = channel_stat(value)
         node[parts[-1]] = value
+    swap_components(config, old_schema)  # when a component's name or kind changed
 
 
 def config_from_args(spec: str, overrides: list[str],
@@ -122,6 +157,7 @@ def config_from_args(spec: str, overrides: list[str],
                               "`python -m vlmjax.evaluate --workdir RUN --config ...`")
         suite, config = config, ml_collections.ConfigDict(base.to_dict())
         config.evals = suite.evals
+    complete(config)
     for item in overrides:
         key, sep, raw = item.partition("=")
         if not sep:

@@ -1,15 +1,36 @@
-"""data.name="image_text": the data.web.* keys checked, and the training iterator built from them."""
+"""data.name="image_text": web-scale image-caption shards; its data.web.* keys, their checks,
+and the training iterator built from them."""
 
 from collections.abc import Mapping
 
 from vlmjax.data.image_text_pipeline import ImageTextIterator, image_text_dataset
-from vlmjax.data.image_text_sources import SourceSpec
+from vlmjax.data.image_text_sources import SourceSpec, check_missing_shards
 from vlmjax.data.image_text_transform import ImageTextTransform
+from vlmjax.data.train_source import TrainSource
 from vlmjax.errors import ConfigError, DataError
+from vlmjax.options import require_positive
 from vlmjax.tokenizers import Tokenizer
 
-IMAGE_TEXT = "image_text"
 CROPS = ("random_resized", "center")
+OPTIONS = {"web": {
+    # "prepared:DIR" (array_record shards of `python -m vlmjax.data.prepare`: global shuffle,
+    # exact resume) or "tar:PATTERN" (webdataset tars streamed: a directory, glob or brace range).
+    "sources": (),
+    "weights": (),  # mixture weights, one per source; () mixes uniformly
+    "num_workers": 2,  # decoding processes per host (0: in the training process)
+    "worker_buffer": 2,  # batches each worker prepares ahead
+    "cycle_length": 4,  # tar shards each worker reads at once (interleaved)
+    # Tar shards of a brace range that are absent: "error" (stop before training) or "count"
+    # (train on the others, counting each read of a missing shard in data/missing_shards).
+    "missing_shards": "error",
+    "crop": "random_resized",  # random_resized | center (resize shorter side + centre crop)
+    "crop_scale": (0.9, 1.0),  # RandomResizedCrop area fraction (open_clip's default)
+    "crop_ratio": (3 / 4, 4 / 3),  # RandomResizedCrop aspect ratio range
+    # Samples outside these bounds are skipped (counted as absurd_size).
+    "min_image_size": 8,
+    "max_image_size": 16384,
+    "max_aspect_ratio": 20.0,
+}}
 
 
 def _fail(key: str, problem: str, fix: str) -> None:
@@ -19,6 +40,7 @@ def _fail(key: str, problem: str, fix: str) -> None:
 
 def check_image_text_config(cfg: Mapping) -> None:
     """Raises ConfigError naming the data.web key (or DataError naming the missing source)."""
+    require_positive(cfg["data"], "data", "prefetch")
     web = cfg["data"]["web"]
     if not web["sources"]:
         _fail("sources", "is empty but data.name='image_text'",
@@ -51,14 +73,16 @@ def check_image_text_config(cfg: Mapping) -> None:
         raise ConfigError(f"config.tokenizer.kind={cfg['tokenizer']['kind']!r} trains on a labelled "
                           "dataset's caption vocabulary, which image_text data has not; use a fixed "
                           "vocabulary, e.g. --config.tokenizer.kind=clip_bpe")
+    check_missing_shards(web["missing_shards"])
     for spec in specs:
-        spec.check()
+        spec.check(web["missing_shards"])
 
 
-def image_text_iterator(cfg: Mapping, tokenizer: Tokenizer, batch_size: int,
+def image_text_iterator(cfg: Mapping, tokenizer: Tokenizer, rows: slice,
                         process_index: int, process_count: int) -> ImageTextIterator:
-    """This host's checkpointable iterator of `batch_size` rows per step (uint8 images: the train
-    step normalises them on device)."""
+    """This host's checkpointable iterator of its `rows` of every global batch (uint8 images:
+    the train step normalises them on device)."""
+    batch_size = rows.stop - rows.start
     web, image = cfg["data"]["web"], cfg["model"]["image"]
     transform = ImageTextTransform(
         size=image["image_size"], channels=image["channels"], crop=web["crop"],
@@ -74,4 +98,7 @@ def image_text_iterator(cfg: Mapping, tokenizer: Tokenizer, batch_size: int,
         cfg["tokenizer"]["context_length"], batch_size, seed=cfg["seed"],
         weights=tuple(web["weights"]), process_index=process_index, process_count=process_count,
         cycle_length=web["cycle_length"], num_workers=web["num_workers"],
-        worker_buffer=web["worker_buffer"]))
+        worker_buffer=web["worker_buffer"], missing_shards=web["missing_shards"]))
+
+
+IMAGE_TEXT = TrainSource(options=OPTIONS, check=check_image_text_config, build=image_text_iterator)

@@ -10,7 +10,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from vlmjax.objectives.registry import Objective
+from vlmjax.objectives.objective import Objective
 
 OPTIONS = {"label_smoothing": 0.0}
 
@@ -29,4 +29,4 @@ def classification_loss(outputs: Mapping[str, jax.Array], options: Mapping,
 
 
 CLASSIFICATION = Objective(name="classification", loss=classification_loss, options=OPTIONS,
-                           models=())
+                           consumes=frozenset({"logits"}))

@@ -11,7 +11,7 @@ from vlmjax.objectives.contrastive import (
     check_contrastive_options,
     softmax_contrastive,
 )
-from vlmjax.objectives.registry import Objective, register
+from vlmjax.objectives.objective import Objective
 
 COCA_OPTIONS = {**CONTRASTIVE_OPTIONS, "contrastive_weight": 1.0, "caption_weight": 2.0,
                 "label_smoothing": 0.0}
@@ -68,5 +68,5 @@ def _check(config: Mapping) -> None:
                           "lie in [0, 1); use e.g. 0.0 or 0.1")
 
 
-COCA = register(Objective(name="coca", loss=coca_loss, options=COCA_OPTIONS, models=("coca",),
-                          check=_check))
+COCA = Objective(name="coca", loss=coca_loss, options=COCA_OPTIONS,
+                 consumes=frozenset({"embeddings", "captions"}), check=_check)

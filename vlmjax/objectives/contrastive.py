@@ -12,7 +12,7 @@ import jax.numpy as jnp
 import optax
 
 from vlmjax.errors import ConfigError
-from vlmjax.objectives.registry import Objective, register
+from vlmjax.objectives.objective import Objective
 from vlmjax.objectives.ring import NO_RING, Ring, batch_ring
 from vlmjax.objectives.softmax_blockwise import blockwise_softmax_loss
 
@@ -78,5 +78,5 @@ def clip_loss(outputs: Mapping[str, jax.Array], options: Mapping,
     return loss, {"loss": loss, "logit_scale": outputs["logit_scale"], **accuracy}
 
 
-CLIP = register(Objective(name="clip", loss=clip_loss, options=CONTRASTIVE_OPTIONS,
-                          check=check_contrastive_options))
+CLIP = Objective(name="clip", loss=clip_loss, options=CONTRASTIVE_OPTIONS,
+                  check=check_contrastive_options)

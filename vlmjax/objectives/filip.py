@@ -18,7 +18,7 @@ import jax.numpy as jnp
 
 from vlmjax.errors import ConfigError
 from vlmjax.objectives.contrastive import blockwise_ring, check_contrastive_options
-from vlmjax.objectives.registry import Objective, register
+from vlmjax.objectives.objective import Objective
 from vlmjax.objectives.ring import batch_ring
 from vlmjax.objectives.token_selection import select_tokens
 from vlmjax.objectives.token_similarity import (
@@ -105,5 +105,5 @@ def _check(config: Mapping) -> None:
                           f"batch shard) or divide train.batch_size ({config['train']['batch_size']})")
 
 
-FILIP = register(Objective(name="filip", loss=filip_loss, options=FILIP_OPTIONS, models=("filip",),
-                           check=_check))
+FILIP = Objective(name="filip", loss=filip_loss, options=FILIP_OPTIONS, consumes=frozenset({"tokens"}),
+                   check=_check)

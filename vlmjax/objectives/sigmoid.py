@@ -12,7 +12,7 @@ from vlmjax.objectives.contrastive import (
     check_contrastive_options,
     contrastive_accuracy,
 )
-from vlmjax.objectives.registry import Objective, register
+from vlmjax.objectives.objective import Objective
 from vlmjax.objectives.sigmoid_blockwise import blockwise_sigmoid_loss
 
 
@@ -48,5 +48,5 @@ def _check(config: Mapping) -> None:
     check_contrastive_options(config)
 
 
-SIGLIP = register(Objective(name="siglip", loss=siglip_loss, options=CONTRASTIVE_OPTIONS,
-                            check=_check))
+SIGLIP = Objective(name="siglip", loss=siglip_loss, options=CONTRASTIVE_OPTIONS,
+                    check=_check)

@@ -8,8 +8,35 @@ import jax
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from vlmjax.config.validate import MESH_AXES, resolve_mesh_shape
+from vlmjax.errors import ConfigError
 from vlmjax.parallel.logical import Rules, logical_to_spec
+
+MESH_AXES = ("data", "fsdp", "tensor")
+
+
+def _fail(key: str, problem: str, fix: str) -> None:
+    raise ConfigError(f"config.{key} {problem}; {fix}")
+
+
+def resolve_mesh_shape(mesh_cfg: Mapping, num_devices: int) -> dict[str, int]:
+    """Mesh axis sizes (`config.mesh`) with the single -1 replaced by the remaining devices."""
+    sizes = {axis: int(mesh_cfg[axis]) for axis in MESH_AXES}
+    free = [a for a, s in sizes.items() if s == -1]
+    if len(free) > 1:
+        _fail("mesh", f"has -1 on several axes ({', '.join(free)})", "use -1 on at most one axis")
+    for axis, size in sizes.items():
+        if size == 0 or size < -1:
+            _fail(f"mesh.{axis}", f"is {size}", "use a positive size or -1 for the rest")
+    fixed = math.prod(size for size in sizes.values() if size > 0)
+    if free:
+        if num_devices % fixed:
+            _fail("mesh", f"fixed axes multiply to {fixed}, which does not divide the "
+                  f"{num_devices} devices", "pick sizes whose product divides the device count")
+        sizes[free[0]] = num_devices // fixed
+    elif fixed != num_devices:
+        _fail("mesh", f"sizes multiply to {fixed} but there are {num_devices} devices",
+              "make the product equal the device count, or set one axis to -1")
+    return sizes
 
 
 def make_mesh(mesh_cfg: Mapping, devices: Sequence[jax.Device] | None = None) -> Mesh:
@@ -106,7 +133,8 @@ def replicated(mesh: Mesh) -> NamedSharding:
 
 
 def state_shardings(abstract_state: Any, params_sharding: dict, mesh: Mesh) -> Any:
-    """Shardings of a {step, params, opt_state} tree: optimizer moments follow their params."""
+    """Shardings of the {step, params, opt_state} of a train state: optimizer moments follow
+    their params, other optimizer leaves (counts) are replicated."""
     params_struct = jax.tree.structure(params_sharding)
 
     def follow(subtree: Any) -> Any:
