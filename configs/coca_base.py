@@ -17,16 +17,14 @@ def get_config(arg: str = "paper") -> ml_collections.ConfigDict:
     if arg not in ARGS:
         raise ConfigError(f"{__file__}: unknown argument {arg!r}; choose paper or open_clip "
                           "(path.py:open_clip)")
-    c = base_config()
+    c = base_config(model="coca", objective="coca")
     c.tokenizer.kind = "trained_bpe"
     c.tokenizer.vocab_size = 64_000
     c.tokenizer.context_length = 64
-    c.model.name = "coca"
     c.model.embed_dim = 768
     c.model.image.update(variant="B/16", image_size=224, pool="gap")
-    c.model.text.update(width=768, heads=12, mlp_dim=3072)
-    c.model.coca.update(pooler=arg, caption_queries=256, pooler_heads=8, unimodal_depth=12,
-                        multimodal_depth=12)
-    c.objective.name = "coca"
+    # The unimodal half: 12 causal layers pooled at an appended CLS.
+    c.model.text.update(width=768, depth=12, heads=12, mlp_dim=3072, pool="cls")
+    c.model.coca.update(pooler=arg, caption_queries=256, pooler_heads=8, multimodal_depth=12)
     c.optimizer.weight_decay = 0.01
     return c

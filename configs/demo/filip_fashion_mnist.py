@@ -10,7 +10,7 @@ import os
 
 import ml_collections
 
-from vlmjax.config import load_config_file
+from vlmjax.config import load_config_file, select
 from vlmjax.errors import ConfigError
 
 CLIP_DEMO = os.path.join(os.path.dirname(os.path.abspath(__file__)), "clip_fashion_mnist.py")
@@ -22,10 +22,10 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
         raise ConfigError(f"{__file__}: unknown argument {arg!r}; give no argument or "
                           "per_direction (path.py:per_direction)")
     c = load_config_file(CLIP_DEMO)
-    c.model.name = "filip"
+    select(c, "model.name", "filip")
     c.model.filip.temperature_per_direction = arg == "per_direction"
-    c.objective = ml_collections.ConfigDict(dict(name="filip", implementation="ring",
-                                                 chunk_size=64))
+    select(c, "objective.name", "filip")
+    c.objective.update(implementation="ring", chunk_size=64)
     # 1000 test images with 5 captions of their class each: recall@k by token-wise scores. The
     # captions describe the class, so a hit is any caption (image) of the query's class.
     c.evals.retrieval = ml_collections.ConfigDict(dict(

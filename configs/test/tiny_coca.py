@@ -8,7 +8,7 @@ import os
 
 import ml_collections
 
-from vlmjax.config import load_config_file
+from vlmjax.config import load_config_file, select
 from vlmjax.errors import ConfigError
 
 TINY_CLIP = os.path.join(os.path.dirname(os.path.abspath(__file__)), "tiny_clip.py")
@@ -20,10 +20,9 @@ def get_config(arg: str = "paper") -> ml_collections.ConfigDict:
         raise ConfigError(f"{__file__}: unknown argument {arg!r}; choose paper or open_clip "
                           "(path.py:open_clip)")
     c = load_config_file(TINY_CLIP)
-    c.model.name = "coca"
+    select(c, "model.name", "coca")
+    select(c, "objective.name", "coca")
     c.model.image.pool = "gap"
-    c.model.text.depth = 2
-    c.model.coca.update(pooler=arg, caption_queries=4, pooler_heads=2, unimodal_depth=1,
-                        multimodal_depth=1)
-    c.objective.name = "coca"
+    c.model.text.update(depth=1, pool="cls")  # the unimodal half: a causal tower + CLS
+    c.model.coca.update(pooler=arg, caption_queries=4, pooler_heads=2, multimodal_depth=1)
     return c

@@ -62,7 +62,7 @@ def _encoder(bv: str, ours: str, depth: int, final_norm: str) -> list[Entry]:
 
 
 def _head(bv: str, ours: str) -> list[Entry]:
-    return [Entry(f"{bv}/head/kernel", f"{ours}/proj"), Entry(f"{bv}/head/bias", f"{ours}/proj_bias")]
+    return [Entry(f"{bv}/head/kernel", f"{ours}_proj/kernel"), Entry(f"{bv}/head/bias", f"{ours}_proj/bias")]
 
 
 def siglip_entries(image_depth: int, text_depth: int, image_head: bool, text_head: bool,

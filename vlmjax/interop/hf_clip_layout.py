@@ -76,11 +76,11 @@ def clip_entries(image_depth: int, image_heads: int, text_depth: int, text_heads
         *_layer_entries(v, "image", image_depth, image_heads),
         Entry(f"{v}.post_layernorm.weight", "image/ln_post/scale", "same"),
         Entry(f"{v}.post_layernorm.bias", "image/ln_post/bias", "same"),
-        Entry("visual_projection.weight", "image/proj", "linear"),
+        Entry("visual_projection.weight", "image_proj/kernel", "linear"),
         Entry(f"{t}.embeddings.token_embedding.weight", "text/token_embed", "same"),
         Entry(f"{t}.embeddings.position_embedding.weight", "text/pos_embed", "same"),
         *_layer_entries(t, "text", text_depth, text_heads),
         Entry(f"{t}.final_layer_norm.weight", "text/ln_final/scale", "same"),
         Entry(f"{t}.final_layer_norm.bias", "text/ln_final/bias", "same"),
-        Entry("text_projection.weight", "text/proj", "linear"),
+        Entry("text_projection.weight", "text_proj/kernel", "linear"),
     ]

@@ -16,6 +16,7 @@ from collections.abc import Mapping
 
 import ml_collections
 
+from vlmjax.config import select
 from vlmjax.errors import CheckpointError
 from vlmjax.interop.hf_clip_config import OPENAI_MEAN, OPENAI_STD
 from vlmjax.interop.workdir_writer import imported_config
@@ -227,7 +228,8 @@ def _coca(c: ml_collections.ConfigDict, cfg: Mapping, pooler: dict, name: str) -
     if c.model.use_logit_bias:
         raise CheckpointError(f"{name}: init_logit_bias is not supported for CoCa (vlmjax's CoCa "
                               "has no logit bias)")
-    c.model.name = "coca"
-    c.objective.name = "coca"  # contrastive + captioning (weights 1 and 2, as open_clip's)
-    c.model.coca.update(pooler="open_clip", decoder_block="open_clip", cls_mask="open_clip",
-                        unimodal_depth=text.depth, multimodal_depth=int(m["layers"]), **pooler)
+    select(c, "model.name", "coca")
+    select(c, "objective.name", "coca")  # contrastive + captioning (weights 1 and 2, as open_clip's)
+    c.model.text.update(pool="cls", cls_mask="open_clip")  # the unimodal tower, appended CLS
+    c.model.coca.update(pooler="open_clip", decoder_block="open_clip",
+                        multimodal_depth=int(m["layers"]), **pooler)

@@ -71,14 +71,14 @@ def _text_tower(prefix: str, ours: str, text: dict, depth: int) -> list[Entry]:
             Entry(f"{prefix}positional_embedding", f"{ours}/pos_embed", "same"),
             *_blocks(f"{prefix}transformer", f"{ours}/encoder", depth, text["heads"]),
             *_norm(f"{prefix}ln_final", f"{ours}/ln_final"),
-            Entry(f"{prefix}text_projection", f"{ours}/proj", "same")]
+            Entry(f"{prefix}text_projection", f"{ours}_proj/kernel", "same")]
 
 
 def clip_entries(model: dict, text_prefix: str) -> list[Entry]:
     """Every tensor of an open_clip ViT CLIP (text tower under `text_prefix`: "" or "text.")."""
     image, text = model["image"], model["text"]
     out = [Entry("logit_scale", "logit_scale", "same"), *_vit_trunk(image, image["heads"]),
-           *_norm("visual.ln_post", "image/ln_post"), Entry("visual.proj", "image/proj", "same"),
+           *_norm("visual.ln_post", "image/ln_post"), Entry("visual.proj", "image_proj/kernel", "same"),
            *_text_tower(text_prefix, "text", text, text["depth"])]
     if model["use_logit_bias"]:
         out.append(Entry("logit_bias", "logit_bias", "same"))
@@ -96,7 +96,7 @@ def coca_entries(model: dict, pooler_packed: bool) -> list[Entry]:
                        pooler_packed),
            *_norm("visual.ln_post", "image_head/ln_post"),
            Entry("visual.proj", "image_head/proj", "same"),
-           *_text_tower("text.", "text", text, coca["unimodal_depth"]),
+           *_text_tower("text.", "text", text, text["depth"]),
            Entry("text.cls_emb", "text/cls_token", "same"),
            *_norm("text_decoder.ln_final", "decoder/ln_final"),
            Entry("text_decoder.text_projection", "decoder/head", "same")]

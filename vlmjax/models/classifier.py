@@ -7,6 +7,8 @@ model is kept as `backbone` (any family's `encode_image` works); fine-tuning loc
 but its image tower.
 """
 
+from collections.abc import Mapping
+
 import jax
 import jax.numpy as jnp
 from flax import nnx
@@ -20,9 +22,8 @@ class ZeroShotHeadClassifier(nnx.Module):
         self.head = nnx.Param(jnp.asarray(head, jnp.float32), logical_axes=(None, "joint"))
         self.bias = nnx.Param(jnp.zeros((head.shape[0],), jnp.float32), logical_axes=(None,))
 
-    def __call__(self, images: jax.Array, ids: jax.Array | None = None,
-                 mask: jax.Array | None = None) -> dict[str, jax.Array]:
-        """Normalised images -> {"logits": [b, C]}; text inputs (the train step passes the
-        batch's) are ignored."""
-        embed = self.backbone.encode_image(images)
+    def __call__(self, batch: Mapping[str, jax.Array], *, train: bool = False,
+                 rng: jax.Array | None = None) -> dict[str, jax.Array]:
+        """A batch's normalised images -> {"logits": [b, C]} (its other arrays are unused)."""
+        embed = self.backbone.encode_image(batch["image"], train=train, rng=rng)
         return {"logits": jnp.einsum("be,ce->bc", embed, self.head[...]) + self.bias[...]}

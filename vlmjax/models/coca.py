@@ -1,8 +1,9 @@
 """CoCa (Yu et al. 2022): contrastive image/text embeddings plus an image-conditioned captioner.
 
-Parameters: `image` (ViT trunk: patches -> encoder, without the two-tower pooling head),
-`image_head` (attentional poolers + projection), `text` (unimodal decoder + CLS embedding head),
-`decoder` (multimodal layers + untied vocabulary head), `logit_scale`.
+Parameters: `image` (the image tower built without its head: its trunk's tokens),
+`image_head` (attentional poolers + projection), `text` (the unimodal text tower: a text
+transformer with an appended CLS, `model.text.pool="cls"`), `text_proj`, `decoder` (multimodal
+layers + untied vocabulary head), `logit_scale`.
 
 Pooler layouts (`model.coca.pooler`):
 - "paper" (default; open_clip's attentional_pool="parallel"): LayerNorm on the ViT tokens, then
@@ -14,9 +15,9 @@ Pooler layouts (`model.coca.pooler`):
   embedding and outputs 1.. (caption_queries - 1 of them) feed the decoder.
 Poolers LayerNorm their queries and keys (open_clip's AttentionalPooler). With image.pool="cls"
 the class token is among the pooled tokens (as in open_clip); "gap" has no class token.
-The text decoder's open_clip variants (`model.coca.cls_mask`, `model.coca.decoder_block`, see
-text_decoder.py) complete the open_clip layout; `python -m vlmjax.convert --from open_clip`
-sets all three.
+open_clip's text-side variants (`model.text.cls_mask`, `model.coca.decoder_block`, see
+models/text.py and text_decoder.py) complete the open_clip layout; `python -m vlmjax.convert
+--from open_clip` sets all three.
 
 API (for zero-shot evaluation and, later, KV-cache generation; images are normalised floats):
 - `encode_image(images) -> image_embed [b, e]` and `encode_text(ids, mask) -> text_embed [b, e]`,
@@ -35,30 +36,26 @@ import jax.numpy as jnp
 from flax import nnx
 
 from vlmjax.models import layers
-from vlmjax.models.text_decoder import MultimodalDecoder, UnimodalDecoder
-from vlmjax.models.two_tower import l2_normalize
-from vlmjax.models.vit import VisionTransformer, VitConfig
+from vlmjax.models.embedding import l2_normalize
+from vlmjax.models.projection import side_projection
+from vlmjax.models.text_decoder import BLOCKS, MultimodalDecoder
+from vlmjax.models.tower import TowerSettings
+from vlmjax.models.towers import build_tower, tower_width
+from vlmjax.models.two_tower import scalar, tower_rngs
+from vlmjax.options import fail, require_choice, require_positive
 
 POOLERS = ("paper", "open_clip")
-# LiT: the image tower is the ViT trunk (the poolers are trained, as in CoCa's frozen-feature
+OPTIONS = {"coca": {
+    "pooler": "paper",  # paper (caption + contrastive poolers) | open_clip (one pooler)
+    "caption_queries": 256,  # queries of the captioning pooler (open_clip: incl. the 1st)
+    "pooler_heads": 8,
+    "multimodal_depth": 6,  # the unimodal half is the text tower (model.text.depth)
+    # paper (self-attn, cross-attn, MLP) | open_clip (self-attn, MLP, cross-attn, MLP)
+    "decoder_block": "paper",
+}}
+# LiT: the image tower is the trunk (the poolers are trained, as in CoCa's frozen-feature
 # evaluations); the text tower is the whole decoder.
-COCA_TOWER_PATTERNS = {"image": r"^image/", "text": r"^(text|decoder)/"}
-
-
-class VisionTrunk(VisionTransformer):
-    """The ViT without ln_post and its pooling/projection head: CoCa pools its tokens itself."""
-
-    def __init__(self, cfg: VitConfig, activation: str, *, rngs: nnx.Rngs, remat: str = "none",
-                 scan_layers: bool = False):
-        if cfg.pool not in ("cls", "gap"):
-            raise ValueError(f"CoCa's ViT pool must be 'cls' or 'gap' (its poolers replace "
-                             f"the head), got {cfg.pool!r}")
-        super().__init__(cfg, 1, activation, rngs=rngs, remat=remat, scan_layers=scan_layers)
-        del self.proj, self.ln_post  # unused: no dead parameters
-
-    def __call__(self, images: jax.Array) -> jax.Array:
-        """images: [b, H, W, c] normalised floats -> encoder output [b, n (+1 class token), d]."""
-        return self.encode_tokens(images)
+COCA_TOWER_PATTERNS = {"image": r"^image/", "text": r"^(text|text_proj|decoder)/"}
 
 
 class AttentionalPooler(nnx.Module):
@@ -111,53 +108,86 @@ class ImageHead(nnx.Module):
 
 
 class CoCa(nnx.Module):
-    """ViT + attentional poolers, unimodal text decoder with CLS, multimodal captioning decoder."""
+    """Image trunk + attentional poolers, unimodal text tower with CLS, multimodal captioner."""
 
     def __init__(self, model: Mapping, vocab_size: int, context_length: int, *, rngs: nnx.Rngs):
-        act, coca, text = model["activation"], model["coca"], model["text"]
-        self.dtype = jnp.dtype(model["dtype"])
-        stack = dict(remat=model["remat"], scan_layers=model["scan_layers"])
-        vit = VitConfig.from_config(model["image"])
-        self.image = VisionTrunk(vit, act, rngs=rngs, **stack)
-        self.image_head = ImageHead(coca["pooler"], vit.width, text["width"], model["embed_dim"],
-                                    coca["pooler_heads"], coca["caption_queries"], rngs=rngs)
-        self.text = UnimodalDecoder(vocab_size, context_length, text["width"], coca["unimodal_depth"],
-                                    text["heads"], text["mlp_dim"], model["embed_dim"], act,
-                                    rngs=rngs, cls_mask=coca["cls_mask"], **stack)
+        coca, text = model["coca"], model["text"]
+        settings = TowerSettings.from_model(model, vocab_size, context_length)
+        self.dtype = settings.compute_dtype
+        trunk = TowerSettings.from_model(model, vocab_size, context_length, head=False)
+        self.image = build_tower(model, "image", trunk, rngs)
+        self.image_head = ImageHead(coca["pooler"], tower_width(model, "image"), text["width"],
+                                    model["embed_dim"], coca["pooler_heads"],
+                                    coca["caption_queries"], rngs=rngs)
+        self.text = build_tower(model, "text", settings, rngs)
+        self.text_proj = side_projection(model, "text", self.text.width, rngs)
         self.decoder = MultimodalDecoder(vocab_size, text["width"], coca["multimodal_depth"],
-                                         text["heads"], text["mlp_dim"], act, rngs=rngs,
-                                         remat=model["remat"], scan=model["scan_layers"],
+                                         text["heads"], text["mlp_dim"], model["activation"],
+                                         rngs=rngs, remat=model["remat"], scan=model["scan_layers"],
                                          block=coca["decoder_block"])
-        self.logit_scale = layers.param(
-            rngs, lambda *_: jnp.asarray(model["logit_scale_init"], jnp.float32), (), ())
+        self.logit_scale = scalar(rngs, model["logit_scale_init"])
 
-    def image_features(self, images: jax.Array) -> tuple[jax.Array, jax.Array]:
+    def image_features(self, images: jax.Array, *, train: bool = False,
+                       rng: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
         """Images -> (L2-normalised embedding [b, e], caption tokens [b, q, d] for `decode`)."""
-        embedding, caption = self.image_head(self.image(images.astype(self.dtype)))
+        tokens = self.image(images, train=train, rng=rng)["tokens"]
+        embedding, caption = self.image_head(tokens)
         return l2_normalize(embedding), caption
 
-    def encode_image(self, images: jax.Array) -> jax.Array:
+    def encode_image(self, images: jax.Array, *, train: bool = False,
+                     rng: jax.Array | None = None) -> jax.Array:
         """Normalised float images [b, H, W, c] -> L2-normalised embeddings [b, e]."""
-        return self.image_features(images)[0]
+        return self.image_features(images, train=train, rng=rng)[0]
 
-    def encode_text(self, ids: jax.Array, mask: jax.Array) -> jax.Array:
+    def encode_text(self, ids: jax.Array, mask: jax.Array, *, token_embeds: jax.Array | None = None,
+                    train: bool = False, rng: jax.Array | None = None) -> jax.Array:
         """Token ids and padding mask [b, L] -> L2-normalised CLS embeddings [b, e]."""
-        return l2_normalize(self.text(ids, mask, self.dtype)["embedding"])
+        out = self.text(ids, mask, token_embeds=token_embeds, train=train, rng=rng)
+        return l2_normalize(self.text_proj(out["pooled"]))
 
     def decode(self, caption_tokens: jax.Array, ids: jax.Array, mask: jax.Array) -> jax.Array:
-        """Caption tokens [b, q, d], ids/mask [b, L] -> next-token logits [b, L, vocab] (float32).
+        """Caption tokens [b, q, d], ids/mask [b, L] -> next-token logits [b, L, vocab] (float32)."""
+        return self.decoder(self.text(ids, mask)["tokens"], caption_tokens)
 
-        `mask` is accepted for API symmetry: causal attention keeps real tokens off padding.
-        """
-        del mask
-        return self.decoder(self.text.tokens(ids, self.dtype), caption_tokens)
-
-    def __call__(self, images: jax.Array, ids: jax.Array, mask: jax.Array) -> dict[str, jax.Array]:
-        image_embed, caption_tokens = self.image_features(images)
-        text = self.text(ids, mask, self.dtype)
+    def __call__(self, batch: Mapping[str, jax.Array], *, train: bool = False,
+                 rng: jax.Array | None = None) -> dict[str, jax.Array]:
+        image_rng, text_rng = tower_rngs(rng)
+        image_embed, caption_tokens = self.image_features(batch["image"], train=train, rng=image_rng)
+        text = self.text(batch["text"], batch["text_mask"], train=train, rng=text_rng)
         return {
             "image_embed": image_embed,
-            "text_embed": l2_normalize(text["embedding"]),
+            "text_embed": l2_normalize(self.text_proj(text["pooled"])),
             "logit_scale": jnp.exp(self.logit_scale[...]),
             "caption_logits": self.decoder(text["tokens"], caption_tokens),
         }
+
+
+def check_coca(cfg: Mapping) -> None:
+    """Pooler sizes and layout, a text tower with a CLS to pool, the image head's projection."""
+    model = cfg["model"]
+    coca, heads = model["coca"], model["coca"]["pooler_heads"]
+    require_choice(coca, "model.coca", "pooler", POOLERS)
+    require_choice(coca, "model.coca", "decoder_block", BLOCKS)
+    require_positive(coca, "model.coca", "caption_queries", "pooler_heads", "multimodal_depth")
+    dims = {"model.text.width": model["text"]["width"]}
+    if coca["pooler"] == "paper":
+        dims["model.embed_dim"] = model["embed_dim"]
+    for key, dim in dims.items():
+        if dim % heads:
+            fail("model.coca.pooler_heads", f"({heads}) does not divide {key} ({dim})",
+                 "pick pooler heads that divide it")
+    if coca["pooler"] == "open_clip" and coca["caption_queries"] < 2:
+        fail("model.coca.caption_queries", "must be at least 2 with pooler='open_clip'",
+             "query 0 is the contrastive embedding, the rest feed the decoder (open_clip: 256)")
+    if model["image"].get("pool") not in ("cls", "gap"):
+        fail("model.image.pool", f"={model['image'].get('pool')!r} is unused by CoCa",
+             "use 'gap' (patch tokens only) or 'cls' (class token pooled too)")
+    if model["image"]["proj"] != "linear":
+        fail("model.image.proj", f"={model['image']['proj']!r} is unused by CoCa (its image "
+             "head has its own projection)", "leave it at 'linear'")
+    if model["text"].get("pool") != "cls" or not model["text"].get("causal", True):
+        fail("model.text.pool", f"={model['text'].get('pool')!r}: CoCa's unimodal text tower "
+             "pools an appended CLS token with causal attention",
+             "set --config.model.text.pool=cls (and model.text.causal=True)")
+    if model["use_logit_bias"]:
+        fail("model.use_logit_bias", "is not supported by CoCa", "set it to False")

@@ -1,52 +1,78 @@
-"""String-keyed model registry: `config.model.name` -> how to build and constrain the model."""
+"""The model-family registry (`config.model.name`), the `model` section's keys and its checks.
 
-import dataclasses
-from collections.abc import Callable, Mapping
+Adding a family is one module (its nnx.Module, options and check) and one line here.
+"""
 
-from flax import nnx
+import math
+from collections.abc import Mapping
 
-from vlmjax.errors import ConfigError
-from vlmjax.models.coca import COCA_TOWER_PATTERNS, CoCa
-from vlmjax.models.filip import Filip
-from vlmjax.models.two_tower import TOWER_PATTERNS, TwoTower, clamp_logit_scale
+from vlmjax.models import coca, filip, layers, stacked, two_tower
+from vlmjax.models.family import ModelFamily
+from vlmjax.models.projection import check_projection
+from vlmjax.models.towers import SIDES, tower_schema, tower_spec, tower_width
+from vlmjax.options import require_choice, require_positive
+from vlmjax.registry import Registry
 
-
-@dataclasses.dataclass(frozen=True)
-class ModelSpec:
-    """How the train loop builds a model family and keeps its parameters in range."""
-
-    build: Callable[..., nnx.Module]  # (model_config, vocab_size, context_length, rngs=) -> Module
-    post_update: Callable[[dict, Mapping], dict]  # (params, model_config) -> params
-    towers: Mapping[str, str]  # tower name -> parameter path regex
-    # How evaluators score image-text pairs: "embedding" (cosine of pooled embeddings, through
-    # encode_image / encode_text) or "token_wise" (FILIP's late interaction, through
-    # encode_image_tokens / encode_text_tokens).
-    scoring: str = "embedding"
-
-
-MODELS: dict[str, ModelSpec] = {
-    "two_tower": ModelSpec(
-        build=TwoTower,
-        post_update=lambda params, cfg: clamp_logit_scale(params, cfg["max_logit_scale"]),
-        towers=TOWER_PATTERNS,
-    ),
-    "coca": ModelSpec(
-        build=CoCa,
-        post_update=lambda params, cfg: clamp_logit_scale(params, cfg["max_logit_scale"]),
-        towers=COCA_TOWER_PATTERNS,
-    ),
-    "filip": ModelSpec(
-        build=Filip,
-        post_update=lambda params, cfg: clamp_logit_scale(params, cfg["max_logit_scale"]),
-        towers=TOWER_PATTERNS,
-        scoring="token_wise",
-    ),
+FAMILIES: Registry[ModelFamily] = Registry("model.name", {
+    "two_tower": ModelFamily(build=two_tower.TwoTower, towers=two_tower.TOWER_PATTERNS,
+                             capabilities=frozenset({"embedding", "image_tokens"})),
+    "coca": ModelFamily(build=coca.CoCa, towers=coca.COCA_TOWER_PATTERNS,
+                        capabilities=frozenset({"embedding", "captions"}),
+                        outputs=frozenset({"embeddings", "captions"}),
+                        options=coca.OPTIONS, check=coca.check_coca),
+    "filip": ModelFamily(build=filip.Filip, towers=two_tower.TOWER_PATTERNS,
+                         capabilities=frozenset({"token_wise", "image_tokens"}),
+                         outputs=frozenset({"tokens"}),
+                         scoring="token_wise", options=filip.OPTIONS, check=filip.check_filip,
+                         temperatures=("logit_scale", "logit_scale_t2i")),
+})
+DTYPES = ("float32", "bfloat16")
+# Keys of `model` every family has (each family adds its own sections, each tower its keys).
+MODEL_OPTIONS = {
+    "name": "two_tower",
+    "embed_dim": 128,
+    "activation": "gelu",  # gelu (exact erf) | quick_gelu (OpenAI CLIP) | gelu_tanh (flax nn.gelu)
+    "norm_eps": 1e-5,  # epsilon of the towers' LayerNorms (CLIP 1e-5; big_vision/flax 1e-6)
+    "dtype": "float32",  # compute dtype; parameters stay float32
+    # Activation rematerialisation per transformer block: none | full | dots | dots_no_batch
+    # (jax.checkpoint_policies: nothing_saveable, dots_saveable, dots_with_no_batch_dims_saveable).
+    "remat": "none",
+    "scan_layers": False,  # one scanned block per tower instead of unrolled layers
+    "logit_scale_init": math.log(1 / 0.07),  # CLIP; SigLIP: log(10)
+    "max_logit_scale": 100.0,  # exp(t) is clamped to at most this after every update
+    "use_logit_bias": False,  # SigLIP's learnable bias b
+    "logit_bias_init": -10.0,
 }
 
 
-def get_model_spec(name: str) -> ModelSpec:
-    """The registry entry for `name`, or a ConfigError listing the known models."""
-    if name not in MODELS:
-        raise ConfigError(f"config.model.name={name!r} is not a registered model; choose one of "
-                          f"{', '.join(MODELS)}")
-    return MODELS[name]
+def model_schema(model: Mapping) -> dict:
+    """Every key of the `model` section with its default, for the family and towers it names."""
+    name = model.get("name", MODEL_OPTIONS["name"])
+    return {**MODEL_OPTIONS, "name": name, **family_options(name),
+            **{side: tower_schema(side, model.get(side, {})) for side in SIDES}}
+
+
+def get_family(model: Mapping) -> ModelFamily:
+    """The family `model.name` names (ConfigError listing the registered ones otherwise)."""
+    return FAMILIES.get_or_fail(model["name"])
+
+
+def family_options(name: str) -> Mapping:
+    """The `model.*` sections family `name` adds, with their defaults."""
+    return FAMILIES.get_or_fail(name).options
+
+
+def check_model(cfg: Mapping) -> None:
+    """The common model keys, then the family's and each tower's own checks (ConfigError)."""
+    model = cfg["model"]
+    family = get_family(model)
+    require_choice(model, "model", "activation", layers.ACTIVATIONS)
+    require_choice(model, "model", "dtype", DTYPES)
+    require_choice(model, "model", "remat", stacked.REMAT_POLICIES)
+    require_positive(model, "model", "embed_dim", "norm_eps", "max_logit_scale")
+    for side in SIDES:
+        tower_spec(model, side).check(cfg, f"model.{side}")
+    require_positive(model["image"], "model.image", "image_size", "channels")
+    for side in SIDES:
+        check_projection(side, model[side]["proj"], tower_width(model, side), model["embed_dim"])
+    family.check(cfg)

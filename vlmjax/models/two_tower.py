@@ -1,6 +1,6 @@
-"""Two-tower contrastive model (CLIP / SigLIP / LiT): image tower, text tower, temperature."""
+"""Two-tower contrastive model (CLIP / SigLIP / LiT): image tower, text tower, projections,
+temperature and optional logit bias."""
 
-import math
 from collections.abc import Mapping
 
 import jax
@@ -8,59 +8,67 @@ import jax.numpy as jnp
 from flax import nnx
 
 from vlmjax.models import layers
-from vlmjax.models.text import TextConfig, TextTransformer
-from vlmjax.models.vit import VisionTransformer, VitConfig
+from vlmjax.models.embedding import l2_normalize
+from vlmjax.models.projection import side_projection
+from vlmjax.models.tower import TowerSettings
+from vlmjax.models.towers import build_tower
 
-# Parameter-path regexes of each tower, used to lock one (LiT) and by sharding rules.
-TOWER_PATTERNS = {"image": r"^image/", "text": r"^text/"}
+# Parameter-path regexes of each tower with its projection, used to lock one (LiT).
+TOWER_PATTERNS = {"image": r"^image(_proj)?/", "text": r"^text(_proj)?/"}
 
 
-def l2_normalize(x: jax.Array, eps: float = 1e-12) -> jax.Array:
-    """x / ||x|| along the last axis, in float32."""
-    x = x.astype(jnp.float32)
-    return x * jax.lax.rsqrt(jnp.maximum(jnp.sum(x * x, axis=-1, keepdims=True), eps))
+def scalar(rngs: nnx.Rngs, value: float) -> nnx.Param:
+    """A float32 scalar parameter initialised to `value` (temperature, bias)."""
+    return layers.param(rngs, lambda *_: jnp.asarray(value, jnp.float32), (), ())
+
+
+def tower_rngs(rng: jax.Array | None) -> tuple[jax.Array | None, jax.Array | None]:
+    """Independent step keys for the image and the text tower."""
+    if rng is None:
+        return None, None
+    return jax.random.fold_in(rng, 0), jax.random.fold_in(rng, 1)
 
 
 class TwoTower(nnx.Module):
     """Image and text towers projected to a joint space, with learnable scale and bias."""
 
     def __init__(self, model: Mapping, vocab_size: int, context_length: int, *, rngs: nnx.Rngs):
-        act = model["activation"]
-        self.dtype = jnp.dtype(model["dtype"])
-        stack = dict(remat=model["remat"], scan_layers=model["scan_layers"],
-                     norm_eps=model["norm_eps"])
-        self.image = VisionTransformer(VitConfig.from_config(model["image"]), model["embed_dim"],
-                                       act, rngs=rngs, **stack)
-        text_cfg = TextConfig.from_config(model["text"], vocab_size, context_length)
-        self.text = TextTransformer(text_cfg, model["embed_dim"], act, rngs=rngs, **stack)
+        settings = TowerSettings.from_model(model, vocab_size, context_length)
+        # Creation order fixes which random key each parameter gets: tower, then its projection.
+        self.image = build_tower(model, "image", settings, rngs)
+        self.image_proj = side_projection(model, "image", self.image.width, rngs)
+        self.text = build_tower(model, "text", settings, rngs)
+        self.text_proj = side_projection(model, "text", self.text.width, rngs)
         # log of the logit scale s = exp(t); CLIP: t0 = log(1/0.07), SigLIP: log(10).
-        self.logit_scale = layers.param(
-            rngs, lambda *_: jnp.asarray(model["logit_scale_init"], jnp.float32), (), ())
-        self.logit_bias = layers.param(
-            rngs, lambda *_: jnp.asarray(model["logit_bias_init"], jnp.float32), (), ()
-        ) if model["use_logit_bias"] else None
+        self.logit_scale = scalar(rngs, model["logit_scale_init"])
+        self.logit_bias = scalar(rngs, model["logit_bias_init"]) if model["use_logit_bias"] else None
 
-    def encode_image(self, images: jax.Array) -> jax.Array:
+    def encode_image(self, images: jax.Array, *, train: bool = False,
+                     rng: jax.Array | None = None) -> jax.Array:
         """Normalised float images [b, H, W, c] -> L2-normalised embeddings [b, e]."""
-        return l2_normalize(self.image(images.astype(self.dtype))["embedding"])
+        return l2_normalize(self.image_proj(self.image(images, train=train, rng=rng)["pooled"]))
 
-    def encode_text(self, ids: jax.Array, mask: jax.Array) -> jax.Array:
+    def encode_text(self, ids: jax.Array, mask: jax.Array, *, token_embeds: jax.Array | None = None,
+                    train: bool = False, rng: jax.Array | None = None) -> jax.Array:
         """Token ids and padding mask [b, L] -> L2-normalised embeddings [b, e]."""
-        return l2_normalize(self.text(ids, mask, self.dtype)["embedding"])
+        out = self.text(ids, mask, token_embeds=token_embeds, train=train, rng=rng)
+        return l2_normalize(self.text_proj(out["pooled"]))
 
-    def __call__(self, images: jax.Array, ids: jax.Array, mask: jax.Array) -> dict[str, jax.Array]:
+    def encode_image_tokens(self, images: jax.Array, *, train: bool = False,
+                            rng: jax.Array | None = None) -> jax.Array:
+        """Normalised float images -> L2-normalised per-token embeddings [b, n, e] in the joint
+        space (the tower's tokens through the same projection as its pooled features)."""
+        return l2_normalize(self.image_proj(self.image(images, train=train, rng=rng)["tokens"]))
+
+    def __call__(self, batch: Mapping[str, jax.Array], *, train: bool = False,
+                 rng: jax.Array | None = None) -> dict[str, jax.Array]:
+        image_rng, text_rng = tower_rngs(rng)
         out = {
-            "image_embed": self.encode_image(images),
-            "text_embed": self.encode_text(ids, mask),
+            "image_embed": self.encode_image(batch["image"], train=train, rng=image_rng),
+            "text_embed": self.encode_text(batch["text"], batch["text_mask"], train=train,
+                                           rng=text_rng),
             "logit_scale": jnp.exp(self.logit_scale[...]),
         }
         if self.logit_bias is not None:
             out["logit_bias"] = self.logit_bias[...]
         return out
-
-
-def clamp_logit_scale(params: dict, max_scale: float) -> dict:
-    """Clamps t so that exp(t) <= max_scale, applied after every update (as open_clip does), for
-    every temperature the model has (FILIP may have one per direction)."""
-    return {**params, **{key: jnp.minimum(params[key], math.log(max_scale))
-                         for key in ("logit_scale", "logit_scale_t2i") if key in params}}
