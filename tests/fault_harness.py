@@ -14,6 +14,7 @@ yields NaN, so the loss and gradients are non-finite) or that are dropped from t
 Both leave the compiled train step untouched.
 """
 
+import dataclasses
 import json
 import logging
 import os
@@ -28,8 +29,9 @@ matplotlib.use("Agg")
 import matplotlib.pyplot  # noqa: E402, F401
 import tensorboard.summary  # noqa: E402, F401
 
+import vlmjax.data.registry as data_registry  # noqa: E402
 import vlmjax.train.__main__ as train_main  # noqa: E402
-import vlmjax.train.loop as loop  # noqa: E402
+import vlmjax.train.loop  # noqa: E402, F401
 from vlmjax.cli import run_main  # noqa: E402
 
 # Importing absl (through JAX) gave the root logger a handler, which would make the children's
@@ -70,8 +72,11 @@ def _child(request: dict) -> None:
     os.dup2(fd, 2)
     poison, drop = set(request.get("poison", ())), set(request.get("drop", ()))
     if poison or drop:
-        make_iterator = loop.train_iterator
-        loop.train_iterator = lambda *a, **k: DataHooks(make_iterator(*a, **k), poison, drop)
+        # Every training source is built through the data registry: wrap the entries' builders.
+        for name, source in list(data_registry.TRAIN_SOURCES.items()):
+            data_registry.TRAIN_SOURCES._entries[name] = dataclasses.replace(
+                source, build=lambda *a, _build=source.build, **k: DataHooks(_build(*a, **k),
+                                                                             poison, drop))
     sys.argv = ["vlmjax.train", *request["argv"]]
     status = 1
     try:

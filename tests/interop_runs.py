@@ -1,7 +1,6 @@
 """Restoring an imported run and applying its model as evaluation does (shared by interop tests)."""
 
 import dataclasses
-import os
 from typing import Any
 
 import numpy as np
@@ -16,19 +15,11 @@ class RestoredRun:
 
 
 def restore_run(workdir: str, devices: list | None = None) -> RestoredRun:
-    """The run's config, tokenizer and latest checkpoint, restored as `vlmjax.evaluate` does
-    (on `devices`, default all)."""
-    from vlmjax.parallel.mesh import make_mesh
-    from vlmjax.train.checkpoint import Checkpointer
-    from vlmjax.train.state import state_layout
-    from vlmjax.train.workdir import load_saved_config, tokenizer_for_run
-    cfg = load_saved_config(workdir).to_dict()
-    tok = tokenizer_for_run(cfg, workdir)
-    layout = state_layout(cfg, tok.vocab_size, cfg["tokenizer"]["context_length"],
-                          make_mesh(cfg["mesh"], devices))
-    with Checkpointer(os.path.join(workdir, "checkpoints"), read_only=True) as ckpt:
-        state, _, _ = ckpt.restore(None, layout.abstract)
-    return RestoredRun(cfg, tok, layout, state["params"])
+    """The run's config, tokenizer and latest checkpoint, restored by the one run loader that
+    `vlmjax.evaluate` uses (on `devices`, default all)."""
+    from vlmjax.train.run import load_run
+    run = load_run(workdir, devices=devices)
+    return RestoredRun(run.config, run.tokenizer, run.layout, run.weights)
 
 
 def flat_params(run: RestoredRun) -> dict[str, np.ndarray]:
@@ -50,11 +41,11 @@ def forward(run: RestoredRun, images: np.ndarray, texts: list[str]) -> dict[str,
     import jax
     from flax import nnx
 
-    from vlmjax.train.step import normalize_images
-    pixels = normalize_images(images, run.cfg["data"]["image_mean"], run.cfg["data"]["image_std"])
+    from vlmjax.data.normalization import Normalization
+    pixels = Normalization.from_config(run.cfg["data"])(images)
     ids, mask = run.tokenizer.encode(texts, run.cfg["tokenizer"]["context_length"])
-    out = jax.jit(lambda p, *xs: nnx.merge(run.layout.graphdef, p)(*xs))(run.params, pixels,
-                                                                          ids, mask)
+    batch = {"image": pixels, "text": ids, "text_mask": mask}
+    out = jax.jit(lambda p, b: nnx.merge(run.layout.graphdef, p)(b))(run.params, batch)
     logits = out["logit_scale"] * out["image_embed"] @ out["text_embed"].T
     result = {"pixels": np.asarray(pixels), "ids": ids, "mask": mask,
               "image": np.asarray(out["image_embed"]), "text": np.asarray(out["text_embed"]),

@@ -4,6 +4,7 @@ import math
 import os
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -13,7 +14,7 @@ from vlmjax.parallel.mesh import batch_sharding, make_mesh
 from vlmjax.train.checkpoint import Checkpointer
 from vlmjax.train.loop import _step_spec
 from vlmjax.train.state import model_builder, state_layout
-from vlmjax.train.step import jit_train_step, loss_and_grads
+from vlmjax.train.step import jit_train_step, loss_and_grads, step_key
 
 VOCAB, CONTEXT, BATCH = 64, 12, 32
 MESHES = [(8, 1, 1), (2, 4, 1), (2, 2, 2), (1, 8, 1)]
@@ -140,10 +141,11 @@ def test_gradient_accumulation_equals_the_full_batch(objective):
     mesh, layout, spec, sharding = _setup(cfg, jax.devices())
     params = layout.init(cfg["seed"], model_builder(cfg, VOCAB, CONTEXT))["params"]
     batch = jax.device_put(_batches(1, seed=1)[0], sharding)
-    full = jax.jit(lambda p, b: loss_and_grads(spec, p, b))
+    key = step_key(cfg["seed"], jnp.int32(0))
+    full = jax.jit(lambda p, b: loss_and_grads(spec, p, None, b, key)[:2])
     spec4 = _step_spec({**cfg, "train": {**cfg["train"], "grad_accum_steps": 4}}, layout, mesh)
     assert spec4.grad_accum_steps == 4
-    micro = jax.jit(lambda p, b: loss_and_grads(spec4, p, b))
+    micro = jax.jit(lambda p, b: loss_and_grads(spec4, p, None, b, key)[:2])
     want_grads, want_metrics = jax.device_get(full(params, batch))
     grads, metrics = jax.device_get(micro(params, batch))
     for key in want_metrics:

@@ -3,6 +3,7 @@
 import glob
 import json
 import os
+import shutil
 
 import jax
 import ml_collections
@@ -10,7 +11,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-from vlmjax.errors import CheckpointError
+from vlmjax.errors import CheckpointError, ConfigError
 from vlmjax.evaluate import evaluate
 from vlmjax.train.loop import train
 
@@ -64,17 +65,25 @@ def test_standalone_evaluate_reproduces_training_results(trained_run):
     assert earlier["step"] == 30
 
 
-def test_resuming_with_a_different_model_names_the_parameter(trained_run):
-    config, workdir, _ = trained_run
+def test_rerunning_with_other_training_settings_fails_and_keeps_the_config(trained_run, tmp_path):
+    config, trained, _ = trained_run
+    workdir = str(tmp_path / "run")
+    shutil.copytree(trained, workdir)
     with open(os.path.join(workdir, "config.json")) as f:
         saved = f.read()
     changed = ml_collections.ConfigDict(config.to_dict())
     changed.model.embed_dim = 32
-    with pytest.raises(CheckpointError, match=r"params/image/proj has shape \(16, 16\) but the "
-                                              r"config's model needs \(16, 32\)"):
+    changed.optimizer.lr = 1e-3
+    with pytest.raises(ConfigError, match=r"model\.embed_dim \(16 -> 32\).*optimizer\.lr"):
         train(changed, workdir)
     with open(os.path.join(workdir, "config.json")) as f:
         assert f.read() == saved  # the run's own config is left as it was
+    # Without a config.json to compare with, the checkpoint itself names the parameter.
+    os.remove(os.path.join(workdir, "config.json"))
+    with pytest.raises(CheckpointError, match=r"params/image_proj/kernel has shape \(16, 16\) but "
+                                              r"the config's model needs \(16, 32\)"):
+        train(changed, workdir)
+    assert not os.path.exists(os.path.join(workdir, "config.json"))
 
 
 def test_a_step_clamps_the_logit_scale(tiny_config):

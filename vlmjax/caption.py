@@ -5,7 +5,6 @@ each image with PIL (converted to the model's channels and image size) and print
 `path<TAB>caption` per image.
 """
 
-import os
 import sys
 from collections.abc import Mapping, Sequence
 
@@ -40,31 +39,20 @@ def caption_images(config: Mapping, workdir: str, paths: Sequence[str], *, step:
     """Captions of the images at `paths` from the run's checkpoint `step` (latest if None)."""
     import jax
 
-    from vlmjax.errors import CheckpointError, ConfigError
+    from vlmjax.data.normalization import Normalization
+    from vlmjax.errors import ConfigError
     from vlmjax.generation.coca_cache import generate_captions
-    from vlmjax.parallel.mesh import make_mesh
-    from vlmjax.train.checkpoint import Checkpointer
-    from vlmjax.train.state import state_layout
-    from vlmjax.train.step import normalize_images
-    from vlmjax.train.workdir import tokenizer_for_run
+    from vlmjax.models.registry import get_family
+    from vlmjax.train.run import load_run
 
     model = config["model"]
-    if model["name"] != "coca":
-        raise ConfigError(f"{workdir} holds a {model['name']!r} model; captioning needs a CoCa "
-                          "run (model.name = 'coca')")
+    if "captions" not in get_family(model).capabilities:
+        raise ConfigError(f"{workdir} holds a {model['name']!r} model, which does not caption; "
+                          "captioning needs a captioning run (model.name = 'coca')")
     images = read_images(paths, model["image"]["image_size"], model["image"]["channels"])
-    with Checkpointer(os.path.join(workdir, "checkpoints"), read_only=True) as ckpt:
-        if ckpt.latest_step() is None:  # fail before building anything
-            raise CheckpointError(f"no checkpoint in {ckpt.directory}; train first with "
-                                  "`python -m vlmjax.train --config ... --workdir WORKDIR`")
-        mesh = make_mesh({axis: 1 for axis in config["mesh"]}, jax.devices()[:1])
-        tokenizer = tokenizer_for_run(config, workdir)
-        layout = state_layout(config, tokenizer.vocab_size, config["tokenizer"]["context_length"],
-                              mesh)
-        state, _, _ = ckpt.restore(step, layout.abstract)
-    normalized = normalize_images(jax.numpy.asarray(images), config["data"]["image_mean"],
-                                  config["data"]["image_std"])
-    return generate_captions(layout.graphdef, state["params"], normalized, tokenizer,
+    run = load_run(workdir, step, config=config, devices=jax.devices()[:1])
+    normalized = Normalization.from_config(config["data"])(jax.numpy.asarray(images))
+    return generate_captions(run.graphdef, run.weights, normalized, run.tokenizer,
                              method=method, num_beams=num_beams, max_len=max_len)
 
 

@@ -27,3 +27,7 @@ class TrainingStoppedError(VlmjaxError):
     checkpoint; running the same command again resumes it."""
 
     exit_status = 75  # vlmjax.train.preemption.RESUMABLE_EXIT_STATUS: launchers restart on it
+
+
+class WorkdirBusyError(VlmjaxError):
+    """Another process holds the run directory's lock (two trainers on one workdir)."""

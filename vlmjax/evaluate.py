@@ -16,34 +16,22 @@ def evaluate(config, workdir: str, step: int | None = None) -> dict:
     import jax
 
     from vlmjax.config import validate
-    from vlmjax.errors import CheckpointError
-    from vlmjax.evaluators.context import EvalContext
+    from vlmjax.config.schema import complete
     from vlmjax.evaluators.registry import build_evaluators
     from vlmjax.evaluators.report import print_results
-    from vlmjax.parallel.mesh import make_mesh
-    from vlmjax.train.checkpoint import Checkpointer
+    from vlmjax.train.eval_context import eval_context
     from vlmjax.train.loop import run_evaluators
     from vlmjax.train.metrics_writer import MetricsWriter
-    from vlmjax.train.state import state_layout
-    from vlmjax.train.workdir import tokenizer_for_run
+    from vlmjax.train.run import load_run
 
-    validate(config, jax.device_count(), jax.process_count())
-    cfg = config.to_dict()
-    with Checkpointer(os.path.join(workdir, "checkpoints"), read_only=True) as ckpt:
-        if ckpt.latest_step() is None:  # fail before building anything
-            raise CheckpointError(f"no checkpoint in {ckpt.directory}; train first with "
-                                  "`python -m vlmjax.train --config ... --workdir WORKDIR`")
-        mesh = make_mesh(cfg["mesh"])
-        tokenizer = tokenizer_for_run(cfg, workdir)
-        layout = state_layout(cfg, tokenizer.vocab_size, cfg["tokenizer"]["context_length"], mesh)
-        state, _, step = ckpt.restore(step, layout.abstract)
-    evaluators = build_evaluators(cfg["evals"], EvalContext(
-        graphdef=layout.graphdef, tokenizer=tokenizer,
-        context_length=cfg["tokenizer"]["context_length"], mesh=mesh,
-        rules=cfg["sharding_rules"], config=cfg, checkpoint=f"step_{step}",
-        cache_dir=os.path.join(workdir, "cache")))
+    config = complete(config)
+    validate(config, jax.device_count(), jax.process_count(), training=False)
+    run = load_run(workdir, step, config=config)
+    ctx = eval_context(run.config, run.graphdef, run.tokenizer, run.mesh,
+                       checkpoint=f"step_{run.step}", cache_dir=os.path.join(workdir, "cache"))
+    evaluators = build_evaluators(run.config["evals"], ctx)
     writer = MetricsWriter(workdir, enabled=False)
-    results = run_evaluators(evaluators, state["params"], step, workdir, writer)
+    results = run_evaluators(evaluators, run.weights, run.step, workdir, writer)
     if jax.process_index() == 0:
         print_results(results)
     return results

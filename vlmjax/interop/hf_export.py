@@ -28,7 +28,8 @@ from vlmjax.interop import hf_tokenizer_export as tokenizer_export
 from vlmjax.interop.hf_clip_config import hf_config
 from vlmjax.interop.torch_layout import to_torch
 from vlmjax.tokenizers import Tokenizer
-from vlmjax.tokenizers.registry import load_tokenizer
+from vlmjax.train.run import flat_params, load_run
+from vlmjax.train.workdir import load_saved_config
 
 log = logging.getLogger(__name__)
 
@@ -61,17 +62,10 @@ def check_exportable(cfg: Mapping) -> None:
                           f"exported to HF CLIP; only {', '.join(HF_ACTIVATIONS)} convert")
 
 
-def _flat(params: Mapping) -> dict[str, np.ndarray]:
-    from vlmjax.models.stacked import unstack_layer_params
-    from vlmjax.train.param_groups import path_string
-    leaves = jax.tree_util.tree_flatten_with_path(unstack_layer_params(params))[0]
-    return {path_string(p): np.asarray(x, np.float32) for p, x in leaves}
-
-
 def hf_tensors(params: Mapping, cfg: Mapping) -> dict[str, np.ndarray]:
     """HF CLIPModel state dict (NumPy) of vlmjax two-tower params (class-token pooling)."""
     from vlmjax.models.sizes import resolve_vit
-    flat = _flat(params)
+    flat = flat_params(params)
     patch_bias = flat.pop(layout.PATCH_BIAS)
     image, text = resolve_vit(cfg["model"]["image"]), cfg["model"]["text"]
     entries = layout.clip_entries(image["depth"], image["heads"], text["depth"], text["heads"])
@@ -115,27 +109,18 @@ class LoadedRun:
     step: int
 
 
-def load_run(workdir: str, step: int | None,
+def load_for_export(workdir: str, step: int | None,
              check: Callable[[dict, str], None] | None = None) -> LoadedRun:
     """The run's config, stored tokenizer and checkpoint `step` (latest if None), read-only;
     `check(config, tokenizer directory)` runs first, so refusals come before the restore.
 
-    The one place export touches trainer internals (to become the shared run loader).
     """
-    from vlmjax.parallel.mesh import make_mesh
-    from vlmjax.train.checkpoint import Checkpointer
-    from vlmjax.train.state import state_layout
-    from vlmjax.train.workdir import load_saved_config
     cfg = load_saved_config(workdir).to_dict()
     tok_dir = os.path.join(workdir, "tokenizer")
     if check is not None:
         check(cfg, tok_dir)
-    tokenizer = load_tokenizer(tok_dir)
-    with Checkpointer(os.path.join(workdir, "checkpoints"), read_only=True) as ckpt:
-        state_layout_ = state_layout(cfg, tokenizer.vocab_size, cfg["tokenizer"]["context_length"],
-                                     make_mesh(cfg["mesh"]))
-        state, _, step = ckpt.restore(step, state_layout_.abstract)
-    return LoadedRun(cfg, tokenizer, tok_dir, jax.device_get(state["params"]), step)
+    run = load_run(workdir, step, config=cfg, devices=jax.devices()[:1])
+    return LoadedRun(cfg, run.tokenizer, tok_dir, jax.device_get(run.params), run.step)
 
 
 def _check_run(cfg: dict, tok_dir: str) -> None:
@@ -158,7 +143,7 @@ def export_hf(workdir: str, output: str, step: int | None = None) -> None:
     """Writes the run's checkpoint `step` (latest if None) as a HF CLIPModel directory."""
     output = os.path.abspath(output)
     _check_output(output)
-    run = load_run(workdir, step, _check_run)
+    run = load_for_export(workdir, step, _check_run)
     cfg, ctx = run.cfg, run.cfg["tokenizer"]["context_length"]
     vocab, merges = tokenizer_export.clip_bpe_files(run.tokenizer_dir)
     if len(vocab) != run.tokenizer.vocab_size:

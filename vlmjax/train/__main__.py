@@ -24,26 +24,9 @@ def main() -> int:
         from vlmjax.train.workdir import load_saved_config
         base = load_saved_config(args.workdir)
     config = config_from_args(args.config or "", overrides, base=base)
-    import jax
-
-    from vlmjax.config import validate
-    validate(config, jax.device_count(), jax.process_count())
-    check_training_images(config)
     from vlmjax.train.loop import train
     train(config, args.workdir)
     return 0
-
-
-def check_training_images(config) -> None:
-    """ConfigError when the model's image size or channels differ from an on-disk dataset's
-    images: they are not resized, and the mismatch would otherwise surface as a JAX shape error
-    after compiling. (Not in `validate`: evaluating an imported RGB model keeps the default
-    data section, whose images it never trains on.)"""
-    from vlmjax.data.datasets import DATASETS, check_dataset
-    data, image = config.data, config.model.image
-    if data.name in DATASETS:
-        check_dataset(data.name, data.dir, key="data.dir", split=data.split,
-                      image_size=image.image_size, channels=image.channels)
 
 
 if __name__ == "__main__":

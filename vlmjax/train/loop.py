@@ -2,6 +2,7 @@
 
 import logging
 import os
+import sys
 import time
 from collections.abc import Mapping
 from typing import Any
@@ -12,27 +13,29 @@ import numpy as np
 from tqdm import tqdm
 
 from vlmjax.config import validate
-from vlmjax.data.captions import build_caption_table
-from vlmjax.data.datasets import caption_vocabulary, load_split
-from vlmjax.data.image_text_config import IMAGE_TEXT, image_text_iterator
+from vlmjax.config.schema import complete
 from vlmjax.data.image_text_pipeline import skip_metrics
-from vlmjax.data.pipeline import train_dataset, train_iterator
+from vlmjax.data.normalization import Normalization
 from vlmjax.data.prefetch import DevicePrefetcher, process_rows
+from vlmjax.data.registry import get_train_source
 from vlmjax.errors import TrainingStoppedError
-from vlmjax.evaluators.context import EvalContext
-from vlmjax.evaluators.registry import build_evaluators
+from vlmjax.evaluators.registry import Scheduled, build_evaluators
 from vlmjax.evaluators.report import print_results, write_results
 from vlmjax.objectives.registry import get_objective
 from vlmjax.parallel.mesh import batch_sharding, make_mesh, replicated
 from vlmjax.train.checkpoint import Checkpointer, checkpoint_bytes
+from vlmjax.train.eval_context import eval_context
 from vlmjax.train.metrics_writer import MetricsWriter, plot_curves
 from vlmjax.train.preemption import StopRequests
+from vlmjax.train.run_config import check_run_config
 from vlmjax.train.skipped_updates import SkipMonitor
-from vlmjax.train.state import StateLayout, model_builder, state_layout
-from vlmjax.train.step import StepSpec, channel_stats, jit_train_step
+from vlmjax.train.state import StateLayout, model_builder, state_layout, weights
+from vlmjax.train.step import StepSpec, jit_train_step
 from vlmjax.train.workdir import (
+    WorkdirLock,
     check_free_disk,
     check_writable,
+    has_trained_steps,
     is_main_process,
     save_config,
     tokenizer_for_run,
@@ -41,38 +44,50 @@ from vlmjax.train.workdir import (
 log = logging.getLogger(__name__)
 
 
-def run_evaluators(evaluators: list, params: dict, step: int, workdir: str,
+def run_evaluators(evaluators: list[Scheduled], params: dict, step: int, workdir: str,
                    writer: MetricsWriter) -> dict:
-    """Runs every evaluator, logs its metrics and writes workdir/results.json."""
+    """Runs the evaluators, logs their metrics (replacing rows of an earlier evaluation of the
+    same step) and adds them to workdir/results.json."""
     evals = {}
     for evaluator in evaluators:
         start = time.perf_counter()
         evals[evaluator.name] = evaluator.run(params)
         log.info("step %d %s: %s (%.1fs)", step, evaluator.name, evals[evaluator.name],
                  time.perf_counter() - start)
-        writer.write(step, {f"{evaluator.name}/{k}": v for k, v in evals[evaluator.name].items()})
+        writer.write(step, {f"{evaluator.name}/{k}": v for k, v in evals[evaluator.name].items()},
+                     replace=True)
     results = {"step": int(step), "evals": evals}
-    if is_main_process():
+    if is_main_process() and evals:
         write_results(workdir, results)
     return results
 
 
-def _step_spec(config: Mapping, layout: StateLayout, mesh: jax.sharding.Mesh) -> StepSpec:
-    objective = get_objective(config["objective"]["name"])
+def _step_spec(cfg: Mapping, layout: StateLayout, mesh: jax.sharding.Mesh) -> StepSpec:
+    objective = get_objective(cfg["objective"]["name"])
     return StepSpec(
         graphdef=layout.graphdef, objective=objective,
-        objective_options={k: v for k, v in config["objective"].items() if k != "name"},
+        objective_options={k: v for k, v in cfg["objective"].items() if k != "name"},
         tx=layout.tx, schedule=layout.schedule,
-        post_update=lambda params: layout.model_spec.post_update(params, config["model"]),
-        locked=layout.locked, image_mean=channel_stats(config["data"]["image_mean"]),
-        image_std=channel_stats(config["data"]["image_std"]), mesh=mesh, rules=config["sharding_rules"],
-        grad_accum_steps=config["train"]["grad_accum_steps"])
+        post_update=lambda params: layout.family.post_update(params, cfg["model"]),
+        locked=layout.locked, normalization=Normalization.from_config(cfg["data"]), mesh=mesh,
+        rules=cfg["sharding_rules"], grad_accum_steps=cfg["train"]["grad_accum_steps"],
+        seed=cfg["seed"])
 
 
 def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
     """Trains (resuming from the latest checkpoint in `workdir`), evaluates, returns results."""
+    config = complete(ml_collections.ConfigDict(config.to_dict()))
     validate(config, jax.device_count(), jax.process_count())
     check_writable(workdir)
+    with WorkdirLock(workdir, enabled=is_main_process()):
+        keep_config = has_trained_steps(workdir) and os.path.isfile(
+            os.path.join(workdir, "config.json"))
+        if keep_config:  # before anything is built: the run's config.json must describe it
+            check_run_config(config, workdir)
+        return _train(config, workdir, keep_config)
+
+
+def _train(config: ml_collections.ConfigDict, workdir: str, keep_config: bool) -> dict:
     cfg = config.to_dict()
     mesh = make_mesh(cfg["mesh"])
     rules = cfg["sharding_rules"]
@@ -87,23 +102,14 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
     check_free_disk(workdir, checkpoint_bytes(layout.abstract))
 
     train_cfg = cfg["train"]
-    rows = process_rows(batch_sharding(mesh, rules), train_cfg["batch_size"])
-    if cfg["data"]["name"] == IMAGE_TEXT:  # web-scale image-text shards
-        iterator = image_text_iterator(cfg, tokenizer, rows.stop - rows.start,
-                                       jax.process_index(), jax.process_count())
-    else:
-        images, labels = load_split(cfg["data"]["name"], cfg["data"]["dir"], cfg["data"]["split"])
-        table = build_caption_table(*caption_vocabulary(cfg["data"]["name"]), tokenizer,
-                                    context_length)
-        dataset = train_dataset(
-            images, labels, table, global_batch_size=train_cfg["batch_size"], seed=cfg["seed"],
-            rows=rows, flip=cfg["data"]["flip"], translate=cfg["data"]["translate"])
-        iterator = train_iterator(dataset, cfg["data"]["num_threads"], cfg["data"]["prefetch"])
-    evaluators = build_evaluators(cfg["evals"], EvalContext(
-        graphdef=layout.graphdef, tokenizer=tokenizer, context_length=context_length, mesh=mesh,
-        rules=rules, config=cfg))
-    step_fn = jit_train_step(_step_spec(cfg, layout, mesh), layout.sharding,
-                             batch_sharding(mesh, rules), replicated(mesh))
+    sharding = batch_sharding(mesh, rules)
+    rows = process_rows(sharding, train_cfg["batch_size"])
+    iterator = get_train_source(cfg["data"]).build(cfg, tokenizer, rows, jax.process_index(),
+                                                   jax.process_count())
+    evaluators = build_evaluators(cfg["evals"], eval_context(cfg, layout.graphdef, tokenizer, mesh),
+                                  default_every=train_cfg["eval_every"])
+    step_fn = jit_train_step(_step_spec(cfg, layout, mesh), layout.sharding, sharding,
+                             replicated(mesh))
 
     with StopRequests(train_cfg["time_limit_seconds"]) as stops, Checkpointer(
             os.path.join(workdir, "checkpoints"), keep=train_cfg["keep_checkpoints"]) as ckpt:
@@ -126,10 +132,11 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
             state, start = layout.init(cfg["seed"], model_builder(
                 cfg, tokenizer.vocab_size, context_length)), 0
             writer.truncate_after(0)  # rows of a run killed before its first checkpoint
-        save_config(config, workdir)  # only once the checkpoint (if any) matched the config
+        if not keep_config:  # written only once the checkpoint (if any) matched the config
+            save_config(config, workdir)
         try:
             results = _run_steps(cfg, workdir, state, start, iterator, step_fn, ckpt, writer,
-                                 evaluators, batch_sharding(mesh, rules), stops)
+                                 evaluators, sharding, stops)
         finally:
             writer.close()
     if is_main_process():
@@ -141,10 +148,18 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
     return results
 
 
+def _progress(num_steps: int, start: int) -> Any:
+    """A tqdm bar on a terminal; elsewhere (logs, CI) none: the loop logs a line per log_every."""
+    interactive = is_main_process() and sys.stderr.isatty()
+    return tqdm(total=num_steps, initial=start, desc="train", unit="step", dynamic_ncols=True,
+                disable=not interactive)
+
+
 def _run_steps(cfg: Mapping, workdir: str, state: dict, start: int, iterator: Any,
-               step_fn: Any, ckpt: Checkpointer, writer: MetricsWriter, evaluators: list,
-               sharding: jax.sharding.NamedSharding, stops: StopRequests) -> dict:
-    """Steps start+1 .. num_steps with logging, checkpoints and periodic evaluation.
+               step_fn: Any, ckpt: Checkpointer, writer: MetricsWriter,
+               evaluators: list[Scheduled], sharding: jax.sharding.NamedSharding,
+               stops: StopRequests) -> dict:
+    """Steps start+1 .. num_steps with logging, checkpoints and each evaluator on its schedule.
 
     A stop request (signal, time limit) ends it after the current step with a checkpoint of
     that step and TrainingStoppedError.
@@ -152,8 +167,7 @@ def _run_steps(cfg: Mapping, workdir: str, state: dict, start: int, iterator: An
     train_cfg = cfg["train"]
     prefetcher = DevicePrefetcher(iterator, sharding, cfg["data"]["prefetch"])
     num_steps, results = train_cfg["num_steps"], {}
-    bar = tqdm(total=num_steps, initial=start, desc="train", unit="step", dynamic_ncols=True,
-               disable=not is_main_process())
+    bar = _progress(num_steps, start)
     window_start, window_steps = time.perf_counter(), 0
     skips = SkipMonitor(train_cfg["max_consecutive_skips"],
                         lambda: (ckpt.finish_pending(), ckpt.last_good_message())[1])
@@ -174,6 +188,9 @@ def _run_steps(cfg: Mapping, workdir: str, state: dict, start: int, iterator: An
                 writer.write(step, metrics)
                 bar.set_postfix(loss=f"{metrics['loss']:.3f}",
                                 img_s=f"{metrics['images_per_second']:.0f}")
+                if bar.disable and is_main_process():
+                    log.info("step %d/%d loss %.4f (%.0f images/s)", step, num_steps,
+                             metrics["loss"], metrics["images_per_second"])
                 window_start, window_steps = time.perf_counter(), 0
             stop = stops.should_stop(step)  # the same step on every process
             if stop or step % train_cfg["checkpoint_every"] == 0 or step == num_steps:
@@ -181,12 +198,12 @@ def _run_steps(cfg: Mapping, workdir: str, state: dict, start: int, iterator: An
             if stop:
                 raise TrainingStoppedError(f"{stops.reason}: wrote the checkpoint of step {step} "
                                            f"to {ckpt.directory}; run the same command to resume")
-            eval_every = train_cfg["eval_every"]
-            if evaluators and (step == num_steps or (eval_every and step % eval_every == 0)):
-                results = run_evaluators(evaluators, state["params"], step, workdir, writer)
+            due = [e for e in evaluators if e.due(step, num_steps)]
+            if due:
+                results = run_evaluators(due, weights(state), step, workdir, writer)
                 window_start, window_steps = time.perf_counter(), 0
         if start >= num_steps and evaluators:
-            results = run_evaluators(evaluators, state["params"], start, workdir, writer)
+            results = run_evaluators(evaluators, weights(state), start, workdir, writer)
     finally:
         bar.close()
         prefetcher.close()

@@ -18,6 +18,15 @@ def _step_of(line: str) -> int | None:
         return None
 
 
+def _same_evaluation(line: str, row: Mapping) -> bool:
+    """True for a line of the same step whose metrics are all among `row`'s."""
+    try:
+        old = json.loads(line)
+    except ValueError:
+        return False
+    return old.get("step") == row["step"] and set(old) <= set(row)
+
+
 class MetricsWriter:
     """Appends `{"step": s, **metrics}` to workdir/metrics.jsonl and TensorBoard events."""
 
@@ -40,10 +49,22 @@ class MetricsWriter:
             f.writelines(rows)
         os.replace(tmp, self.path)
 
-    def write(self, step: int, metrics: Mapping[str, float]) -> None:
+    def write(self, step: int, metrics: Mapping[str, float], replace: bool = False) -> None:
+        """Appends a row; with `replace`, rows of the same step holding only these keys (an
+        earlier evaluation of the same checkpoint) are dropped first, so a re-evaluation does
+        not duplicate them."""
         if not self.enabled:
             return
         row = {"step": int(step), **{k: float(v) for k, v in metrics.items()}}
+        if replace and os.path.exists(self.path):
+            with open(self.path) as f:
+                lines = f.readlines()
+            kept = [line for line in lines if not _same_evaluation(line, row)]
+            if len(kept) != len(lines):
+                tmp = self.path + ".tmp"
+                with open(tmp, "w") as f:
+                    f.writelines(kept)
+                os.replace(tmp, self.path)
         with open(self.path, "a") as f:
             f.write(json.dumps(row) + "\n")
         for key, value in metrics.items():

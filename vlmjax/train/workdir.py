@@ -1,5 +1,6 @@
 """The files of a run directory that training and evaluation share: config and tokenizer."""
 
+import fcntl
 import json
 import logging
 import os
@@ -11,10 +12,10 @@ import jax
 import ml_collections
 from jax.experimental import multihost_utils
 
-from vlmjax.data.captions import caption_texts
-from vlmjax.data.datasets import caption_vocabulary
-from vlmjax.errors import CheckpointError, ConfigError
+from vlmjax.data.registry import get_train_source
+from vlmjax.errors import CheckpointError, ConfigError, WorkdirBusyError
 from vlmjax.tokenizers import Tokenizer, build_tokenizer, load_tokenizer
+from vlmjax.tokenizers.registry import TOKENIZERS
 
 log = logging.getLogger(__name__)
 
@@ -44,35 +45,76 @@ def check_free_disk(directory: str, needed_bytes: int) -> None:
                               "some space or pass a --workdir on a larger disk")
 
 
+def has_trained_steps(workdir: str) -> bool:
+    """True when workdir/checkpoints holds a step after 0 (step 0 alone is imported weights)."""
+    directory = os.path.join(workdir, "checkpoints")
+    names = os.listdir(directory) if os.path.isdir(directory) else []
+    return any(name.isdigit() and int(name) > 0 for name in names)
+
+
+class WorkdirLock:
+    """An exclusive OS lock on workdir/.lock while a trainer uses the run directory.
+
+    flock: the kernel releases it when the holder exits, however it dies (SIGKILL included),
+    so a stale lock file never blocks a restart. A second trainer fails at once naming the PID
+    of the holder. Multi-process jobs lock on process 0 only (`enabled`).
+    """
+
+    FILE = ".lock"
+
+    def __init__(self, workdir: str, enabled: bool = True):
+        self.path = os.path.join(workdir, self.FILE)
+        self.enabled = enabled
+        self._fd: int | None = None
+
+    def __enter__(self) -> "WorkdirLock":
+        if not self.enabled:
+            return self
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.read(fd, 64).decode(errors="replace").strip() or "unknown"
+            os.close(fd)
+            raise WorkdirBusyError(f"another trainer (PID {holder}) is using "
+                                   f"{os.path.dirname(self.path)}; wait for it to finish or "
+                                   "use another --workdir") from None
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        self._fd = fd
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._fd is not None:
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
+            os.close(self._fd)
+            self._fd = None
+
+
 def save_config(config: ml_collections.ConfigDict, workdir: str) -> None:
-    """Writes workdir/config.json (what evaluate and resume read back)."""
+    """Writes workdir/config.json (what evaluate and resume read back), atomically."""
     if is_main_process():
-        with open(os.path.join(workdir, "config.json"), "w") as f:
+        path = os.path.join(workdir, "config.json")
+        with open(path + ".tmp", "w") as f:
             f.write(config.to_json(indent=2))
+        os.replace(path + ".tmp", path)
 
 
 def load_saved_config(workdir: str) -> ml_collections.ConfigDict:
-    """The config a workdir was trained with, completed with defaults of newer keys."""
+    """The config a workdir was trained with, completed with the defaults of newer keys (what
+    the code of that time did), so older workdirs stay evaluable."""
     path = os.path.join(workdir, "config.json")
     if not os.path.isfile(path):
         raise ConfigError(f"{path} does not exist: {workdir} was not created by vlmjax.train; "
                           "pass --config path/to/config.py or the right --workdir")
-    with open(path) as f:
-        saved = json.load(f)
-    # Keys added to the schema after the run was made take their defaults (which are what the
-    # code of that time did), so older workdirs stay evaluable.
-    from vlmjax.config import base_config
-    return ml_collections.ConfigDict(_with_defaults(saved, base_config().to_dict()))
-
-
-def _with_defaults(saved: dict, defaults: dict) -> dict:
-    merged = dict(saved)
-    for key, default in defaults.items():
-        if key not in merged:
-            merged[key] = default
-        elif isinstance(default, dict) and isinstance(merged[key], dict) and key != "evals":
-            merged[key] = _with_defaults(merged[key], default)
-    return merged
+    try:
+        with open(path) as f:
+            saved = json.load(f)
+    except (OSError, json.JSONDecodeError) as e:
+        raise ConfigError(f"{path} cannot be read ({e}); restore it from a backup or start a new "
+                          "--workdir") from None
+    from vlmjax.config.schema import complete
+    return complete(ml_collections.ConfigDict(saved))
 
 
 def tokenizer_for_run(config: Mapping, workdir: str) -> Tokenizer:
@@ -93,9 +135,13 @@ def _build_and_save(config: Mapping, directory: str) -> Tokenizer:
     """Builds (trains, for trained kinds) the config's tokenizer and stores it atomically."""
     tok = config["tokenizer"]
     texts = None
-    if tok["kind"].startswith("trained_"):
-        names, templates = caption_vocabulary(config["data"]["name"])
-        texts = caption_texts(names, templates)[0]
+    if TOKENIZERS[tok["kind"]].trains:
+        source = get_train_source(config["data"])
+        if source.caption_texts is None:
+            raise ConfigError(f"config.tokenizer.kind={tok['kind']!r} learns its vocabulary from "
+                              f"the training captions, which data.name={config['data']['name']!r} "
+                              "does not list; use a fixed vocabulary, e.g. clip_bpe")
+        texts = source.caption_texts(config)
         log.info("training a %s tokenizer (vocab %d) on %d captions", tok["kind"],
                  tok["vocab_size"], len(texts))
     tokenizer = build_tokenizer(tok["kind"], path=tok["path"], vocab_size=tok["vocab_size"],
