@@ -15,9 +15,10 @@ from tests.test_zeroshot import ClassIdTokenizer
 from vlmjax.data.benchmarks import benchmark_prompts, benchmarks, clean_name, num_classes
 from vlmjax.data.tfds_images import eval_transform, open_split
 from vlmjax.errors import DataError
-from vlmjax.evaluators.context import EvalContext
 from vlmjax.evaluators.zeroshot import ZeroShotClassification
 from vlmjax.parallel.mesh import make_mesh
+
+from .eval_contexts import make_eval_context
 
 SIZE = 16
 
@@ -119,9 +120,9 @@ def test_every_benchmark_zero_shot_end_to_end_on_mock_data(tmp_path):
             classnames, _, path = _prompts(tmp_path, name)
             split = "test" if "test" in benchmarks()[name].splits else "train"
             c = len(classnames)
-            ctx = EvalContext(graphdef=nnx.split(PixelModel(c))[0],
+            ctx = make_eval_context(config, graphdef=nnx.split(PixelModel(c))[0],
                               tokenizer=ClassIdTokenizer(classnames), context_length=4, mesh=mesh,
-                              rules=(("batch", ("data", "fsdp")),), config=config)
+                              rules=(("batch", ("data", "fsdp")),))
             evaluator = ZeroShotClassification(
                 {"dataset": name, "split": split, "batch_size": 8, "classnames_file": path}, ctx)
             metrics = evaluator.run({})

@@ -46,8 +46,9 @@ def test_captioning_evaluator_scores_the_captions_of_the_right_images(tmp_path, 
     from tests.conftest import write_split
     from vlmjax.evaluators import captioning
     from vlmjax.evaluators.caption_metrics import caption_metrics
-    from vlmjax.evaluators.context import EvalContext
     from vlmjax.parallel.mesh import make_mesh
+
+    from .eval_contexts import make_eval_context
 
     n, rng = 23, np.random.default_rng(0)
     labels = rng.integers(0, 10, size=n)
@@ -64,9 +65,9 @@ def test_captioning_evaluator_scores_the_captions_of_the_right_images(tmp_path, 
     monkeypatch.setattr(captioning, "generate_captions", planted)
     config = {"data": {"dir": str(tmp_path), "image_mean": 0.0, "image_std": 1 / 255},
               "model": {"name": "coca"}}
-    ctx = EvalContext(graphdef=None, tokenizer=None, context_length=12,
+    ctx = make_eval_context(config, graphdef=None, tokenizer=None, context_length=12,
                       mesh=make_mesh({"data": -1, "fsdp": 1, "tensor": 1}),
-                      rules=(("batch", ("data", "fsdp")),), config=config)
+                      rules=(("batch", ("data", "fsdp")),))
     evaluator = captioning.Captioning({**captioning.DEFAULTS, "batch_size": 8, "num_images": 0}, ctx)
     metrics = evaluator.run({})
     assert metrics["class_named"] == np.mean(right)

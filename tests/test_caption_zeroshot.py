@@ -11,9 +11,10 @@ from tests.conftest import write_split
 from tests.test_zeroshot import ClassIdTokenizer
 from vlmjax.errors import ConfigError
 from vlmjax.evaluators.caption_zeroshot import CaptionZeroShotClassification, prompt_scores
-from vlmjax.evaluators.context import EvalContext
 from vlmjax.objectives.coca import sequence_log_likelihood
 from vlmjax.parallel.mesh import make_mesh
+
+from .eval_contexts import make_eval_context
 
 
 def test_sequence_log_likelihood_against_numpy_with_padding():
@@ -49,13 +50,13 @@ class PlantedCaptioner(nnx.Module):
         return logits.at[:, :, 0].set(5.0 * match[:, None])  # targets after the class id are 0
 
 
-def _context(directory: str, model_name: str, classnames: list[str]) -> EvalContext:
+def _context(directory: str, model_name: str, classnames: list[str]):
     config = {"data": {"dir": directory, "image_mean": 0.0, "image_std": 1.0},
               "model": {"name": model_name}}
-    return EvalContext(graphdef=nnx.split(PlantedCaptioner(10))[0],
+    return make_eval_context(config, graphdef=nnx.split(PlantedCaptioner(10))[0],
                        tokenizer=ClassIdTokenizer(classnames), context_length=4,
                        mesh=make_mesh({"data": -1, "fsdp": 1, "tensor": 1}),
-                       rules=(("batch", ("data", "fsdp")),), config=config)
+                       rules=(("batch", ("data", "fsdp")),))
 
 
 def test_planted_captioner_predictions_and_image_cap(tmp_path):
@@ -74,5 +75,5 @@ def test_planted_captioner_predictions_and_image_cap(tmp_path):
     assert metrics["acc1"] == pytest.approx(np.mean(predicted == labels))
     capped = CaptionZeroShotClassification({**cfg, "num_images": 50}, _context(d, "coca", classnames))
     assert capped.run({})["acc1"] == pytest.approx(np.mean(predicted[:50] == labels[:50]))
-    with pytest.raises(ConfigError, match="needs a captioning model"):
+    with pytest.raises(ConfigError, match=r"needs a model with 'captions'.*model.name='two_tower'"):
         CaptionZeroShotClassification(cfg, _context(d, "two_tower", classnames))

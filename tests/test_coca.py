@@ -12,7 +12,7 @@ from flax import nnx
 
 from tests.conftest import REPO
 from tests.tolerances import accuracy_slack, dot_atol
-from vlmjax.config import load_config_file
+from vlmjax.config import load_config_file, select
 from vlmjax.config.validate import validate
 from vlmjax.errors import ConfigError
 from vlmjax.models import stacked
@@ -46,7 +46,7 @@ def _inputs(b: int = 3, length: int = 8, seed: int = 0):
 
 def test_outputs_and_decoder_causality(model):
     images, ids, mask, _ = _inputs()
-    out = model(images, jnp.asarray(ids), jnp.asarray(mask))
+    out = model({"image": images, "text": jnp.asarray(ids), "text_mask": jnp.asarray(mask)})
     assert out["caption_logits"].shape == (3, 8, VOCAB)
     assert out["caption_logits"].dtype == jnp.float32
     for key in ("image_embed", "text_embed"):
@@ -160,8 +160,8 @@ def test_scan_and_remat_match_unrolled(model):
     nnx.replace_by_pure_dict(state, params)
     same = nnx.merge(graphdef, state)
     images, ids, mask, _ = _inputs()
-    want = model(images, jnp.asarray(ids), jnp.asarray(mask))
-    got = same(images, jnp.asarray(ids), jnp.asarray(mask))
+    batch = {"image": images, "text": jnp.asarray(ids), "text_mask": jnp.asarray(mask)}
+    want, got = model(batch), same(batch)
     for key in want:
         np.testing.assert_allclose(got[key], want[key], atol=1e-5, rtol=1e-5)
 
@@ -176,6 +176,11 @@ def test_config_checks(synthetic_data_dir):
                                 ("model.coca.pooler_heads", 3, "does not divide model.text.width")):
         bad = load_config_file(TINY_COCA)
         bad.data.dir = synthetic_data_dir
+        if key == "objective.name":
+            select(bad, key, value)  # swaps the objective's own options too
+            with pytest.raises(ConfigError, match=message):
+                validate(bad, 8)
+            continue
         section, name = key.rsplit(".", 1)
         node = bad
         for part in section.split("."):
@@ -215,7 +220,7 @@ def test_base_config_full_size_shapes():
     parts = {k: count(v) for k, v in params.items()}
     print(f"CoCa-Base parameters: {count(params):,} {parts}")
     assert parts["image"] == 85_795_584
-    assert parts["text"] + parts["decoder"] == 297_441_024
+    assert parts["text"] + parts["text_proj"] + parts["decoder"] == 297_441_024
     assert count(params) == 388_756_225
     assert params["decoder"]["block"]["cross_attn"]["query"].shape == (12, 768, 12, 64)
     assert params["decoder"]["head"].shape == (768, 64_000)

@@ -213,6 +213,6 @@ def test_caption_cli(tmp_path, capsys):
     clip_dir = tmp_path / "clip"
     os.makedirs(clip_dir)
     with open(clip_dir / "config.json", "w") as f:
-        json.dump({"model": {"name": "clip"}}, f)
-    with pytest.raises(ConfigError, match="CoCa"):
+        json.dump({"model": {"name": "two_tower"}}, f)
+    with pytest.raises(ConfigError, match="'two_tower' model, which does not caption"):
         main(["--workdir", str(clip_dir), paths[0]])

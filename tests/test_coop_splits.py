@@ -19,9 +19,10 @@ from vlmjax.data.coop_splits import CoopSplitSource
 from vlmjax.data.eval_sources import check_eval_dataset, eval_prompts
 from vlmjax.data.tfds_images import decoded
 from vlmjax.errors import DataError
-from vlmjax.evaluators.context import EvalContext
 from vlmjax.evaluators.zeroshot import ZeroShotClassification
 from vlmjax.parallel.mesh import make_mesh
+
+from .eval_contexts import make_eval_context
 
 # CoOp's Caltech101 split: 3 classes here, named and numbered as CoOp does (TFDS: 102 classes).
 CALTECH = {"train": [["Faces/image_0003.jpg", 1, "face"], ["accordion/image_0001.jpg", 0, "accordion"]],
@@ -77,10 +78,10 @@ def test_zero_shot_on_a_coop_split(fake_tfds, tmp_path):
     split_file = _write(tmp_path / "split.json", CALTECH)
     config = {"data": {"dir": "", "image_mean": 0.0, "image_std": 1.0},
               "model": {"name": "two_tower", "image": {"image_size": SIZE, "channels": 3}}}
-    ctx = EvalContext(graphdef=nnx.split(PixelModel(3))[0],
+    ctx = make_eval_context(config, graphdef=nnx.split(PixelModel(3))[0],
                       tokenizer=ClassIdTokenizer(["accordion", "face", "leopard"]), context_length=4,
                       mesh=make_mesh({"data": -1, "fsdp": 1, "tensor": 1}),
-                      rules=(("batch", ("data", "fsdp")),), config=config)
+                      rules=(("batch", ("data", "fsdp")),))
     metrics = ZeroShotClassification({"dataset": "caltech101", "split": "test", "batch_size": 8,
                                       "split_file": split_file}, ctx).run({})
     # Reds 1, 2, 4 predict classes 1, 2, 1 (red mod 3) for CoOp labels 1, 2, 0.

@@ -13,13 +13,13 @@ from flax import nnx
 from tests.conftest import REPO
 from tests.test_filip import SIM_ATOL, naive_similarities
 from tests.tolerances import gamma
-from vlmjax.config import load_config_file
+from vlmjax.config import load_config_file, select
 from vlmjax.config.validate import validate
 from vlmjax.errors import ConfigError
 from vlmjax.evaluators.metrics import retrieval_metrics
 from vlmjax.evaluators.scoring import EmbeddingScoring, TokenWiseScoring, scoring_for
 from vlmjax.models.filip import Filip
-from vlmjax.models.registry import get_model_spec
+from vlmjax.models.registry import FAMILIES
 
 TINY_FILIP = os.path.join(REPO, "configs", "test", "tiny_filip.py")
 
@@ -38,7 +38,7 @@ def test_model_outputs_normalised_tokens_and_two_temperatures():
     images = jnp.asarray(rng.normal(size=(3, 28, 28, 1)), jnp.float32)
     ids = jnp.asarray(rng.integers(1, 50, size=(3, 10)), jnp.int32)
     mask = jnp.arange(10)[None] < jnp.asarray([[2], [10], [5]])
-    out = model(images, ids, mask)
+    out = model({"image": images, "text": ids, "text_mask": mask})
     assert out["image_tokens"].shape == (3, 4, 16)  # (28 / 14)² patches, joint width 16
     assert out["text_tokens"].shape == (3, 10, 16)
     for key in ("image_tokens", "text_tokens"):
@@ -50,17 +50,18 @@ def test_model_outputs_normalised_tokens_and_two_temperatures():
                                out["text_tokens"][0, :2], atol=1e-6)
     params = nnx.state(model, nnx.Param).to_pure_dict()
     params["logit_scale_t2i"] = jnp.float32(9.0)
-    clamped = get_model_spec("filip").post_update(params, cfg)
+    clamped = FAMILIES["filip"].post_update(params, cfg)
     assert float(clamped["logit_scale_t2i"]) == pytest.approx(np.log(100.0))
     shared = nnx.eval_shape(lambda: Filip(_config().model.to_dict(), 50, 10, rngs=nnx.Rngs(0)))
     assert "logit_scale_t2i" not in nnx.state(shared, nnx.Param)
 
 
 def test_scoring_is_chosen_by_model_family():
-    assert isinstance(scoring_for(_config().to_dict()), TokenWiseScoring)
-    assert scoring_for(_config().to_dict(), "t2i").direction == "t2i"
-    clip = load_config_file(os.path.join(REPO, "configs", "test", "tiny_clip.py"))
-    assert isinstance(scoring_for(clip.to_dict()), EmbeddingScoring)
+    view = lambda name: FAMILIES[name]  # noqa: E731  (ModelView and ModelFamily declare .scoring)
+    assert isinstance(scoring_for(view("filip")), TokenWiseScoring)
+    assert scoring_for(view("filip"), "t2i").direction == "t2i"
+    assert isinstance(scoring_for(view("two_tower")), EmbeddingScoring)
+    assert isinstance(scoring_for(view("coca")), EmbeddingScoring)
 
 
 @pytest.mark.parametrize("direction", ["i2t", "t2i", "mean"])
@@ -127,7 +128,7 @@ def test_config_checks(synthetic_data_dir):
         with pytest.raises(ConfigError, match=message):
             validate(bad, 8)
     clip_model = _config("", synthetic_data_dir)
-    clip_model.model.name = "two_tower"
+    select(clip_model, "model.name", "two_tower")
     with pytest.raises(ConfigError, match="'filip' does not work with model 'two_tower'"):
         validate(clip_model, 8)
 

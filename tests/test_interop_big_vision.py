@@ -323,5 +323,5 @@ def test_config_checks_the_big_vision_options(tiny_config):
     tiny_config.model.embed_dim = 8  # the towers are 16 wide
     fails("model.text.proj", "none", r"model\.text\.proj.*embed_dim \(8\)")
     tiny_config.model.embed_dim = 16
-    tiny_config.model.name = "filip"
-    fails("model.text.causal", False, r"model\.text\.causal.*two_tower")
+    tiny_config.model.name = "coca"  # its unimodal text tower must be causal, pooled at a CLS
+    fails("model.text.causal", False, r"model\.text\.pool.*CoCa")

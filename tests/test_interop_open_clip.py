@@ -128,13 +128,20 @@ def test_import_matches_open_clip(reference, restored, name):
 
 
 def test_converted_configs_are_valid_for_training(converted):
-    """`vlmjax.train --workdir` starts from the saved config: it must pass validation."""
+    """`vlmjax.evaluate` / `vlmjax.train --workdir` start from the saved config: it passes
+    validation, and for training only the data has to fit the imported model."""
     import jax
 
     from vlmjax.config.validate import validate
+    from vlmjax.errors import ConfigError
     from vlmjax.train.workdir import load_saved_config
     for workdir in converted.values():
-        validate(load_saved_config(workdir), jax.device_count(), 1)
+        config = load_saved_config(workdir)
+        validate(config, jax.device_count(), 1, training=False)
+        # The saved data section is a placeholder (grayscale 28 px Fashion-MNIST), never resized
+        # to an RGB model's input: training names that, before anything compiles.
+        with pytest.raises(ConfigError, match=r"\(they are not resized\), but model\.image"):
+            validate(config, jax.device_count(), 1)
 
 
 def test_tokenizer_ids_match_open_clip(reference, converted, restored):

@@ -15,9 +15,10 @@ from vlmjax.data.coop_splits import index_sources, tfds_sources
 from vlmjax.data.manual_benchmarks import Ucf101Midframes, prepare
 from vlmjax.data.tfds_images import open_split, open_tfds
 from vlmjax.errors import DataError
-from vlmjax.evaluators.context import EvalContext
 from vlmjax.evaluators.zeroshot import ZeroShotClassification
 from vlmjax.parallel.mesh import make_mesh
+
+from .eval_contexts import make_eval_context
 
 
 def _image(path, red: int) -> None:
@@ -125,10 +126,10 @@ def test_zero_shot_reads_the_prepared_builders(prepared, name):
     classnames = benchmark_prompts(name)[0]
     config = {"data": {"dir": "", "image_mean": 0.0, "image_std": 1.0},
               "model": {"name": "two_tower", "image": {"image_size": SIZE, "channels": 3}}}
-    ctx = EvalContext(graphdef=nnx.split(PixelModel(len(classnames)))[0],
+    ctx = make_eval_context(config, graphdef=nnx.split(PixelModel(len(classnames)))[0],
                       tokenizer=ClassIdTokenizer(classnames), context_length=4,
                       mesh=make_mesh({"data": -1, "fsdp": 1, "tensor": 1}),
-                      rules=(("batch", ("data", "fsdp")),), config=config)
+                      rules=(("batch", ("data", "fsdp")),))
     metrics = ZeroShotClassification({"dataset": name, "split": "test", "batch_size": 8,
                                       "data_dir": data_dir}, ctx).run({})
     # FGVC: one of its two test images is planted wrong; UCF101's frames are all right.

@@ -9,9 +9,10 @@ from flax import nnx
 from vlmjax.config import base_config
 from vlmjax.errors import ConfigError
 from vlmjax.models import layers
+from vlmjax.models.registry import FAMILIES
 from vlmjax.models.sizes import resolve_vit
 from vlmjax.models.text import last_valid_index
-from vlmjax.models.two_tower import TwoTower, clamp_logit_scale
+from vlmjax.models.two_tower import TwoTower
 from vlmjax.parallel.mesh import logical_axes_of
 
 
@@ -30,7 +31,8 @@ def test_two_tower_output_shapes_and_norms(pool):
     images = jax.random.normal(jax.random.key(1), (3, 8, 8, 3))
     ids = jnp.ones((3, 7), jnp.int32)
     mask = jnp.arange(7)[None] < jnp.array([[2], [7], [4]])
-    out, tokens = nnx.jit(lambda m, x, i, k: (m(x, i, k), m.image(x)["tokens"]))(model, images, ids, mask)
+    out, tokens = nnx.jit(lambda m, x, i, k: (m({"image": x, "text": i, "text_mask": k}),
+                                              m.image(x)["tokens"]))(model, images, ids, mask)
     assert out["image_embed"].shape == (3, 8) and out["text_embed"].shape == (3, 8)
     np.testing.assert_allclose(np.linalg.norm(out["image_embed"], axis=1), 1, rtol=1e-5)
     np.testing.assert_allclose(np.linalg.norm(out["text_embed"], axis=1), 1, rtol=1e-5)
@@ -105,10 +107,10 @@ def test_attention_matches_numpy_softmax_attention():
 
 
 def test_logit_scale_clamp():
-    params = {"logit_scale": jnp.float32(7.0), "other": jnp.ones(2)}
-    clamped = clamp_logit_scale(params, 100.0)
+    clamp = lambda p: FAMILIES["two_tower"].post_update(p, {"max_logit_scale": 100.0})  # noqa: E731
+    clamped = clamp({"logit_scale": jnp.float32(7.0), "other": jnp.ones(2)})
     np.testing.assert_allclose(float(clamped["logit_scale"]), np.log(100.0), rtol=1e-6)
-    assert float(clamp_logit_scale({"logit_scale": jnp.float32(1.0)}, 100.0)["logit_scale"]) == 1.0
+    assert float(clamp({"logit_scale": jnp.float32(1.0)})["logit_scale"]) == 1.0
 
 
 def test_named_variant_resolution_and_conflicts():

@@ -123,7 +123,7 @@ def _zeroshot_scores(workdir: str, data_dir: str) -> tuple[np.ndarray, np.ndarra
     labels."""
     import jax
 
-    from vlmjax.evaluators.context import EvalContext
+    from vlmjax.train.eval_context import eval_context
     from vlmjax.evaluators.frozen_features import FeatureExtractor
     from vlmjax.evaluators.zeroshot import ZeroShotClassification
     from vlmjax.parallel.mesh import make_mesh, replicated
@@ -135,8 +135,7 @@ def _zeroshot_scores(workdir: str, data_dir: str) -> tuple[np.ndarray, np.ndarra
     tokenizer = load_tokenizer(os.path.join(workdir, "tokenizer"))
     length = cfg["tokenizer"]["context_length"]
     layout = state_layout(cfg, tokenizer.vocab_size, length, mesh)
-    ctx = EvalContext(graphdef=layout.graphdef, tokenizer=tokenizer, context_length=length,
-                      mesh=mesh, rules=cfg["sharding_rules"], config=cfg)
+    ctx = eval_context(cfg, layout.graphdef, tokenizer, mesh)
     params = jax.device_put(_params(workdir), replicated(mesh))
     features, labels = FeatureExtractor(ctx, 200).features(params, "fashion_mnist", "test")
     classifier = ZeroShotClassification({"dataset": "fashion_mnist", "split": "test"}, ctx).classifier(params)

@@ -13,10 +13,11 @@ from PIL import Image
 from tests.test_zeroshot import ClassIdTokenizer
 from vlmjax.data.karpathy_retrieval import captions_of, open_retrieval_split, prepare
 from vlmjax.errors import DataError
-from vlmjax.evaluators.context import EvalContext
 from vlmjax.evaluators.metrics import retrieval_metrics
 from vlmjax.evaluators.retrieval import Retrieval
 from vlmjax.parallel.mesh import make_mesh
+
+from .eval_contexts import make_eval_context
 
 N_TEST = 11  # 11 test images: a padded last batch of 8 over 8 devices
 
@@ -75,10 +76,10 @@ def test_retrieval_evaluator_on_a_planted_model(flickr_dir):
     names = [f"image{i}" for i in range(N_TEST + 2)]
     config = {"data": {"dir": "", "image_mean": 0.0, "image_std": 1.0},
               "model": {"name": "two_tower", "image": {"image_size": 6, "channels": 3}}}
-    ctx = EvalContext(graphdef=nnx.split(ColourModel(N_TEST + 2))[0],
+    ctx = make_eval_context(config, graphdef=nnx.split(ColourModel(N_TEST + 2))[0],
                       tokenizer=ClassIdTokenizer(names), context_length=4,
                       mesh=make_mesh({"data": -1, "fsdp": 1, "tensor": 1}),
-                      rules=(("batch", ("data", "fsdp")),), config=config)
+                      rules=(("batch", ("data", "fsdp")),))
     evaluator = Retrieval({"dataset": "flickr30k", "split": "test", "data_dir": flickr_dir,
                            "num_images": 0, "batch_size": 8}, ctx)
     metrics = evaluator.run({})

@@ -191,14 +191,14 @@ def test_pseudo_labels_keep_the_most_confident_per_predicted_class():
 def tiny_text_model():
     from tests.conftest import TINY_CONFIG
     from vlmjax.config import load_config_file
-    from vlmjax.models.registry import get_model_spec
+    from vlmjax.models.registry import FAMILIES
     from vlmjax.tokenizers import build_tokenizer
     names = ["t-shirt", "trouser", "ankle boot", "bag"]
     tokenizer = build_tokenizer("trained_bpe", vocab_size=600,
                                 texts=[f"a photo of a {c}." for c in names] * 5 + ["x y z"])
     cfg = load_config_file(TINY_CONFIG).to_dict()
-    model = get_model_spec("two_tower").build(cfg["model"], tokenizer.vocab_size, 12,
-                                              rngs=nnx.Rngs(0))
+    model = FAMILIES["two_tower"].build(cfg["model"], tokenizer.vocab_size, 12,
+                                        rngs=nnx.Rngs(0))
     graphdef, state = nnx.split(model)
     return names, tokenizer, graphdef, nnx.to_pure_dict(state), model
 

@@ -342,7 +342,7 @@ def test_prepare_from_csv_and_jsonl(tmp_path, fashion_images, tokenizer):
 
 
 def test_train_from_prepared_shards_logs_skips(tmp_path, prepared, tokenizer):
-    from vlmjax.config import load_config_file, validate
+    from vlmjax.config import load_config_file, select, validate
     from vlmjax.errors import ConfigError
     from vlmjax.train.loop import train
     from vlmjax.train.metrics_writer import read_metrics
@@ -350,7 +350,7 @@ def test_train_from_prepared_shards_logs_skips(tmp_path, prepared, tokenizer):
     tokenizer.save(str(tmp_path / "tok"))
     config = load_config_file(os.path.join(os.path.dirname(__file__), "..", "configs", "test",
                                            "tiny_clip.py"))
-    config.data.name = "image_text"
+    select(config, "data.name", "image_text")
     config.data.web.sources = (f"prepared:{prepared[0]}",)
     config.data.web.num_workers = 0
     config.data.image_mean = config.data.image_std = 0.5

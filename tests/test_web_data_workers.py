@@ -16,11 +16,11 @@ from vlmjax.data.prepare import main as prepare_main
 from vlmjax.tokenizers.trained_bpe import train_bpe
 
 CONFIG = """
-from vlmjax.config import load_config_file
+from vlmjax.config import load_config_file, select
 
 def get_config():
     c = load_config_file({tiny!r})
-    c.data.name = "image_text"
+    select(c, "data.name", "image_text")
     c.data.web.sources = ("prepared:{prepared}",)
     c.data.web.num_workers = 2
     c.data.image_mean = c.data.image_std = 0.5

@@ -8,11 +8,12 @@ import pytest
 from flax import nnx
 
 from tests.conftest import write_split
-from vlmjax.evaluators.context import EvalContext
 from vlmjax.evaluators.metrics import classification_metrics
 from vlmjax.evaluators.zeroshot import ZeroShotClassification, class_embeddings, predict_topk
 from vlmjax.parallel.mesh import make_mesh
 from vlmjax.tokenizers import Tokenizer
+
+from .eval_contexts import make_eval_context
 
 
 def test_metrics_hand_computed():
@@ -100,9 +101,10 @@ def test_evaluator_run_on_a_planted_model(tmp_path):
     classnames, _ = dataset_prompts("fashion_mnist")
     config = {"data": {"dir": d, "image_mean": 0.0, "image_std": 1.0},
               "model": {"name": "two_tower", "image": {"image_size": 28, "channels": 1}}}
-    ctx = EvalContext(graphdef=nnx.split(PlantedModel(10))[0], tokenizer=ClassIdTokenizer(classnames),
-                      context_length=4, mesh=make_mesh({"data": -1, "fsdp": 1, "tensor": 1}),
-                      rules=(("batch", ("data", "fsdp")),), config=config)
+    ctx = make_eval_context(config, graphdef=nnx.split(PlantedModel(10))[0],
+                            tokenizer=ClassIdTokenizer(classnames), context_length=4,
+                            mesh=make_mesh({"data": -1, "fsdp": 1, "tensor": 1}),
+                            rules=(("batch", ("data", "fsdp")),))
     evaluator = ZeroShotClassification({"dataset": "fashion_mnist", "split": "test", "data_dir": "",
                                         "batch_size": 40, "classnames_file": "",
                                         "templates_file": ""}, ctx)

@@ -13,12 +13,11 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from vlmjax.data.datasets import dataset_prompts, load_split
-from vlmjax.errors import ConfigError
-from vlmjax.evaluators.context import EvalContext, classify_images
+from vlmjax.data.datasets import check_dataset, dataset_prompts, load_split
+from vlmjax.evaluators.context import EvalContext, EvalFacts, classify_images
 from vlmjax.objectives.coca import sequence_log_likelihood
+from vlmjax.options import fail
 from vlmjax.parallel.mesh import replicated
-from vlmjax.train.step import normalize_images
 
 DEFAULTS = {
     "kind": "caption_zeroshot",
@@ -38,16 +37,24 @@ def prompt_scores(log_likelihoods: jax.Array, num_classes: int) -> jax.Array:
     return log_likelihoods.reshape(log_likelihoods.shape[0], num_classes, -1).mean(axis=-1)
 
 
+
+def check(name: str, cfg: Mapping, facts: EvalFacts) -> None:
+    """A captioning model and a readable labelled split."""
+    if "captions" not in facts.capabilities:
+        fail(f"evals.{name}.kind", f"='caption_zeroshot' needs a model that captions (model.name "
+             f"'coca'), but model.name={facts.model_name!r} cannot",
+             "use kind 'zeroshot' for contrastive models")
+    check_dataset(cfg["dataset"], cfg["data_dir"] or facts.data_dir,
+                  key=f"evals.{name}.data_dir" if cfg["data_dir"] else "data.dir", split=cfg["split"])
+
+
 class CaptionZeroShotClassification:
     """Predicts the class whose prompts the captioner finds most likely for each image."""
 
     def __init__(self, cfg: Mapping, ctx: EvalContext):
-        if ctx.config["model"]["name"] != "coca":
-            raise ConfigError(f"evals kind 'caption_zeroshot' needs a captioning model (coca), "
-                              f"but config.model.name={ctx.config['model']['name']!r}; use kind "
-                              "'zeroshot' for contrastive models")
+        ctx.model.require("captions", "evals kind 'caption_zeroshot'",
+                          "use kind 'zeroshot' for contrastive models")
         self.cfg, self.ctx = dict(cfg), ctx
-        data = ctx.config["data"]
         self.name = f"caption_zeroshot/{cfg['dataset']}"
         self.classnames, templates = dataset_prompts(cfg["dataset"], cfg["classnames_file"],
                                                      cfg["templates_file"])
@@ -55,15 +62,15 @@ class CaptionZeroShotClassification:
         prompts = [t.format(c=c) for c in self.classnames for t in self.templates]
         ids, mask = ctx.tokenizer.encode(prompts, ctx.context_length)
         self.prompt_ids, self.prompt_mask = jnp.asarray(ids), jnp.asarray(mask)
-        images, labels = load_split(cfg["dataset"], cfg["data_dir"] or data["dir"], cfg["split"])
+        images, labels = load_split(cfg["dataset"], cfg["data_dir"] or ctx.data_dir, cfg["split"])
         limit = cfg["num_images"] or len(labels)
         self.images, self.labels = images[:limit], labels[:limit]
-        mean, std, graphdef = data["image_mean"], data["image_std"], ctx.graphdef
+        normalize, graphdef = ctx.normalize, ctx.graphdef
         num_classes, k = len(self.classnames), min(5, len(self.classnames))
 
         def top_classes(params: dict, batch: Mapping, ids: jax.Array, mask: jax.Array) -> jax.Array:
             model = nnx.merge(graphdef, params)
-            _, caption_tokens = model.image_features(normalize_images(batch["image"], mean, std))
+            _, caption_tokens = model.image_features(normalize(batch["image"]))
             b, p = caption_tokens.shape[0], ids.shape[0]
             tokens = jnp.repeat(caption_tokens, p, axis=0)  # [b * p, q, d], image-major
             pair_ids, pair_mask = jnp.tile(ids, (b, 1)), jnp.tile(mask, (b, 1))

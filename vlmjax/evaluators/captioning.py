@@ -15,13 +15,13 @@ import numpy as np
 from tqdm import tqdm
 
 from vlmjax.data.captions import caption_texts
-from vlmjax.data.datasets import caption_vocabulary, load_split
+from vlmjax.data.datasets import caption_vocabulary, check_dataset, load_split
 from vlmjax.errors import ConfigError
 from vlmjax.evaluators.caption_metrics import caption_metrics
 from vlmjax.evaluators.caption_naming import class_patterns, named_class, reference_captions
-from vlmjax.evaluators.context import EvalContext
+from vlmjax.evaluators.context import EvalContext, EvalFacts
 from vlmjax.generation.coca_cache import generate_captions
-from vlmjax.train.step import normalize_images
+from vlmjax.options import fail
 
 log = logging.getLogger(__name__)
 
@@ -39,27 +39,35 @@ DEFAULTS = {
 }
 
 
+
+def check(name: str, cfg: Mapping, facts: EvalFacts) -> None:
+    """A captioning model and a readable labelled split."""
+    if "captions" not in facts.capabilities:
+        fail(f"evals.{name}.kind", f"='captioning' needs a model that captions (model.name "
+             f"'coca'), but model.name={facts.model_name!r} cannot",
+             "use kind 'zeroshot' for contrastive models")
+    check_dataset(cfg["dataset"], cfg["data_dir"] or facts.data_dir,
+                  key=f"evals.{name}.data_dir" if cfg["data_dir"] else "data.dir", split=cfg["split"])
+
+
 class Captioning:
     """Generates captions for held-out images and scores them against class captions."""
 
     def __init__(self, cfg: Mapping, ctx: EvalContext):
-        if ctx.config["model"]["name"] != "coca":
-            raise ConfigError(f"evals kind 'captioning' needs a captioning model (coca), but "
-                              f"config.model.name={ctx.config['model']['name']!r}")
+        ctx.model.require("captions", "evals kind 'captioning'", "use kind 'zeroshot' or "
+                          "'retrieval' for contrastive models")
         if cfg["method"] not in ("greedy", "beam"):
             raise ConfigError(f"captioning method={cfg['method']!r}; choose 'greedy' or 'beam' "
                               "(evaluation is deterministic)")
         self.cfg, self.ctx = dict(cfg), ctx
         self.name = f"captioning/{cfg['dataset']}"
-        data = ctx.config["data"]
-        images, labels = load_split(cfg["dataset"], cfg["data_dir"] or data["dir"], cfg["split"])
+        images, labels = load_split(cfg["dataset"], cfg["data_dir"] or ctx.data_dir, cfg["split"])
         limit = cfg["num_images"] or len(labels)
         self.images, self.labels = images[:limit], labels[:limit]
         names, templates = caption_vocabulary(cfg["dataset"])
         texts, offsets = caption_texts(names, templates)
         self.references = reference_captions(self.labels, texts, offsets, cfg["num_references"])
         self.patterns = class_patterns(names)
-        self.mean, self.std = data["image_mean"], data["image_std"]
 
     def captions(self, params: dict) -> list[str]:
         """Generated captions of the evaluated images, in order."""
@@ -67,8 +75,7 @@ class Captioning:
         bs, max_len = self.cfg["batch_size"], self.cfg["max_len"] or None
         for start in tqdm(range(0, len(self.labels), bs), desc=self.name, leave=False,
                           disable=jax.process_index() != 0):
-            images = normalize_images(jnp.asarray(self.images[start: start + bs]), self.mean,
-                                      self.std)
+            images = self.ctx.normalize(jnp.asarray(self.images[start: start + bs]))
             out.extend(generate_captions(self.ctx.graphdef, params, images, self.ctx.tokenizer,
                                          method=self.cfg["method"], max_len=max_len,
                                          num_beams=self.cfg["num_beams"]))

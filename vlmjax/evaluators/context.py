@@ -1,17 +1,26 @@
-"""What every evaluator gets: the model graph, tokenizer, mesh and data-related config."""
+"""What every evaluator gets: an evaluation context, never the trainer or the raw config.
+
+`EvalContext` offers the model (its graph and the capabilities its family declares), the
+tokenizer, the image preprocessing (size, channels, normalisation), the mesh, where on-disk
+datasets live, where a checkpoint's evaluation caches go, and the one service an evaluator
+cannot build from those: `train_classifier`, the jitted supervised training of a classifier
+(fine-tuning), provided by the train layer (dependency inversion: evaluators never import it).
+"""
 
 import dataclasses
 import functools
 import os
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, Protocol
 
 import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from tqdm import tqdm
 
+from vlmjax.data.normalization import Normalization
 from vlmjax.data.prefetch import process_rows, to_global
+from vlmjax.errors import ConfigError
 from vlmjax.evaluators.metrics import classification_metrics
 from vlmjax.parallel.logical import Rules
 from vlmjax.parallel.mesh import batch_sharding
@@ -19,15 +28,52 @@ from vlmjax.tokenizers import Tokenizer
 
 
 @dataclasses.dataclass(frozen=True)
+class ModelView:
+    """What evaluators know of the model: its graph, family and declared capabilities."""
+
+    graphdef: Any
+    name: str  # the family (cache keys and messages only, never to decide what to run)
+    capabilities: frozenset[str]  # models.family.CAPABILITIES
+    scoring: str  # the capability its image-text scores use: "embedding" or "token_wise"
+    towers: Mapping[str, str]  # tower name -> parameter path regex
+    embed_dim: int
+
+    def require(self, capability: str, evaluator: str, fix: str) -> None:
+        """ConfigError unless the model has `capability` (named in the message with `fix`)."""
+        if capability not in self.capabilities:
+            raise ConfigError(f"{evaluator} needs a model with {capability!r} (e.g. "
+                              f"{_EXAMPLES.get(capability, 'another family')}), but model.name="
+                              f"{self.name!r} offers {', '.join(sorted(self.capabilities))}; {fix}")
+
+
+_EXAMPLES = {"embedding": "two_tower, coca", "token_wise": "filip", "captions": "coca",
+             "image_tokens": "two_tower, filip"}
+
+
+class ClassifierTrainer(Protocol):
+    """Builds the training of a classifier module (`models.classifier`) on labelled batches:
+    returns (init(params) -> train state, step(state, batch) -> (state, metrics)), jitted with
+    the run's mesh. `trainable` is a regex of the parameter paths that train (the rest is
+    locked); `options` has lr, warmup_steps, steps, weight_decay, label_smoothing."""
+
+    def __call__(self, graphdef: Any, abstract_params: Any, trainable: str,
+                 options: Mapping) -> tuple[Callable, Callable]: ...
+
+
+@dataclasses.dataclass(frozen=True)
 class EvalContext:
     """Shared, static inputs of evaluators."""
 
-    graphdef: Any
+    model: ModelView
     tokenizer: Tokenizer
     context_length: int
+    image_size: int
+    channels: int
+    normalize: Normalization  # uint8 images -> the model's float inputs
     mesh: Mesh
     rules: Rules
-    config: Mapping  # the full experiment config (data dir, normalisation, ...)
+    data_dir: str = ""  # where on-disk datasets live (config.data.dir)
+    train_classifier: ClassifierTrainer | None = None
     # Evaluating a saved checkpoint (vlmjax.evaluate): which one, and where evaluators may cache
     # what depends only on it (class-prompt features). Empty during training: nothing cached.
     checkpoint: str = ""
@@ -36,6 +82,21 @@ class EvalContext:
     @property
     def batch_sharding(self) -> jax.sharding.NamedSharding:
         return batch_sharding(self.mesh, self.rules)
+
+    @property
+    def graphdef(self) -> Any:
+        return self.model.graphdef
+
+    @property
+    def image(self) -> dict[str, int]:
+        """The model's input images: {"image_size", "channels"} (what eval sources resize to)."""
+        return {"image_size": self.image_size, "channels": self.channels}
+
+    def default_data_dir(self, dataset: str, data_dir: str) -> str:
+        """An evaluator's data_dir, or where on-disk datasets live for one of those ("" lets
+        TFDS benchmarks use TFDS's own default)."""
+        from vlmjax.data.datasets import DATASETS
+        return data_dir or (self.data_dir if dataset in DATASETS else "")
 
 
 RowLoader = Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]  # indices -> (images, labels)
@@ -119,3 +180,15 @@ def padded_global_batch(arrays: Mapping[str, np.ndarray], start: int, batch_size
             rows = np.concatenate([rows, pad])
         local[key] = rows[mine]
     return to_global(local, sharding), real
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalFacts:
+    """What an evaluator's config check may rely on, before anything is built or compiled."""
+
+    capabilities: frozenset[str]
+    model_name: str
+    data_dir: str
+    image_size: int
+    channels: int
+    batch_shards: int  # evaluation batch sizes must divide over these

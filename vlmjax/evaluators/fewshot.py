@@ -14,11 +14,12 @@ Metrics are `<method>/<k>shot/acc1` (mean over seeds), `.../acc1_std` and
 """
 
 import dataclasses
+import functools
 from collections.abc import Callable, Mapping
 
 import numpy as np
 
-from vlmjax.evaluators.transfer_setup import COMMON, MethodsEvaluator, metrics_of
+from vlmjax.evaluators.transfer_setup import COMMON, MethodsEvaluator, check_transfer_config, metrics_of
 from vlmjax.transfer import closed_form, coop, logistic, tip_adapter
 from vlmjax.transfer.shots import few_shot_split
 
@@ -122,3 +123,6 @@ class FewShot(MethodsEvaluator):
             out[f"{method}/{k}shot/mean_per_class_recall"] = float(
                 np.mean([r["mean_per_class_recall"] for r in results]))
         return out
+
+
+check = functools.partial(check_transfer_config, methods=METHODS, text_methods=TEXT_METHODS)

@@ -19,18 +19,16 @@ import numpy as np
 from flax import nnx
 from tqdm import tqdm
 
-from vlmjax.data.datasets import DATASETS
 from vlmjax.data.eval_sources import eval_rows
 from vlmjax.evaluators.context import EvalContext, _replicate, loaded_global_batch, save_npz_atomically
 from vlmjax.parallel.mesh import batch_shards, replicated
-from vlmjax.train.step import normalize_images
 
 log = logging.getLogger(__name__)
 
 
 def default_data_dir(ctx: EvalContext, dataset: str, data_dir: str) -> str:
     """On-disk datasets default to config.data.dir; benchmarks to TFDS's data_dir ("")."""
-    return data_dir or (ctx.config["data"]["dir"] if dataset in DATASETS else "")
+    return ctx.default_data_dir(dataset, data_dir)
 
 
 class FeatureExtractor:
@@ -46,11 +44,10 @@ class FeatureExtractor:
         self.ctx, self.data_dir, self.limit, self.split_file = ctx, data_dir, limit, split_file
         shards = batch_shards(ctx.batch_sharding)
         self.batch_size = -(-batch_size // shards) * shards
-        data, graphdef = ctx.config["data"], ctx.graphdef
-        mean, std = data["image_mean"], data["image_std"]
+        normalize, graphdef = ctx.normalize, ctx.graphdef
 
         def encode(params: Any, images: jax.Array) -> jax.Array:
-            return nnx.merge(graphdef, params).encode_image(normalize_images(images, mean, std))
+            return nnx.merge(graphdef, params).encode_image(normalize(images))
 
         self._encode = jax.jit(encode, out_shardings=replicated(ctx.mesh))
 
@@ -58,10 +55,9 @@ class FeatureExtractor:
         ctx = self.ctx
         if not (ctx.cache_dir and ctx.checkpoint):
             return ""
-        data, image = ctx.config["data"], ctx.config["model"]["image"]
-        preprocessing = {"model": ctx.config["model"]["name"], "size": image["image_size"],
-                         "channels": image["channels"], "mean": data["image_mean"],
-                         "std": data["image_std"], "limit": self.limit,
+        preprocessing = {"model": ctx.model.name, "size": ctx.image_size,
+                         "channels": ctx.channels, "mean": ctx.normalize.mean,
+                         "std": ctx.normalize.std, "limit": self.limit,
                          "data_dir": default_data_dir(ctx, dataset, self.data_dir),
                          "split_file": os.path.abspath(self.split_file) if self.split_file else ""}
         key = hashlib.sha256(json.dumps(preprocessing, sort_keys=True).encode()).hexdigest()[:16]
@@ -81,7 +77,7 @@ class FeatureExtractor:
 
     def _extract(self, params: Any, dataset: str, split: str) -> tuple[np.ndarray, np.ndarray]:
         data_dir = default_data_dir(self.ctx, dataset, self.data_dir)
-        num_rows, load_rows = eval_rows(dataset, split, data_dir, self.ctx.config["model"]["image"],
+        num_rows, load_rows = eval_rows(dataset, split, data_dir, self.ctx.image,
                                         self.limit, self.split_file)
         features, labels = [], []
         for start in tqdm(range(0, num_rows, self.batch_size), desc=f"features {dataset}/{split}",

@@ -5,12 +5,13 @@ CLIP's coarse-to-fine sweep; the probe is then refit on train + validation with 
 scored on the test split.
 """
 
+import functools
 from collections.abc import Mapping
 
 import numpy as np
 
 from vlmjax.evaluators.context import EvalContext
-from vlmjax.evaluators.transfer_setup import COMMON, TransferSetup, metrics_of
+from vlmjax.evaluators.transfer_setup import COMMON, TransferSetup, check_transfer_config, metrics_of
 from vlmjax.transfer.logistic import fit_logistic, search_c
 from vlmjax.transfer.shots import carve_validation
 
@@ -45,3 +46,6 @@ class LinearProbe:
                             [best.c], cfg["max_iter"], pad_rows_to=rows, init=best)[0]
         tx, ty = setup.split(params, "test")
         return {**metrics_of(head.logits(tx), ty, setup.num_classes), "C": best.c}
+
+
+check = functools.partial(check_transfer_config)

@@ -16,12 +16,12 @@ from flax import nnx
 from tqdm import tqdm
 
 from vlmjax.data.captions import caption_texts, sample_image_captions
-from vlmjax.data.datasets import DATASETS, caption_vocabulary, load_split
-from vlmjax.evaluators.context import EvalContext, loaded_global_batch, padded_global_batch
+from vlmjax.data.datasets import DATASETS, caption_vocabulary, check_dataset, load_split
+from vlmjax.evaluators.context import EvalContext, EvalFacts, loaded_global_batch, padded_global_batch
 from vlmjax.evaluators.metrics import retrieval_metrics
 from vlmjax.evaluators.scoring import scoring_for
+from vlmjax.options import fail
 from vlmjax.parallel.mesh import replicated
-from vlmjax.train.step import normalize_images
 
 DEFAULTS = {
     "kind": "retrieval",
@@ -41,13 +41,30 @@ DEFAULTS = {
 RELEVANCE = ("pair", "class")
 
 
+
+def check(name: str, cfg: Mapping, facts: EvalFacts) -> None:
+    """Known relevance, the set readable (human-captioned sets need pair relevance)."""
+    if cfg["relevance"] not in RELEVANCE:
+        fail(f"evals.{name}.relevance", f"is {cfg['relevance']!r}",
+             "choose 'pair' (own captions) or 'class' (captions of the same class)")
+    if cfg["dataset"] in DATASETS:
+        check_dataset(cfg["dataset"], cfg["data_dir"] or facts.data_dir,
+                      key=f"evals.{name}.data_dir" if cfg["data_dir"] else "data.dir",
+                      split=cfg["split"])
+        return
+    if cfg["relevance"] != "pair":
+        fail(f"evals.{name}.relevance", f"='{cfg['relevance']}' but {cfg['dataset']} has human "
+             "captions of each image", "use relevance='pair'")
+    from vlmjax.data.karpathy_retrieval import open_retrieval_split
+    open_retrieval_split(cfg["dataset"], cfg["split"], cfg["data_dir"])
+
+
 class Retrieval:
     """Scores every image against every caption, then recall@k both ways."""
 
     def __init__(self, cfg: Mapping, ctx: EvalContext):
         cfg = {**DEFAULTS, **cfg}
         self.cfg, self.ctx = cfg, ctx
-        data = ctx.config["data"]
         self.name = f"retrieval/{cfg['dataset']}"
         if cfg["relevance"] not in RELEVANCE:
             raise ValueError(f"relevance must be one of {RELEVANCE}, got {cfg['relevance']!r}")
@@ -55,12 +72,12 @@ class Retrieval:
         self.num_images, self.load_images, texts, self.positive = build(cfg, ctx)
         ids, mask = ctx.tokenizer.encode(texts, ctx.context_length)
         self.texts = {"text": ids, "text_mask": mask}
-        mean, std, graphdef = data["image_mean"], data["image_std"], ctx.graphdef
-        self.scoring = scoring = scoring_for(ctx.config)
+        normalize, graphdef = ctx.normalize, ctx.graphdef
+        self.scoring = scoring = scoring_for(ctx.model)
 
         def encode_images(params: dict, batch: Mapping) -> Any:
             model = nnx.merge(graphdef, params)
-            return scoring.image_features(model, normalize_images(batch["image"], mean, std))
+            return scoring.image_features(model, normalize(batch["image"]))
 
         def encode_texts(params: dict, batch: Mapping) -> Any:
             return scoring.text_features(nnx.merge(graphdef, params), batch["text"],
@@ -98,7 +115,7 @@ class Retrieval:
 
 def _labelled_set(cfg: Mapping, ctx: EvalContext) -> tuple:
     """A labelled dataset's images, each with `captions_per_image` captions of its class."""
-    images, labels = load_split(cfg["dataset"], cfg["data_dir"] or ctx.config["data"]["dir"],
+    images, labels = load_split(cfg["dataset"], cfg["data_dir"] or ctx.data_dir,
                                 cfg["split"])
     if cfg["num_images"]:
         images, labels = images[: cfg["num_images"]], labels[: cfg["num_images"]]
@@ -120,8 +137,7 @@ def _captioned_set(cfg: Mapping, ctx: EvalContext) -> tuple:
     source = open_retrieval_split(cfg["dataset"], cfg["split"], cfg["data_dir"])
     texts, image_of_text = captions_of(source, cfg["num_images"])
     num_images = int(image_of_text.max()) + 1 if len(image_of_text) else 0
-    image = ctx.config["model"]["image"]
-    images = BenchmarkImages(cfg["dataset"], cfg["split"], cfg["data_dir"], image["image_size"],
-                             image["channels"], limit=num_images, source=source)
+    images = BenchmarkImages(cfg["dataset"], cfg["split"], cfg["data_dir"], ctx.image_size,
+                             ctx.channels, limit=num_images, source=source)
     positive = np.arange(num_images)[:, None] == image_of_text[None, :]
     return num_images, images.rows, texts, positive

@@ -1,6 +1,6 @@
 """How evaluators score images against texts: pooled-embedding cosine or FILIP's token-wise form.
 
-The model registry names each family's scoring (`ModelSpec.scoring`), so zero-shot and
+The model registry names each family's scoring (`ModelFamily.scoring`), so zero-shot and
 retrieval pick the right one for a checkpoint without being told. A scoring turns a model into
 image features and text features (pytrees, batch first), scores any image batch against any
 text batch in both directions, and builds a zero-shot classifier from prompt features:
@@ -11,14 +11,12 @@ text batch in both directions, and builds a zero-shot classifier from prompt fea
 """
 
 import dataclasses
-from collections.abc import Mapping
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 
-from vlmjax.models.registry import get_model_spec
-from vlmjax.models.two_tower import l2_normalize
+from vlmjax.models.embedding import l2_normalize
 from vlmjax.objectives.token_similarity import dense_token_similarities
 
 Features = Any  # a pytree of arrays whose leaves have the batch first
@@ -94,10 +92,9 @@ class TokenWiseScoring:
 Scoring = EmbeddingScoring | TokenWiseScoring
 
 
-def scoring_for(config: Mapping, token_direction: str = "i2t") -> Scoring:
-    """The scoring the model family of `config` was trained for."""
-    kind = get_model_spec(config["model"]["name"]).scoring
-    if kind == "token_wise":
+def scoring_for(model: Any, token_direction: str = "i2t") -> Scoring:
+    """The scoring the model's family declares (`ModelView.scoring`)."""
+    if model.scoring == "token_wise":
         if token_direction not in TOKEN_DIRECTIONS:
             raise ValueError(f"token_direction must be one of {TOKEN_DIRECTIONS}, "
                              f"got {token_direction!r}")

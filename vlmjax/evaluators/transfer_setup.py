@@ -8,11 +8,10 @@ import numpy as np
 
 from vlmjax.data import benchmarks, datasets
 from vlmjax.errors import ConfigError, DataError
-from vlmjax.evaluators.context import EvalContext
+from vlmjax.evaluators.context import EvalContext, EvalFacts
 from vlmjax.evaluators.frozen_features import FeatureExtractor
 from vlmjax.evaluators.metrics import classification_metrics
 from vlmjax.evaluators.scoring import EmbeddingScoring, scoring_for
-from vlmjax.models.registry import get_model_spec
 
 # Keys every transfer evaluator takes (each adds its own).
 COMMON = {
@@ -94,10 +93,10 @@ class TransferSetup:
         self.num_classes = class_count(cfg["dataset"], cfg["split_file"])
         self.zeroshot = None
         if needs_text:
-            if not isinstance(scoring_for(ctx.config), EmbeddingScoring):
+            if not isinstance(scoring_for(ctx.model), EmbeddingScoring):
                 raise ConfigError(
                     f"{why} needs one text embedding per class, but model "
-                    f"{ctx.config['model']['name']!r} scores token-wise (FILIP); use the linear "
+                    f"{ctx.model.name!r} scores token-wise (FILIP); use the linear "
                     "probe or the closed-form few-shot classifier on its features")
             from vlmjax.evaluators.zeroshot import ZeroShotClassification
             self.zeroshot = ZeroShotClassification(
@@ -119,30 +118,29 @@ class TransferSetup:
         return np.asarray(self.zeroshot.classifier(params), np.float32)
 
 
-TRANSFER_KINDS = ("linear_probe", "fewshot", "unsupervised", "finetune")
-
-
-def check_transfer_config(name: str, full: Mapping, config: Mapping, batch_shards: int) -> None:
+def check_transfer_config(name: str, full: Mapping, facts: EvalFacts, *,
+                          methods: tuple[str, ...] = (), text_methods: tuple[str, ...] = (),
+                          always_text: bool = False) -> None:
     """Raises ConfigError / DataError before anything compiles if a transfer evaluator's config
-    cannot run: unreadable splits, missing class names, bad method lists or sizes."""
+    cannot run: unreadable splits, missing class names, bad method lists or sizes. `methods`:
+    the evaluator's methods (empty: it has none); `text_methods` of them, or every run when
+    `always_text`, need the zero-shot text classifier."""
     from vlmjax.data.eval_sources import check_eval_dataset, eval_prompts
-    from vlmjax.evaluators import fewshot, unsupervised
 
     def fail(key: str, problem: str, fix: str) -> None:
         raise ConfigError(f"config.evals.{name}.{key} {problem}; {fix}")
 
     on_disk = full["dataset"] in datasets.DATASETS
-    data_dir = full["data_dir"] or (config["data"]["dir"] if on_disk else "")
+    data_dir = full["data_dir"] or (facts.data_dir if on_disk else "")
     key = f"evals.{name}.data_dir" if full["data_dir"] else "data.dir"
     for split_key in ("train_split", "test_split", "val_split"):
         if full.get(split_key):
             check_eval_dataset(full["dataset"], full[split_key], data_dir, key, full["split_file"])
-    methods = tuple(full.get("methods", ()))
-    allowed = {"fewshot": fewshot.METHODS, "unsupervised": unsupervised.METHODS}.get(full["kind"], ())
-    unknown = sorted(set(methods) - set(allowed))
-    if unknown or (full["kind"] in ("fewshot", "unsupervised") and not methods):
-        fail("methods", f"= {list(methods)} has unknown or no methods {unknown}",
-             f"choose among {', '.join(allowed)}")
+    chosen = tuple(full.get("methods", ()))
+    unknown = sorted(set(chosen) - set(methods))
+    if unknown or (methods and not chosen):
+        fail("methods", f"= {list(chosen)} has unknown or no methods {unknown}",
+             f"choose among {', '.join(methods)}")
     shots = tuple(full.get("shots", (1,)))
     if not shots or any(not isinstance(k, int) or k < 1 for k in shots):
         fail("shots", f"= {list(shots)}",
@@ -150,14 +148,13 @@ def check_transfer_config(name: str, full: Mapping, config: Mapping, batch_shard
     for count in ("seeds", "per_class", "max_iter"):
         if count in full and full[count] < 1:
             fail(count, f"= {full[count]} is below 1", "use a positive number")
-    if full.get("train_batch_size", batch_shards) % batch_shards:
+    if full.get("train_batch_size", facts.batch_shards) % facts.batch_shards:
         fail("train_batch_size", f"= {full['train_batch_size']} does not divide over "
-             f"{batch_shards} batch shards", f"use a multiple of {batch_shards}")
-    needs_text = full["kind"] in ("finetune", "unsupervised") or (
-        full["kind"] == "fewshot" and set(methods) & set(fewshot.TEXT_METHODS))
-    if needs_text and get_model_spec(config["model"]["name"]).scoring != "embedding":
-        fail("kind", f"= {full['kind']!r} (methods {list(methods)}) needs one text embedding per "
-             f"class, which model {config['model']['name']!r} (token-wise scoring) has not",
+             f"{facts.batch_shards} batch shards", f"use a multiple of {facts.batch_shards}")
+    needs_text = always_text or bool(set(chosen) & set(text_methods))
+    if needs_text and "embedding" not in facts.capabilities:
+        fail("kind", f"= {full['kind']!r} (methods {list(chosen)}) needs one text embedding per "
+             f"class, which model {facts.model_name!r} (token-wise scoring) has not",
              "use the linear_probe kind or the few-shot methods linear_probe / closed_form")
     if needs_text:
         eval_prompts(full["dataset"], full["classnames_file"], full["templates_file"], full["split_file"])

@@ -9,10 +9,12 @@ and (as a diagnostic) how many pseudo-labels were right.
 """
 
 
+import functools
+
 import numpy as np
 from scipy.special import softmax
 
-from vlmjax.evaluators.transfer_setup import COMMON, MethodsEvaluator, metrics_of
+from vlmjax.evaluators.transfer_setup import COMMON, MethodsEvaluator, check_transfer_config, metrics_of
 from vlmjax.transfer.logistic import search_c
 from vlmjax.transfer.shots import confident_per_class
 
@@ -62,3 +64,6 @@ class Unsupervised(MethodsEvaluator):
             out[f"{method}/acc1"] = acc
             out[f"{method}/gain"] = acc - zeroshot
         return out
+
+
+check = functools.partial(check_transfer_config, methods=METHODS, always_text=True)

@@ -13,11 +13,17 @@ import numpy as np
 from flax import nnx
 
 from vlmjax.data.datasets import DATASETS
-from vlmjax.data.eval_sources import eval_prompts, eval_rows
-from vlmjax.evaluators.context import EvalContext, classify_rows, padded_global_batch, save_npz_atomically
-from vlmjax.evaluators.scoring import EmbeddingScoring, scoring_for
+from vlmjax.data.eval_sources import check_eval_dataset, eval_prompts, eval_rows
+from vlmjax.evaluators.context import (
+    EvalContext,
+    EvalFacts,
+    classify_rows,
+    padded_global_batch,
+    save_npz_atomically,
+)
+from vlmjax.evaluators.scoring import TOKEN_DIRECTIONS, EmbeddingScoring, scoring_for
+from vlmjax.options import fail
 from vlmjax.parallel.mesh import batch_shards, replicated
-from vlmjax.train.step import normalize_images
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +42,19 @@ DEFAULTS = {
     # image against texts), s_T ("t2i") or their mean.
     "token_direction": "i2t",
 }
+
+
+
+def check(name: str, cfg: Mapping, facts: EvalFacts) -> None:
+    """The split readable, the prompts complete, a known token-wise direction."""
+    if cfg["token_direction"] not in TOKEN_DIRECTIONS:
+        fail(f"evals.{name}.token_direction", f"is {cfg['token_direction']!r}",
+             f"choose one of {', '.join(map(repr, TOKEN_DIRECTIONS))}")
+    on_disk = cfg["dataset"] in DATASETS
+    key = f"evals.{name}.data_dir" if cfg["data_dir"] else "data.dir"
+    check_eval_dataset(cfg["dataset"], cfg["split"], cfg["data_dir"] or (facts.data_dir if on_disk else ""),
+                       key, cfg["split_file"])
+    eval_prompts(cfg["dataset"], cfg["classnames_file"], cfg["templates_file"], cfg["split_file"])
 
 
 def class_embeddings(text_embeds: jax.Array, num_classes: int) -> jax.Array:
@@ -58,7 +77,6 @@ class ZeroShotClassification:
     def __init__(self, cfg: Mapping, ctx: EvalContext):
         cfg = {**DEFAULTS, **cfg}
         self.cfg, self.ctx = cfg, ctx
-        data = ctx.config["data"]
         self.name = f"zeroshot/{cfg['dataset']}"
         self.classnames, self.templates = eval_prompts(
             cfg["dataset"], cfg["classnames_file"], cfg["templates_file"], cfg["split_file"])
@@ -66,12 +84,11 @@ class ZeroShotClassification:
         ids, mask = ctx.tokenizer.encode(prompts, ctx.context_length)
         self.prompts = {"text": ids, "text_mask": mask}
         # On-disk datasets default to config.data.dir; benchmarks to TFDS's data_dir.
-        data_dir = cfg["data_dir"] or (data["dir"] if cfg["dataset"] in DATASETS else "")
+        data_dir = ctx.default_data_dir(cfg["dataset"], cfg["data_dir"])
         self.num_rows, self.load_rows = eval_rows(cfg["dataset"], cfg["split"], data_dir,
-                                                  ctx.config["model"]["image"], cfg["num_images"],
-                                                  cfg["split_file"])
-        mean, std, graphdef = data["image_mean"], data["image_std"], ctx.graphdef
-        self.scoring = scoring = scoring_for(ctx.config, cfg["token_direction"])
+                                                  ctx.image, cfg["num_images"], cfg["split_file"])
+        normalize, graphdef = ctx.normalize, ctx.graphdef
+        self.scoring = scoring = scoring_for(ctx.model, cfg["token_direction"])
         k = min(5, len(self.classnames))
 
         def encode_text(params: dict, batch: Mapping) -> Any:
@@ -79,7 +96,7 @@ class ZeroShotClassification:
             return scoring.text_features(model, batch["text"], batch["text_mask"])
 
         def top_classes(params: dict, batch: Mapping, classifier: Any) -> jax.Array:
-            images = normalize_images(batch["image"], mean, std)
+            images = normalize(batch["image"])
             features = scoring.image_features(nnx.merge(graphdef, params), images)
             return jax.lax.top_k(scoring.class_scores(features, classifier), k)[1]
 
@@ -106,7 +123,7 @@ class ZeroShotClassification:
         if not (self.ctx.cache_dir and self.ctx.checkpoint):
             return ""
         key = hashlib.sha256()
-        for part in (self.cfg["dataset"], self.ctx.config["model"]["name"],
+        for part in (self.cfg["dataset"], self.ctx.model.name,
                      json.dumps([self.classnames, self.templates])):
             key.update(part.encode())
         key.update(np.ascontiguousarray(self.prompts["text"]).tobytes())

@@ -25,7 +25,6 @@ import optax
 from flax import nnx
 
 from vlmjax.errors import ConfigError
-from vlmjax.models.two_tower import l2_normalize
 from vlmjax.tokenizers import Tokenizer
 
 DEFAULTS = {"context_init": "", "num_context": 16, "lr": 0.002, "batch_size": 32, "epochs": 0}
@@ -85,22 +84,20 @@ def class_prompts(tokenizer: Tokenizer, classnames: Sequence[str], context: str,
 
 def context_init(model: Any, prompts: Prompts, random: bool, seed: int) -> jax.Array:
     """[n, d]: the context tokens' own embeddings, or N(0, 0.02^2) draws (CoOp's random init)."""
-    table = model.text.token_embed[...]
+    ids = jnp.asarray(prompts.ids[:1, prompts.start: prompts.start + prompts.length])
+    own = model.text.embed_tokens(ids)[0].astype(jnp.float32)  # [n, d]
     if random:
-        return 0.02 * jax.random.normal(jax.random.key(seed), (prompts.length, table.shape[1]),
-                                        jnp.float32)
-    return jnp.take(table, jnp.asarray(prompts.ids[0, prompts.start: prompts.start + prompts.length]),
-                    axis=0).astype(jnp.float32)
+        return 0.02 * jax.random.normal(jax.random.key(seed), own.shape, jnp.float32)
+    return own
 
 
 def prompt_classifier(model: Any, prompts: Prompts, context: jax.Array) -> jax.Array:
     """[C, e] normalised text embeddings of the prompts with `context` in place."""
     ids = jnp.asarray(prompts.ids)
-    embeds = jnp.take(model.text.token_embed[...], ids, axis=0).astype(jnp.float32)
+    embeds = model.text.embed_tokens(ids).astype(jnp.float32)
     embeds = embeds.at[:, prompts.start: prompts.start + prompts.length].set(
         jnp.broadcast_to(context, (ids.shape[0], *context.shape)))
-    text = model.text(ids, jnp.asarray(prompts.mask), model.dtype, token_embeds=embeds)
-    return l2_normalize(text["embedding"])
+    return model.encode_text(ids, jnp.asarray(prompts.mask), token_embeds=embeds)
 
 
 def _prompts_of(ids: jax.Array, mask: jax.Array, where: tuple[int, int]) -> Prompts:
