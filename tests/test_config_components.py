@@ -1,12 +1,14 @@
 """Config sections owned by components: every default overridable, components swapped by their
 selector, each component's own check reached through the validator."""
 
+import tarfile
+
 import ml_collections
 import pytest
 
 from vlmjax.config import apply_override, base_config, config_from_args, select, validate
 from vlmjax.config.schema import schema_of
-from vlmjax.errors import ConfigError
+from vlmjax.errors import ConfigError, VlmjaxError
 from vlmjax.models.towers import IMAGE_TOWERS
 from vlmjax.objectives.registry import OBJECTIVES
 
@@ -98,3 +100,18 @@ def test_capabilities_decide_which_evaluators_a_model_can_run(tiny_config):
     tiny_config.evals.captions = ml_collections.ConfigDict({"kind": "captioning", "batch_size": 8})
     with pytest.raises(ConfigError, match=r"evals\.captions\.kind.*captions.*model\.name='two_tower'"):
         validate(tiny_config, 8)
+
+
+def test_web_data_missing_shards_is_a_checked_option(tiny_config, tmp_path):
+    select(tiny_config, "data.name", "image_text")
+    tiny_config.tokenizer.kind = "clip_bpe"
+    tiny_config.data.web.sources = (f"tar:{tmp_path}/shard-{{00000..00002}}.tar",)
+    tiny_config.data.web.missing_shards = "ignore"
+    with pytest.raises(ConfigError, match=r"config\.data\.web\.missing_shards is 'ignore'"):
+        validate(tiny_config, 8)
+    tarfile.open(tmp_path / "shard-00001.tar", "w").close()  # 1 of the range's 3 shards
+    tiny_config.data.web.missing_shards = "error"
+    with pytest.raises(VlmjaxError, match=r"2 of the 3 tar shards .* are missing \(shard-00000\.tar"):
+        validate(tiny_config, 8)
+    tiny_config.data.web.missing_shards = "count"  # trains on the others, counting the missing
+    validate(tiny_config, 8)

@@ -95,6 +95,10 @@ def run_main(main: Callable[[], int | None]) -> None:
     for noisy in ("absl", "jax._src", "orbax", "grain"):
         logging.getLogger(noisy).setLevel(logging.ERROR)
     quiet_abandoned_reads()
+    if not sys.stderr.isatty():
+        # Logs and CI: no progress bars (tqdm redraws with carriage returns and escape codes);
+        # the train loop logs a line per log_every instead. TQDM_DISABLE=0 brings them back.
+        os.environ.setdefault("TQDM_DISABLE", "1")
     try:
         code = main()
     except VlmjaxError as e:
