@@ -14,6 +14,10 @@ from vlmjax.registry import Registry
 
 TRAIN_SOURCES: Registry[TrainSource] = Registry("data.name", {
     "fashion_mnist": labelled_captions("fashion_mnist"),
+    # The same images captioned by 5 coarse groups only (top, bottoms, dress, footwear, bag;
+    # assets/fashion_mnist_coarse.json): transfer to the 10 classes has something to add. The
+    # tokenizer also learns the 10 classes' prompts (their names, never seen with an image).
+    "fashion_mnist_coarse": labelled_captions("fashion_mnist_coarse", learn_prompts="fashion_mnist"),
     "image_text": image_text_config.IMAGE_TEXT,
 })
 # Keys of `data` every source has (each source adds its own options).
