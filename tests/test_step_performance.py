@@ -2,6 +2,7 @@
 NumPy, bfloat16 compute on float32 master weights, the persistent compilation cache."""
 
 import os
+import re
 
 import jax
 import jax.numpy as jnp
@@ -61,44 +62,81 @@ def test_dense_is_the_named_einsum():
     np.testing.assert_allclose(flat, x[0] @ kernel[:, 0] + bias[0], rtol=1e-5, atol=1e-5)
 
 
-def test_bfloat16_step_updates_float32_master_weights(tiny_config):
-    """An update far below bfloat16's resolution still moves the float32 parameters."""
+def _tiny_step(config, **optimizer):
+    """(jitted train step, float32 state of random weights, a batch) for the tiny test config
+    on one device: the optimizer state comes from the abstract layout, no init to compile."""
     from vlmjax.parallel.mesh import batch_sharding, make_mesh, replicated
     from vlmjax.train.loop import _step_spec
     from vlmjax.train.state import state_layout
     from vlmjax.train.step import jit_train_step
 
-    config = tiny_config
-    config.model.dtype = "bfloat16"
-    config.optimizer.update(lr=1e-5, schedule="constant", warmup_steps=0, weight_decay=0.0)
+    config.optimizer.update(optimizer)
     config.train.batch_size = 8
-    config.mesh.data = 1  # one device: the dtypes do not depend on the mesh, compiling does
+    config.mesh.data = 1  # one device: what these tests check does not depend on the mesh
     cfg = config.to_dict()
     mesh = make_mesh(cfg["mesh"], jax.devices()[:1])
     layout = state_layout(cfg, 40, 6, mesh)
-    # Random float32 weights and AdamW's initial state (all zeros) from the abstract layout:
-    # no init program to compile.
     rng = np.random.default_rng(0)
-    before = jax.tree.map(lambda a: rng.normal(0, 0.1, a.shape).astype(np.float32),
+    params = jax.tree.map(lambda a: rng.normal(0, 0.1, a.shape).astype(np.float32),
                           layout.abstract["params"])
     opt_state = jax.tree.map(lambda a: np.zeros(a.shape, a.dtype), layout.abstract["opt_state"])
-    state = jax.device_put({"step": np.int32(0), "params": before, "opt_state": opt_state},
-                           layout.sharding)
+    state = {"step": np.int32(0), "params": params, "opt_state": opt_state}
     host = {"image": rng.integers(0, 256, (8, 28, 28, 1), dtype=np.uint8),
             "text": rng.integers(1, 40, (8, 6)).astype(np.int32),
             "text_mask": np.ones((8, 6), bool), "label": np.arange(8, dtype=np.int32)}
     sharding = batch_sharding(mesh, cfg["sharding_rules"])
     batch = {k: jax.device_put(v, sharding) for k, v in host.items()}
     step = jit_train_step(_step_spec(cfg, layout, mesh), layout.sharding, sharding, replicated(mesh))
-    state, metrics = step(state, batch)
+    return step, layout, state, batch
+
+
+def test_bfloat16_step_updates_float32_master_weights(tiny_config):
+    """An update far below bfloat16's resolution still moves the float32 parameters."""
+    tiny_config.model.dtype = "bfloat16"
+    step, layout, before, batch = _tiny_step(tiny_config, lr=1e-5, schedule="constant",
+                                             warmup_steps=0, weight_decay=0.0)
+    state, metrics = step(jax.device_put(before, layout.sharding), batch)
     assert np.isfinite(float(metrics["loss"]))
     floats = [x for x in jax.tree.leaves(state) if jnp.issubdtype(x.dtype, jnp.floating)]
     assert {x.dtype for x in floats} == {jnp.dtype(jnp.float32)}  # params and Adam moments
     # Adam's first step moves each weight by about lr = 1e-5, far below bfloat16's spacing
     # (2^-8 relative, ~4e-4 at these magnitudes): only float32 weights record it.
     change = np.abs(np.asarray(state["params"]["image"]["patch_embed"])
-                    - before["image"]["patch_embed"])
+                    - before["params"]["image"]["patch_embed"])
     assert 0 < change.max() < 1e-4 and np.median(change) > 1e-6
+
+
+def test_skipped_update_keeps_the_state_and_the_step_copies_no_state(tiny_config):
+    """A non-finite loss leaves parameters and optimizer state bit-identical (the step still
+    counts), a finite one updates them; and the compiled step updates the donated state in
+    place: no copy of any state array (a select between old and new state made XLA copy the
+    whole state on every step)."""
+    step, layout, host, batch = _tiny_step(tiny_config, lr=1e-3, schedule="constant",
+                                           warmup_steps=0)
+    state = jax.device_put(host, layout.sharding)
+    hlo = step.lower(state, batch).compile().as_text()
+    entry = hlo[hlo.index("\nENTRY"):]
+    arrays = {name for name, shape in re.findall(r"%(\S+) = (\S+) parameter\(", entry)
+              if not shape.startswith(("s32[]", "f32[]"))}  # the step counters may be copied
+    copied = [p for p in re.findall(r"= \S+ copy\(%([^)]+)\)", entry) if p in arrays]
+    assert not copied, copied[:5]
+
+    poisoned = jax.tree.map(np.copy, host)
+    poisoned["params"]["image"]["patch_embed"][0, 0, 0, 0] = np.nan  # NaN loss and gradients
+    state, metrics = step(jax.device_put(poisoned, layout.sharding), batch)
+    assert int(metrics["update_skipped"]) == 1 and int(state["step"]) == 1
+    for key in ("params", "opt_state"):
+        jax.tree.map(lambda a, b: np.testing.assert_array_equal(np.asarray(a), b),
+                     state[key], poisoned[key])
+
+    state, metrics = step(jax.device_put(host, layout.sharding), batch)
+    assert int(metrics["update_skipped"]) == 0 and int(state["step"]) == 1
+    moved = np.abs(np.asarray(state["params"]["text_proj"]["kernel"])
+                   - host["params"]["text_proj"]["kernel"])
+    assert 0 < moved.max() <= 1.1e-3  # Adam's first step: about lr per weight
+    moments = [np.asarray(x) for x in jax.tree.leaves(state["opt_state"])
+               if jnp.issubdtype(x.dtype, jnp.floating)]
+    assert all(np.any(m != 0) for m in moments if m.size > 1)  # Adam's mu and nu were updated
 
 
 def test_compilation_cache_default_keeps_a_configured_cache_and_can_be_disabled(

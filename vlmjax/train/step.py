@@ -138,21 +138,37 @@ def train_step(spec: StepSpec, state: dict, batch: Mapping[str, jax.Array]
     """One optimizer update on the global batch; returns the new state and scalar metrics.
 
     A non-finite loss or gradient skips the update: params, optimizer and model state stay as
-    they were (a select fused into the update, no host sync), the step counter still advances
+    they were (a `lax.cond` on the device, no host sync), the step counter still advances
     (the batch is consumed) and metrics["update_skipped"] is 1. Not optax.apply_if_finite: it
     checks only gradients and applies the update anyway after its error limit.
+
+    The update runs inside the cond's taken branch, which writes the donated state in place. An
+    elementwise `where(finite, new, old)` computes the same values, but it keeps every old
+    buffer alive until the select, so XLA copies the whole state (parameters and both Adam
+    moments) at the start of every step: 1.8 GB per step for ViT-B/32 CLIP.
     """
     rng = step_key(spec.seed, state["step"])
     grads, metrics, model_state = loss_and_grads(spec, state["params"], state.get("model_state"),
                                                  batch, rng)
-    updates, opt_state = spec.tx.update(grads, state["opt_state"], state["params"])
-    params = spec.post_update(optax.apply_updates(state["params"], updates))
     grad_norm = optax.global_norm(grads)
     finite = jnp.isfinite(metrics["loss"]) & jnp.isfinite(grad_norm)
-    new, old = {"params": params, "opt_state": opt_state}, {k: state[k] for k in ("params", "opt_state")}
+    old = {k: state[k] for k in ("params", "opt_state")}
     if model_state is not None:
-        new["model_state"], old["model_state"] = model_state, state["model_state"]
-    kept = jax.tree.map(lambda a, b: jnp.where(finite, a, b), new, old)
+        old["model_state"] = state["model_state"]
+
+    def update(old: dict, grads: dict, model_state: dict | None) -> dict:
+        updates, opt_state = spec.tx.update(grads, old["opt_state"], old["params"])
+        new = {"params": spec.post_update(optax.apply_updates(old["params"], updates)),
+               "opt_state": opt_state}
+        if model_state is not None:
+            new["model_state"] = model_state
+        return new
+
+    def skip(old: dict, grads: dict, model_state: dict | None) -> dict:
+        del grads, model_state
+        return old
+
+    kept = jax.lax.cond(finite, update, skip, old, grads, model_state)
     metrics = {**metrics, "grad_norm": grad_norm, "learning_rate": spec.schedule(state["step"]),
                "update_skipped": 1 - finite.astype(jnp.int32)}
     return {"step": state["step"] + 1, **kept}, metrics
