@@ -12,8 +12,10 @@ import tensorflow_datasets as tfds
 from flax import nnx
 
 from tests.test_zeroshot import ClassIdTokenizer
-from vlmjax.data.benchmarks import benchmark_prompts, benchmarks, clean_name, num_classes
-from vlmjax.data.tfds_images import eval_transform, open_split
+from vlmjax.data.benchmark_prompts import benchmark_prompts
+from vlmjax.data.benchmarks import benchmarks, clean_name
+from vlmjax.data.eval_sources import open_eval_source
+from vlmjax.data.tfds_images import eval_transform, num_classes, open_split
 from vlmjax.errors import DataError
 from vlmjax.evaluators.zeroshot import ZeroShotClassification
 from vlmjax.parallel.mesh import make_mesh
@@ -21,6 +23,7 @@ from vlmjax.parallel.mesh import make_mesh
 from .eval_contexts import make_eval_context
 
 SIZE = 16
+LABELLED = sorted(name for name, b in benchmarks().items() if b.labelled)
 
 
 def _classnames_file(tmp_path, name: str) -> str:
@@ -36,7 +39,7 @@ def _prompts(tmp_path, name: str) -> tuple[list[str], list[str], str]:
     return (*benchmark_prompts(name, classnames_file=path), path)
 
 
-@pytest.mark.parametrize("name", sorted(benchmarks()))
+@pytest.mark.parametrize("name", LABELLED)
 def test_registry_entry_has_one_distinct_name_per_label_and_templates(tmp_path, name):
     classnames, templates, _ = _prompts(tmp_path, name)
     assert len(classnames) == num_classes(benchmarks()[name])
@@ -116,7 +119,7 @@ def test_every_benchmark_zero_shot_end_to_end_on_mock_data(tmp_path):
     config = {"data": {"dir": "", "image_mean": 0.0, "image_std": 1.0},
               "model": {"name": "two_tower", "image": {"image_size": SIZE, "channels": 3}}}
     with tfds.testing.mock_data(num_examples=13):  # 13 rows: a padded last batch of 8
-        for name in sorted(benchmarks()):
+        for name in LABELLED:
             classnames, _, path = _prompts(tmp_path, name)
             split = "test" if "test" in benchmarks()[name].splits else "train"
             c = len(classnames)
@@ -178,3 +181,25 @@ def test_suite_config_evaluates_a_run_on_every_benchmark(tiny_config, tmp_path):
     assert "imagenet" not in without.evals
     with pytest.raises(ConfigError, match="is an evaluation suite"):
         config_from_args(suite, [])
+
+
+def test_a_benchmark_source_serves_rows_and_class_captions_on_mock_data():
+    with tfds.testing.mock_data(num_examples=13):
+        source = open_eval_source("dtd", "test", "", {"image_size": SIZE, "channels": 3}, limit=11)
+        images, labels = source.rows(np.arange(11))
+        assert source.num_rows == 11 and images.shape == (11, SIZE, SIZE, 3)
+        raw = tfds.data_source("dtd", split="test", download=False)
+        assert labels.tolist() == [int(raw[i]["label"]) for i in range(11)]
+        captions = source.class_captions()
+        assert captions.names == [[name] for name in source.classnames]
+        assert captions.templates == source.templates == list(benchmarks()["dtd"].templates)
+        assert source.num_classes == 47 and source.image_captions() is None
+
+
+def test_captioned_sets_have_no_classes(tiny_config):
+    from vlmjax.config.validate import validate
+    with pytest.raises(DataError, match="coco has no class labels .* kind 'retrieval' or 'captioning'"):
+        benchmark_prompts("coco")
+    tiny_config.evals.coco = dict(kind="zeroshot", dataset="coco")
+    with pytest.raises(DataError, match="coco has no class labels"):
+        validate(tiny_config, 8)

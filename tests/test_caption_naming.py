@@ -68,7 +68,7 @@ def test_captioning_evaluator_scores_the_captions_of_the_right_images(tmp_path, 
     ctx = make_eval_context(config, graphdef=None, tokenizer=None, context_length=12,
                       mesh=make_mesh({"data": -1, "fsdp": 1, "tensor": 1}),
                       rules=(("batch", ("data", "fsdp")),))
-    evaluator = captioning.Captioning({**captioning.DEFAULTS, "batch_size": 8, "num_images": 0}, ctx)
+    evaluator = captioning.Captioning(captioning.Options(batch_size=8, num_images=0), ctx)
     metrics = evaluator.run({})
     assert metrics["class_named"] == np.mean(right)
     want = caption_metrics([f"a photo of a {NAMES[k][0]}." for k in said], evaluator.references)

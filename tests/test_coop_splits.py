@@ -14,10 +14,10 @@ from PIL import Image
 from tests.test_benchmarks import SIZE, PixelModel
 from tests.test_zeroshot import ClassIdTokenizer
 from vlmjax.data import coop_splits
-from vlmjax.data.benchmarks import benchmarks, get_benchmark, tfds_info, tfds_label_names
+from vlmjax.data.benchmarks import benchmarks, get_benchmark
 from vlmjax.data.coop_splits import CoopSplitSource
-from vlmjax.data.eval_sources import check_eval_dataset, eval_prompts
-from vlmjax.data.tfds_images import decoded
+from vlmjax.data.eval_sources import check_eval_source, eval_prompts, open_eval_source
+from vlmjax.data.tfds_images import decoded, tfds_info, tfds_label_names
 from vlmjax.errors import DataError
 from vlmjax.evaluators.zeroshot import ZeroShotClassification
 from vlmjax.parallel.mesh import make_mesh
@@ -70,7 +70,15 @@ def test_rows_labels_and_names_are_coops_in_file_order(fake_tfds, tmp_path):
         rows = [source[i] for i in range(len(source))]
         assert [r["label"] for r in rows] == [label for _, label, _ in CALTECH[split]]
         assert [int(decoded(r["image"])[0, 0, 0]) for r in rows] == reds
-    check_eval_dataset("caltech101", "test", "", "evals.caltech101.data_dir", split_file)
+        # The eval source over it: CoOp's labels without decoding, rows at the model's size.
+        eval_source = open_eval_source("caltech101", split, "", {"image_size": 4, "channels": 3},
+                                       split_file=split_file)
+        labels = [label for _, label, _ in CALTECH[split]]
+        assert eval_source.num_classes == 3 and eval_source.labels().tolist() == labels
+        images, row_labels = eval_source.rows(np.arange(len(labels)))
+        assert images.shape == (len(labels), 4, 4, 3) and row_labels.tolist() == labels
+        assert images[:, 0, 0, 0].tolist() == reds  # uniform images keep their colour
+    check_eval_source("caltech101", "test", "", "evals.caltech101.data_dir", split_file=split_file)
 
 
 def test_zero_shot_on_a_coop_split(fake_tfds, tmp_path):

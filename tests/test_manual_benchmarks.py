@@ -10,11 +10,15 @@ from PIL import Image
 
 from tests.test_benchmarks import SIZE, PixelModel
 from tests.test_zeroshot import ClassIdTokenizer
-from vlmjax.data.benchmarks import benchmark_prompts, get_benchmark
+from vlmjax.data.benchmark_prompts import benchmark_prompts
+from vlmjax.data.benchmarks import get_benchmark
 from vlmjax.data.coop_splits import index_sources, tfds_sources
+from vlmjax.data.eval_sources import open_eval_source
 from vlmjax.data.manual_benchmarks import Ucf101Midframes, prepare
 from vlmjax.data.tfds_images import open_split, open_tfds
-from vlmjax.errors import DataError
+from vlmjax.errors import ConfigError, DataError
+from vlmjax.evaluators.metrics import retrieval_metrics
+from vlmjax.evaluators.retrieval import Retrieval
 from vlmjax.evaluators.zeroshot import ZeroShotClassification
 from vlmjax.parallel.mesh import make_mesh
 
@@ -147,3 +151,44 @@ def test_file_name_index_reads_prepared_splits_with_images_encoded(prepared):
                           for split, rows in fgvc.items() for image_id, label, _ in rows}
     split, row = index["test/1000005/f/a-18"]
     assert isinstance(sources[split][row]["image"], bytes)
+
+
+def _context(classnames: list[str]):
+    config = {"data": {"dir": "", "image_mean": 0.0, "image_std": 1.0},
+              "model": {"name": "two_tower", "image": {"image_size": SIZE, "channels": 3}}}
+    return make_eval_context(config, graphdef=nnx.split(PixelModel(len(classnames)))[0],
+                             tokenizer=ClassIdTokenizer(classnames), context_length=4,
+                             mesh=make_mesh({"data": -1, "fsdp": 1, "tensor": 1}),
+                             rules=(("batch", ("data", "fsdp")),))
+
+
+def test_a_benchmark_source_reads_labels_without_decoding_images(prepared):
+    data_dir, fgvc, _ = prepared
+    source = open_eval_source("fgvc_aircraft", "train", data_dir, {"image_size": 4, "channels": 3})
+    _, labels = source.rows(np.arange(source.num_rows))
+    assert source.labels().tolist() == labels.tolist()  # in TFDS's (shuffled) order
+    assert sorted(labels.tolist()) == sorted(label for _, label, _ in fgvc["train"])
+    assert source.num_classes == 100 and source.image_captions() is None
+    assert source.class_captions().names[99] == ["Yak-42"]
+
+
+def test_retrieval_on_a_labelled_benchmark_with_class_captions(prepared):
+    """A benchmark's class captions are its templates with its class names (one per class
+    here): test image 0 (red 5, class 5) matches its caption, image 1 (red 7, class 73) none."""
+    data_dir, fgvc, _ = prepared
+    ctx = _context(benchmark_prompts("fgvc_aircraft")[0])
+    with pytest.raises(ConfigError, match="captions_per_image=5 but fgvc_aircraft has 1 distinct"):
+        Retrieval({"dataset": "fgvc_aircraft", "data_dir": data_dir}, ctx)
+    for relevance in ("pair", "class"):
+        evaluator = Retrieval({"dataset": "fgvc_aircraft", "data_dir": data_dir, "batch_size": 8,
+                               "captions_per_image": 1, "relevance": relevance}, ctx)
+        # Rows in TFDS's order: image ids are the file names.
+        ids = [e["file_name"].decode() for e in (open_split("fgvc_aircraft", "test", data_dir)[i]
+                                                  for i in range(2))]
+        row = {f"images/{image_id}.jpg": (label, red) for image_id, label, red in fgvc["test"]}
+        labels = np.array([row[i][0] for i in ids])
+        red = np.array([row[i][1] for i in ids])
+        scores = (red[:, None] % 100 == labels[None, :]).astype(float)  # text t: image t's class
+        want = retrieval_metrics(scores, scores, labels[:, None] == labels[None, :])
+        assert evaluator.run({}) == pytest.approx(want)
+        assert want["text_retrieval_recall@1"] == 0.5

@@ -207,7 +207,7 @@ def test_coop_from_a_phrase_equals_zero_shot_with_that_template(tiny_text_model)
     names, tokenizer, graphdef, params, model = tiny_text_model
     prompts = coop.class_prompts(tokenizer, names, "a photo of a", 12)
     assert prompts.length == 4 and prompts.start == 1  # after the start token
-    trainer = coop.CoopTrainer(graphdef, params, prompts, {"context_init": "a photo of a"})
+    trainer = coop.CoopTrainer(graphdef, params, prompts, coop.CoopOptions(context_init="a photo of a"))
     ids, mask = tokenizer.encode([f"a photo of a {c}." for c in names], 12)
     zeroshot = np.asarray(model.encode_text(jnp.asarray(ids), jnp.asarray(mask)))
     np.testing.assert_allclose(trainer.classifier(trainer.initial_context(0)), zeroshot, atol=1e-6)
@@ -217,7 +217,7 @@ def test_coop_training_lowers_the_loss_and_long_prompts_fail_clearly(tiny_text_m
     names, tokenizer, graphdef, params, model = tiny_text_model
     prompts = coop.class_prompts(tokenizer, names, " ".join([coop.PLACEHOLDER] * 2), 12)
     assert prompts.length == 2
-    trainer = coop.CoopTrainer(graphdef, params, prompts, {"epochs": 30, "lr": 0.05})
+    trainer = coop.CoopTrainer(graphdef, params, prompts, coop.CoopOptions(epochs=30, lr=0.05))
     rng = np.random.default_rng(0)
     features = rng.normal(size=(16, 16)).astype(np.float32)
     features /= np.linalg.norm(features, axis=1, keepdims=True)

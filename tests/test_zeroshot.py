@@ -131,3 +131,23 @@ def test_evaluator_run_on_a_planted_model(tmp_path):
     other = ZeroShotClassification(cfg, dataclasses.replace(cached_ctx, checkpoint="step_8"))
     other.run({})
     assert len(list((tmp_path / "cache" / "zeroshot").iterdir())) == 2
+
+
+def test_on_disk_images_must_have_the_models_size(tiny_config, tmp_path):
+    """On-disk images are not resized: a model of another size is refused before anything
+    compiles (validation) and when the evaluator is built."""
+    from vlmjax.config import validate
+    from vlmjax.errors import ConfigError
+    tiny_config.model.image.image_size = 56
+    with pytest.raises(ConfigError, match=r"config.evals.zeroshot.dataset='fashion_mnist' cannot "
+                       r"be evaluated by this model: the fashion_mnist images .* are 28x28"):
+        validate(tiny_config, 8, training=False)
+    config = {"data": {"dir": tiny_config.data.dir, "image_mean": 0.0, "image_std": 1.0},
+              "model": {"name": "two_tower", "image": {"image_size": 56, "channels": 1}}}
+    ctx = make_eval_context(config, graphdef=nnx.split(PlantedModel(10))[0],
+                            tokenizer=ClassIdTokenizer(["a"]), context_length=4,
+                            mesh=make_mesh({"data": -1, "fsdp": 1, "tensor": 1}),
+                            rules=(("batch", ("data", "fsdp")),))
+    with pytest.raises(ConfigError, match=r"model.image.image_size=56; set --config.model.image."
+                       r"image_size=28"):
+        ZeroShotClassification({"dataset": "fashion_mnist"}, ctx)

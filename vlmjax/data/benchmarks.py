@@ -1,44 +1,55 @@
-"""The zero-shot benchmark registry: datasets as data (assets/benchmarks.json), read through TFDS.
+"""The evaluation benchmark registry: datasets as data (assets/benchmarks.json), read through TFDS.
 
 Each entry names its TFDS dataset, the splits (CoOp's where TFDS has them; `test` is what
-zero-shot evaluates), where its class names come from (the TFDS label names cleaned by listed
-rules, an inline list, or a file the user must give, e.g. ImageNet's WordNet ids), its prompt
-templates (`{c}` placeholder; the single hand-crafted prompt per dataset of CoOp, whose
-datasets these are: CLIP's larger ensembles come in through `templates_file`), its key in
-CLIP_benchmark-format JSON files, and the command that prepares it. A dataset TFDS has no
-builder for names the module of ours that registers one (`module`); a dataset with CoOp split
-files says how their image paths match the TFDS examples (`coop`, read by `data.coop_splits`).
-A dataset not in the registry is an error, never a fallback to another dataset's names or
-templates.
+evaluators read by default), what its examples carry, and the command that prepares it:
+- labelled sets: where the class names come from (the TFDS label names cleaned by listed rules,
+  an inline list, or a file the user must give, e.g. ImageNet's WordNet ids), the prompt
+  templates (`{c}` placeholder; the single hand-crafted prompt per dataset of CoOp, whose
+  datasets these are: CLIP's larger ensembles come in through `templates_file`), the key in
+  CLIP_benchmark-format JSON files, and, with CoOp split files, how their image paths match
+  the TFDS examples (`coop`, read by `data.coop_splits`);
+- captioned sets (COCO, Flickr30k in Karpathy's splits): `"classnames": null` and the TFDS
+  feature holding every human caption of an image (`captions`).
+A dataset TFDS has no builder for names the module of ours that defines one (`builder`, one of
+OUR_BUILDERS). This module is the table alone: reading the data is `data.tfds_images`. A
+dataset not in the registry is an error, never a fallback to another dataset's names.
 """
 
 import dataclasses
 import functools
-import importlib
 import json
 import re
 from importlib import resources
 from typing import Any
 
-from vlmjax.data.datasets import read_keyed_json
 from vlmjax.errors import DataError
+
+# Modules of vlmjax.data that define TFDS builders (`builder` of an entry; data.tfds_images
+# imports them when such a benchmark is opened).
+OUR_BUILDERS = ("karpathy_retrieval", "manual_benchmarks")
 
 
 @dataclasses.dataclass(frozen=True)
 class Benchmark:
-    """One registered zero-shot classification dataset."""
+    """One registered evaluation dataset."""
 
     name: str
     tfds: str  # TFDS name[/config]
     splits: dict[str, str]  # our split name (train / val / test) -> TFDS split
     templates: tuple[str, ...]
-    classnames: Any  # "tfds", a list of names, or {"file_required": why}
+    classnames: Any  # "tfds", a list of names, {"file_required": why}, or None (no labels)
     clean: tuple[str, ...]  # rules applied to TFDS label names (CLEANERS)
     prepare: str  # how to prepare it; {tfds} and {data_dir} are filled in
     clip_benchmark_key: str = ""  # its key in CLIP_benchmark's classnames / templates JSON
     label_source: str = "names"  # "wnid": TFDS labels are WordNet ids, not words
-    module: str = ""  # our module that registers the TFDS builder (datasets TFDS lacks)
+    builder: str = ""  # our module that defines the TFDS builder (datasets TFDS lacks)
     coop: dict | None = None  # CoOp split file name and how its paths match TFDS examples
+    captions: str = ""  # the TFDS feature holding each image's human captions
+
+    @property
+    def labelled(self) -> bool:
+        """Whether its examples carry a class label."""
+        return self.classnames is not None
 
 
 def _sun397_path(name: str) -> str:
@@ -54,22 +65,29 @@ CLEANERS = {
 }
 
 
+def _entry(name: str, entry: dict) -> Benchmark:
+    unknown = set(entry.get("clean", ())) - set(CLEANERS)
+    if unknown:
+        raise DataError(f"benchmark {name}: unknown clean rules {sorted(unknown)}")
+    if entry.get("builder", "") not in ("", *OUR_BUILDERS):
+        raise DataError(f"benchmark {name}: builder {entry['builder']!r} is not one of "
+                        f"{', '.join(OUR_BUILDERS)}")
+    if entry["classnames"] is None and not entry.get("captions"):
+        raise DataError(f"benchmark {name} has neither class names nor captions")
+    return Benchmark(name=name, tfds=entry["tfds"], splits=dict(entry["splits"]),
+                     templates=tuple(entry["templates"]), classnames=entry["classnames"],
+                     clean=tuple(entry.get("clean", ())), prepare=entry["prepare"],
+                     clip_benchmark_key=entry.get("clip_benchmark_key", ""),
+                     label_source=entry.get("label_source", "names"),
+                     builder=entry.get("builder", ""), coop=entry.get("coop"),
+                     captions=entry.get("captions", ""))
+
+
 @functools.cache
 def benchmarks() -> dict[str, Benchmark]:
     """Every registered benchmark by name."""
     raw = json.loads(resources.files("vlmjax.data").joinpath("assets", "benchmarks.json").read_text())
-    out = {}
-    for name, entry in raw.items():
-        unknown = set(entry.get("clean", ())) - set(CLEANERS)
-        if unknown:
-            raise DataError(f"benchmark {name}: unknown clean rules {sorted(unknown)}")
-        out[name] = Benchmark(name=name, tfds=entry["tfds"], splits=dict(entry["splits"]),
-                              templates=tuple(entry["templates"]), classnames=entry["classnames"],
-                              clean=tuple(entry.get("clean", ())), prepare=entry["prepare"],
-                              clip_benchmark_key=entry.get("clip_benchmark_key", ""),
-                              label_source=entry.get("label_source", "names"),
-                              module=entry.get("module", ""), coop=entry.get("coop"))
-    return out
+    return {name: _entry(name, entry) for name, entry in raw.items()}
 
 
 def get_benchmark(name: str) -> Benchmark:
@@ -94,62 +112,3 @@ def clean_name(name: str, rules: tuple[str, ...]) -> str:
     for rule in rules:
         name = CLEANERS[rule](name)
     return " ".join(name.split())
-
-
-def register_builder(benchmark: Benchmark) -> None:
-    """Imports the module that registers the benchmark's TFDS builder, where it is one of ours."""
-    if benchmark.module:
-        importlib.import_module(benchmark.module)
-
-
-def tfds_info(benchmark: Benchmark) -> Any:
-    """The TFDS dataset's metadata (shipped with tensorflow-datasets or defined by our builder:
-    no download, no TensorFlow)."""
-    import tensorflow_datasets as tfds
-
-    register_builder(benchmark)
-    return tfds.builder(benchmark.tfds, try_gcs=False).info
-
-
-def tfds_label_names(benchmark: Benchmark) -> list[str]:
-    """Label names from the TFDS dataset's metadata."""
-    return list(tfds_info(benchmark).features["label"].names)
-
-
-def num_classes(benchmark: Benchmark) -> int:
-    """The number of labels of the benchmark's TFDS dataset."""
-    return tfds_info(benchmark).features["label"].num_classes
-
-
-def benchmark_prompts(name: str, classnames_file: str = "", templates_file: str = "",
-                      split_file: str = "") -> tuple[list[str], list[str]]:
-    """Class names (in label order) and templates of a benchmark, user files taking precedence;
-    with a CoOp `split_file`, labels are CoOp's and so are the default names."""
-    benchmark = get_benchmark(name)
-    keys = (name, benchmark.clip_benchmark_key)
-    source = benchmark.classnames
-    if split_file:
-        from vlmjax.data.coop_splits import coop_classnames
-        coop_names = coop_classnames(benchmark, split_file)
-        expected, space = len(coop_names), f"CoOp split file ({split_file}) has"
-    else:
-        expected, space = num_classes(benchmark), f"TFDS labels ({benchmark.tfds}) have"
-    if classnames_file:
-        classnames = read_keyed_json(classnames_file, keys, "classnames")
-    elif split_file:
-        classnames = coop_names
-    elif isinstance(source, dict):
-        raise DataError(f"benchmark {name} needs evals.<name>.classnames_file: "
-                        f"{source['file_required']}")
-    elif source == "tfds":
-        classnames = [clean_name(n, benchmark.clean) for n in tfds_label_names(benchmark)]
-    else:
-        classnames = [clean_name(n, benchmark.clean) for n in source]
-    if len(classnames) != expected:
-        raise DataError(f"{len(classnames)} class names for {name}, whose {space} "
-                        f"{expected} classes" + (f" (from {classnames_file})" if classnames_file else ""))
-    templates = (read_keyed_json(templates_file, keys, "templates") if templates_file
-                 else list(benchmark.templates))
-    if not templates or any("{c}" not in t for t in templates):
-        raise DataError(f"every template for {name} must contain the placeholder {{c}}")
-    return classnames, templates

@@ -1,84 +1,26 @@
 """CoOp's fixed train / val / test splits over prepared TFDS datasets, for comparable few-shot numbers.
 
-CoOp publishes `split_zhou_<Name>.json` = {"train"|"val"|"test": [[image path, label, class
-name], ...]} (links in CoOp's DATASETS.md). With `evals.<name>.split_file` pointing at one (or at
-its folder), a split's rows are the file's items in order, with CoOp's labels and class names
-(underscores read as spaces, as CoOp prompts them); CoOp's label space may differ from TFDS's
-(Caltech101: 100 classes, without BACKGROUND_Google and Faces_easy). Images come from the TFDS
-dataset, found by file name: the registry's `coop` entry names the TFDS feature holding it and two
-key templates, `tfds_key` over {path, dir, base, stem} of that name, {label} (TFDS label name) and
-{split} (TFDS split), and `coop_key` over {path, dir, base, stem} of CoOp's path; the keys are
-compared lower-cased. The file-name index is built once per (dataset, data_dir) and process,
-reading every record of the dataset's TFDS splits with images left encoded.
+CoOp publishes `split_zhou_<Name>.json` (read by `data.coop_split_files`). With
+`evals.<name>.split_file` pointing at one (or at its folder), a split's rows are the file's items
+in order, with CoOp's labels and class names (underscores read as spaces, as CoOp prompts them);
+CoOp's label space may differ from TFDS's (Caltech101: 100 classes, without BACKGROUND_Google
+and Faces_easy). Images come from the TFDS dataset, found by file name: the registry's `coop`
+entry names the TFDS feature holding it and two key templates, `tfds_key` over {path, dir, base,
+stem} of that name, {label} (TFDS label name) and {split} (TFDS split), and `coop_key` over
+{path, dir, base, stem} of CoOp's path; the keys are compared lower-cased. The file-name index
+is built once per (dataset, data_dir) and process, reading every record of the dataset's TFDS
+splits with images left encoded.
 """
 
 import functools
-import json
-import os
 import posixpath
 from collections.abc import Mapping
 from typing import Any
 
-from vlmjax.data.benchmarks import Benchmark, benchmarks, get_benchmark, tfds_label_names
+from vlmjax.data.benchmarks import Benchmark, get_benchmark
+from vlmjax.data.coop_split_files import coop_rule, coop_split_path, read_coop_split
+from vlmjax.data.tfds_images import READ_CHUNK, open_tfds, read_examples, tfds_label_names
 from vlmjax.errors import DataError
-
-COOP_SPLITS = ("train", "val", "test")
-Item = tuple[str, int, str]  # CoOp's image path, label, class name
-
-
-def read_coop_split(path: str) -> dict[str, list[Item]]:
-    """The items of a CoOp split file by split, checked to be [path, label, class name] lists."""
-    try:
-        with open(path) as f:
-            data = json.load(f)
-    except (OSError, json.JSONDecodeError) as e:
-        raise DataError(f"cannot read CoOp split file {path}: {e}") from e
-    if not isinstance(data, dict) or not data or set(data) - set(COOP_SPLITS):
-        raise DataError(f"{path} is not a CoOp split file: expected an object with keys among "
-                        f"{', '.join(COOP_SPLITS)}")
-    out = {}
-    for split, items in data.items():
-        for item in items:
-            if not (isinstance(item, list) and len(item) == 3 and isinstance(item[0], str)
-                    and isinstance(item[1], int) and isinstance(item[2], str)):
-                raise DataError(f"{path}: {split} item {item!r} is not [image path, label, class name]")
-        out[split] = [tuple(item) for item in items]
-    return out
-
-
-def coop_rule(benchmark: Benchmark) -> dict:
-    """The registry's CoOp entry of a benchmark, or a DataError naming those that have one."""
-    if not benchmark.coop:
-        raise DataError(f"benchmark {benchmark.name} has no CoOp split definition (`coop` in "
-                        "vlmjax/data/assets/benchmarks.json); split_file works for "
-                        f"{', '.join(sorted(n for n, b in benchmarks().items() if b.coop))}")
-    return benchmark.coop
-
-
-def coop_split_path(benchmark: Benchmark, split_file: str) -> str:
-    """The split file itself, or the registry's CoOp file name inside it if it is a folder."""
-    name = coop_rule(benchmark)["split_file"]
-    path = os.path.join(split_file, name) if os.path.isdir(split_file) else split_file
-    if not os.path.isfile(path):
-        raise DataError(f"CoOp split file {path} does not exist; download {name} (CoOp's "
-                        "DATASETS.md, github.com/KaiyangZhou/CoOp) and point "
-                        "evals.<name>.split_file at it or at its folder")
-    return path
-
-
-def coop_classnames(benchmark: Benchmark, split_file: str) -> list[str]:
-    """CoOp's class names in its label order, checked: one name per label, labels 0..C-1."""
-    path = coop_split_path(benchmark, split_file)
-    names: dict[int, str] = {}
-    for items in read_coop_split(path).values():
-        for image, label, classname in items:
-            if names.setdefault(label, classname) != classname:
-                raise DataError(f"{path}: label {label} is named both {names[label]!r} and "
-                                f"{classname!r} ({image})")
-    if sorted(names) != list(range(len(names))):
-        raise DataError(f"{path}: labels are not 0..{len(names) - 1} (missing "
-                        f"{sorted(set(range(max(names) + 1)) - set(names))[:5]})")
-    return [names[i].replace("_", " ") for i in range(len(names))]
 
 
 def _key(template: str, path: str, **fields: str) -> str:
@@ -97,11 +39,9 @@ def index_sources(sources: Mapping[str, Any], label_names: list[str], rule: Mapp
     DataError (the match would be ambiguous)."""
     index: dict[str, tuple[str, int]] = {}
     for split, source in sources.items():
-        for start in range(0, len(source), 1024):
-            rows = range(start, min(start + 1024, len(source)))
-            examples = (source.__getitems__(list(rows)) if hasattr(source, "__getitems__")
-                        else [source[i] for i in rows])
-            for row, example in zip(rows, examples, strict=True):
+        for start in range(0, len(source), READ_CHUNK):
+            rows = range(start, min(start + READ_CHUNK, len(source)))
+            for row, example in zip(rows, read_examples(source, rows), strict=True):
                 key = _key(rule["tfds_key"], _text(example[rule["file_feature"]]), split=split,
                            label=label_names[int(example["label"])])
                 if key in index:
@@ -113,8 +53,6 @@ def index_sources(sources: Mapping[str, Any], label_names: list[str], rule: Mapp
 
 def tfds_sources(benchmark: Benchmark, data_dir: str) -> dict[str, Any]:
     """Every TFDS split the benchmark's splits draw from (slices read whole), images encoded."""
-    from vlmjax.data.tfds_images import open_tfds
-
     splits = sorted({split.split("[")[0] for split in benchmark.splits.values()})
     return {split: open_tfds(benchmark, split, data_dir, skip_decoding=True) for split in splits}
 
@@ -152,6 +90,10 @@ class CoopSplitSource:
 
     def __len__(self) -> int:
         return len(self.rows)
+
+    def labels(self) -> list[int]:
+        """CoOp's label of every row, without reading the TFDS examples."""
+        return [label for _, _, label in self.rows]
 
     def __getitem__(self, i: int) -> dict[str, Any]:
         split, row, label = self.rows[i]

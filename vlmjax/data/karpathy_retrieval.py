@@ -11,18 +11,16 @@ the encoded image, its id and all of its captions (COCO's Karpathy test split: 5
 
 DIR holds the split JSON and the images: for COCO `dataset_coco.json`, `val2014/`, `train2014/`
 (Karpathy's file names them by folder); for Flickr30k `dataset_flickr30k.json` and
-`flickr30k-images/`.
+`flickr30k-images/`. Evaluators read the prepared sets as the benchmarks `coco` and `flickr30k`
+(`assets/benchmarks.json`: their human captions, no labels) through `data.eval_sources`.
 """
 
 import json
 import os
-from typing import Any
 
-import numpy as np
 import tensorflow_datasets as tfds
 
 from vlmjax.data.manual_download import build_from_manual, prepare_cli
-from vlmjax.errors import DataError
 
 CONFIGS = {  # config -> (split file, image folder used when an entry has no `filepath`)
     "coco": ("dataset_coco.json", ""),
@@ -72,39 +70,6 @@ class KarpathyRetrieval(tfds.core.GeneratorBasedBuilder):
                 "image": encoded, "image_id": entry["filename"],
                 "captions": [s["raw"].strip() for s in entry["sentences"]],
             }
-
-
-def open_retrieval_split(config: str, split: str, data_dir: str = "") -> Any:
-    """The prepared split as a random-access source with images left encoded (decoded later,
-    per batch, by the rows each process needs); a DataError with the prepare command if absent."""
-    if config not in CONFIGS:
-        raise DataError(f"retrieval set {config!r} is not registered; choose one of "
-                        f"{', '.join(sorted(CONFIGS))}")
-    if split not in SPLITS:
-        raise DataError(f"retrieval set {config} has no split {split!r}; choose one of "
-                        f"{', '.join(SPLITS)}")
-    try:
-        return tfds.data_source(f"karpathy_retrieval/{config}", split=split,
-                                data_dir=data_dir or None, download=False,
-                                decoders={"image": tfds.decode.SkipDecoding()})
-    except Exception as e:  # tfds reports a missing dataset as several unrelated errors
-        raise DataError(
-            f"retrieval set {config} (split {split}) is not prepared in "
-            f"{data_dir or 'the TFDS default data_dir'} ({type(e).__name__}); prepare it with: "
-            f"python -m vlmjax.data.karpathy_retrieval --config {config} --manual_dir DIR"
-            + (f" --data_dir {data_dir}" if data_dir else "")
-            + f". {KarpathyRetrieval.MANUAL_DOWNLOAD_INSTRUCTIONS}") from e
-
-
-def captions_of(source: Any, limit: int = 0) -> tuple[list[str], np.ndarray]:
-    """Every caption of the first `limit` (0: all) images, and the image each belongs to."""
-    n = min(len(source), limit) if limit else len(source)
-    texts, owner = [], []
-    for i in range(n):
-        for caption in source[i]["captions"]:
-            texts.append(caption.decode() if isinstance(caption, bytes) else str(caption))
-            owner.append(i)
-    return texts, np.asarray(owner, np.int64)
 
 
 def prepare(config: str, manual_dir: str, data_dir: str = "") -> str:

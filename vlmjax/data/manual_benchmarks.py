@@ -24,7 +24,7 @@ import os
 import tensorflow_datasets as tfds
 
 from vlmjax.data.benchmarks import CLEANERS, get_benchmark
-from vlmjax.data.coop_splits import read_coop_split
+from vlmjax.data.coop_split_files import read_coop_split
 from vlmjax.data.manual_download import build_from_manual, prepare_cli
 from vlmjax.errors import DataError
 

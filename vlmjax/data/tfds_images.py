@@ -1,34 +1,67 @@
-"""Benchmark images from prepared TFDS array_record files: random access, evaluation transform.
+"""Benchmark splits from prepared TFDS array_record files: metadata, random access, evaluation transform.
 
 `tfds.data_source(..., download=False)` reads array_record files without TensorFlow; a
 dataset that is not prepared gets a DataError with the command that prepares it. Images are
 resized (shorter side, bicubic) and centre-cropped to the model's size, as CLIP evaluates, in a
 thread pool; each process decodes only the rows its devices hold.
+
+tensorflow_datasets (and our builder modules, which subclass its builders) are imported inside
+the functions that open a dataset: config validation and training on on-disk data import this
+module through the evaluators and never need them.
 """
 
 import concurrent.futures
 import io
 import os
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 from PIL import Image
 
-from vlmjax.data.benchmarks import Benchmark, get_benchmark, register_builder, tfds_info, tfds_split
+from vlmjax.data.benchmarks import Benchmark, get_benchmark, tfds_split
 from vlmjax.data.image_text_transform import resize_centre_crop
 from vlmjax.errors import DataError
 
+READ_CHUNK = 1024  # examples per random-access read when a whole split is scanned
 
-def open_split(name: str, split: str, data_dir: str = "") -> Any:
+
+def register_builder(benchmark: Benchmark) -> None:
+    """Registers our TFDS builders when the benchmark uses one (datasets TFDS has none for)."""
+    if benchmark.builder:
+        # Importing the modules registers their builders with TFDS.
+        from vlmjax.data import karpathy_retrieval, manual_benchmarks  # noqa: F401
+
+
+def tfds_info(benchmark: Benchmark) -> Any:
+    """The TFDS dataset's metadata (shipped with tensorflow-datasets or defined by our builder:
+    no download, no TensorFlow)."""
+    import tensorflow_datasets as tfds
+
+    register_builder(benchmark)
+    return tfds.builder(benchmark.tfds, try_gcs=False).info
+
+
+def tfds_label_names(benchmark: Benchmark) -> list[str]:
+    """Label names from the TFDS dataset's metadata."""
+    return list(tfds_info(benchmark).features["label"].names)
+
+
+def num_classes(benchmark: Benchmark) -> int:
+    """The number of labels of the benchmark's TFDS dataset."""
+    return tfds_info(benchmark).features["label"].num_classes
+
+
+def open_split(name: str, split: str, data_dir: str = "", skip_decoding: bool = False) -> Any:
     """The random-access TFDS source of a benchmark split (DataError with the fix if absent)."""
     benchmark = get_benchmark(name)
-    return open_tfds(benchmark, tfds_split(benchmark, split), data_dir)
+    return open_tfds(benchmark, tfds_split(benchmark, split), data_dir, skip_decoding)
 
 
 def open_tfds(benchmark: Benchmark, tfds_name_split: str, data_dir: str = "",
               skip_decoding: bool = False) -> Any:
     """A TFDS split of the benchmark's dataset, read at random; `skip_decoding` leaves every
-    image feature encoded (for reading only file names and labels, or decoding later)."""
+    image feature encoded (for reading only file names, labels or captions, or decoding later)."""
     import tensorflow_datasets as tfds
 
     decoders = None
@@ -54,6 +87,30 @@ def prepare_command(benchmark: Benchmark, data_dir: str = "") -> str:
     return benchmark.prepare.format(tfds=benchmark.tfds, data_dir=target)
 
 
+def check_benchmark(name: str, split: str, data_dir: str) -> None:
+    """Raises DataError before anything compiles if the benchmark split cannot be read."""
+    open_split(name, split, data_dir)
+
+
+def read_examples(source: Any, rows: Sequence[int]) -> list[dict]:
+    """The examples at `rows` of a random-access source, in one read where it offers one."""
+    if hasattr(source, "__getitems__"):
+        try:
+            return list(source.__getitems__(list(rows)))
+        except TypeError:  # tfds.testing.mock_data's sources break it; read them one by one
+            pass
+    return [source[int(i)] for i in rows]
+
+
+def read_feature(source: Any, key: str, n: int) -> list[Any]:
+    """Feature `key` of the first `n` examples (read in chunks; open the source with images
+    left encoded so that none is decoded)."""
+    out: list[Any] = []
+    for start in range(0, n, READ_CHUNK):
+        out.extend(e[key] for e in read_examples(source, range(start, min(start + READ_CHUNK, n))))
+    return out
+
+
 def eval_transform(image: np.ndarray, size: int, channels: int) -> np.ndarray:
     """uint8 [H, W, c] -> uint8 [size, size, channels]: bicubic resize of the shorter side to
     `size`, centre crop, then RGB or grayscale as the model takes."""
@@ -72,17 +129,13 @@ def decoded(image: Any) -> np.ndarray:
 
 
 class BenchmarkImages:
-    """Rows of a benchmark split, transformed for the model: `rows(indices) -> (images, labels)`.
+    """Rows of an opened random-access source, transformed for the model: `rows(indices) ->
+    (images, labels)`; examples without a label (captioned sets) get label -1."""
 
-    Takes a benchmark name or an opened random-access `source`; examples without a label
-    (retrieval sets) get label -1.
-    """
-
-    def __init__(self, name: str, split: str, data_dir: str, size: int, channels: int,
-                 limit: int = 0, threads: int = 8, source: Any = None):
-        self.source = source if source is not None else open_split(name, split, data_dir)
+    def __init__(self, source: Any, size: int, channels: int, limit: int = 0, threads: int = 8):
+        self.source = source
         self.size, self.channels = size, channels
-        self.length = min(len(self.source), limit) if limit else len(self.source)
+        self.length = min(len(source), limit) if limit else len(source)
         self.pool = concurrent.futures.ThreadPoolExecutor(max_workers=threads)
 
     def __len__(self) -> int:
@@ -98,10 +151,5 @@ class BenchmarkImages:
         if len(indices) == 0:
             return (np.zeros((0, self.size, self.size, self.channels), np.uint8),
                     np.zeros((0,), np.int32))
-        decoded = list(self.pool.map(self._one, indices))
-        return (np.stack([d[0] for d in decoded]), np.asarray([d[1] for d in decoded], np.int32))
-
-
-def check_benchmark(name: str, split: str, data_dir: str) -> None:
-    """Raises DataError before anything compiles if the benchmark split cannot be read."""
-    open_split(name, split, data_dir)
+        done = list(self.pool.map(self._one, indices))
+        return np.stack([d[0] for d in done]), np.asarray([d[1] for d in done], np.int32)

@@ -7,29 +7,35 @@ Cost grows with images x classes x templates (one decoder pass per pair), hence 
 one template and an optional cap on the number of images.
 """
 
+import dataclasses
 from collections.abc import Mapping
 
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from vlmjax.data.datasets import check_dataset, dataset_prompts, load_split
-from vlmjax.evaluators.context import EvalContext, EvalFacts, classify_images
+from vlmjax.data.eval_sources import eval_prompts
+from vlmjax.evaluators.context import EvalContext, EvalFacts
+from vlmjax.evaluators.global_batches import classify_rows
+from vlmjax.evaluators.typed_options import options_from
 from vlmjax.objectives.coca import sequence_log_likelihood
 from vlmjax.options import fail
 from vlmjax.parallel.mesh import replicated
 
-DEFAULTS = {
-    "kind": "caption_zeroshot",
-    "dataset": "fashion_mnist",
-    "split": "test",
-    "data_dir": "",  # "" = config.data.dir
-    "batch_size": 200,  # images per step; each is paired with every class prompt
-    "num_templates": 1,  # the first n templates of the dataset (0 = all)
-    "num_images": 0,  # score only the first n images of the split (0 = all)
-    "classnames_file": "",
-    "templates_file": "",
-}
+
+@dataclasses.dataclass(frozen=True)
+class Options:
+    """config.evals.<name> of kind 'caption_zeroshot'."""
+
+    dataset: str = "fashion_mnist"  # an on-disk dataset or a registered labelled benchmark
+    split: str = "test"
+    data_dir: str = ""  # "" = config.data.dir (on-disk datasets) or TFDS's default (benchmarks)
+    batch_size: int = 200  # images per step; each is paired with every class prompt
+    num_templates: int = 1  # the first n templates of the dataset (0 = all)
+    num_images: int = 0  # score only the first n images of the split (0 = all)
+    classnames_file: str = ""
+    templates_file: str = ""
+    split_file: str = ""  # benchmarks: CoOp's split file (or its folder)
 
 
 def prompt_scores(log_likelihoods: jax.Array, num_classes: int) -> jax.Array:
@@ -38,33 +44,33 @@ def prompt_scores(log_likelihoods: jax.Array, num_classes: int) -> jax.Array:
 
 
 
-def check(name: str, cfg: Mapping, facts: EvalFacts) -> None:
-    """A captioning model and a readable labelled split."""
+def check(name: str, options: Options, facts: EvalFacts) -> None:
+    """A captioning model, a readable labelled split and complete prompts."""
+    o = options
     if "captions" not in facts.capabilities:
         fail(f"evals.{name}.kind", f"='caption_zeroshot' needs a model that captions (model.name "
              f"'coca'), but model.name={facts.model_name!r} cannot",
              "use kind 'zeroshot' for contrastive models")
-    check_dataset(cfg["dataset"], cfg["data_dir"] or facts.data_dir,
-                  key=f"evals.{name}.data_dir" if cfg["data_dir"] else "data.dir", split=cfg["split"])
+    facts.check_source(name, o.dataset, o.split, o.data_dir, o.split_file)
+    eval_prompts(o.dataset, o.classnames_file, o.templates_file, o.split_file)
 
 
 class CaptionZeroShotClassification:
     """Predicts the class whose prompts the captioner finds most likely for each image."""
 
-    def __init__(self, cfg: Mapping, ctx: EvalContext):
+    def __init__(self, options: Options | Mapping, ctx: EvalContext):
         ctx.model.require("captions", "evals kind 'caption_zeroshot'",
                           "use kind 'zeroshot' for contrastive models")
-        self.cfg, self.ctx = dict(cfg), ctx
-        self.name = f"caption_zeroshot/{cfg['dataset']}"
-        self.classnames, templates = dataset_prompts(cfg["dataset"], cfg["classnames_file"],
-                                                     cfg["templates_file"])
-        self.templates = templates[: cfg["num_templates"]] if cfg["num_templates"] else templates
+        self.options = o = options_from(Options, options)
+        self.ctx = ctx
+        self.name = f"caption_zeroshot/{o.dataset}"
+        self.source = ctx.open_source(o.dataset, o.split, o.data_dir, o.num_images, o.split_file,
+                                      o.classnames_file, o.templates_file)
+        self.classnames, templates = self.source.classnames, self.source.templates
+        self.templates = templates[: o.num_templates] if o.num_templates else templates
         prompts = [t.format(c=c) for c in self.classnames for t in self.templates]
         ids, mask = ctx.tokenizer.encode(prompts, ctx.context_length)
         self.prompt_ids, self.prompt_mask = jnp.asarray(ids), jnp.asarray(mask)
-        images, labels = load_split(cfg["dataset"], cfg["data_dir"] or ctx.data_dir, cfg["split"])
-        limit = cfg["num_images"] or len(labels)
-        self.images, self.labels = images[:limit], labels[:limit]
         normalize, graphdef = ctx.normalize, ctx.graphdef
         num_classes, k = len(self.classnames), min(5, len(self.classnames))
 
@@ -83,8 +89,8 @@ class CaptionZeroShotClassification:
 
     def run(self, params: dict) -> dict[str, float]:
         """acc1, acc5 and mean_per_class_recall of caption-likelihood predictions."""
-        return classify_images(
-            self.images, self.labels, len(self.classnames), self.cfg["batch_size"],
+        return classify_rows(
+            self.source.num_rows, self.source.rows, len(self.classnames), self.options.batch_size,
             self.ctx.batch_sharding,
             lambda batch: self._top_classes(params, batch, self.prompt_ids, self.prompt_mask),
             self.name)

@@ -5,23 +5,20 @@ tokenizer, the image preprocessing (size, channels, normalisation), the mesh, wh
 datasets live, where a checkpoint's evaluation caches go, and the one service an evaluator
 cannot build from those: `train_classifier`, the jitted supervised training of a classifier
 (fine-tuning), provided by the train layer (dependency inversion: evaluators never import it).
+Evaluators read datasets through `data.eval_sources` and batch them over the mesh with
+`evaluators.global_batches`.
 """
 
 import dataclasses
-import functools
-import os
 from collections.abc import Callable, Mapping
 from typing import Any, Protocol
 
 import jax
-import numpy as np
-from jax.sharding import Mesh, NamedSharding, PartitionSpec
-from tqdm import tqdm
+from jax.sharding import Mesh
 
+from vlmjax.data.eval_sources import EvalSource, check_eval_source, open_eval_source, source_data_dir
 from vlmjax.data.normalization import Normalization
-from vlmjax.data.prefetch import process_rows, to_global
 from vlmjax.errors import ConfigError
-from vlmjax.evaluators.metrics import classification_metrics
 from vlmjax.parallel.logical import Rules
 from vlmjax.parallel.mesh import batch_sharding
 from vlmjax.tokenizers import Tokenizer
@@ -95,91 +92,14 @@ class EvalContext:
     def default_data_dir(self, dataset: str, data_dir: str) -> str:
         """An evaluator's data_dir, or where on-disk datasets live for one of those ("" lets
         TFDS benchmarks use TFDS's own default)."""
-        from vlmjax.data.datasets import DATASETS
-        return data_dir or (self.data_dir if dataset in DATASETS else "")
+        return source_data_dir(dataset, data_dir, self.data_dir)
 
-
-RowLoader = Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]  # indices -> (images, labels)
-
-
-def classify_images(images: np.ndarray, labels: np.ndarray, num_classes: int, batch_size: int,
-                    sharding: jax.sharding.NamedSharding, top_classes: Callable[[dict], jax.Array],
-                    desc: str) -> dict[str, float]:
-    """Classification metrics of `top_classes(global image batch) -> [b, k]` over in-memory images."""
-    return classify_rows(len(labels), lambda rows: (images[rows], labels[rows]), num_classes,
-                         batch_size, sharding, top_classes, desc)
-
-
-def classify_rows(num_rows: int, load_rows: RowLoader, num_classes: int, batch_size: int,
-                  sharding: jax.sharding.NamedSharding, top_classes: Callable[[dict], jax.Array],
-                  desc: str) -> dict[str, float]:
-    """Classification metrics over `num_rows` examples that `load_rows(indices)` decodes.
-
-    Each process loads only the rows its devices hold; the last batch is zero-padded and the
-    padded rows are dropped before scoring. `top_classes` returns replicated predictions, and
-    the labels are gathered the same way, so every process computes the same metrics.
-    """
-    predictions, all_labels = [], []
-    for start in tqdm(range(0, num_rows, batch_size), desc=desc, leave=False,
-                      disable=jax.process_index() != 0):
-        batch, real = loaded_global_batch(load_rows, num_rows, start, batch_size, sharding)
-        predictions.append(np.asarray(top_classes({"image": batch["image"]}))[:real])
-        all_labels.append(np.asarray(_replicate(batch["label"]))[:real])
-    return classification_metrics(np.concatenate(predictions), np.concatenate(all_labels),
-                                  num_classes)
-
-
-def loaded_global_batch(load_rows: RowLoader, num_rows: int, start: int, batch_size: int,
-                        sharding: jax.sharding.NamedSharding) -> tuple[dict, int]:
-    """Global batch {"image", "label"} of rows [start, start + batch_size), zero-padded past
-    `num_rows`; each process loads only the rows its devices hold. Returns (batch, real rows)."""
-    real = min(batch_size, num_rows - start)
-    mine = np.arange(batch_size)[process_rows(sharding, batch_size)]
-    images, labels = load_rows(start + mine[mine < real])
-    pad = len(mine) - len(labels)
-    if pad:
-        images = np.concatenate([images, np.zeros((pad, *images.shape[1:]), images.dtype)])
-        labels = np.concatenate([labels, np.zeros((pad,), labels.dtype)])
-    return to_global({"image": images, "label": labels.astype(np.int32)}, sharding), real
-
-
-def save_npz_atomically(path: str, arrays: Mapping[str, Any]) -> None:
-    """Writes `arrays` to `path` (.npz) through a temporary file: readers of an evaluation
-    cache never see a partial file."""
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    tmp = f"{path}.{os.getpid()}.tmp.npz"
-    np.savez(tmp, **{k: np.asarray(v) for k, v in arrays.items()})
-    os.replace(tmp, path)
-
-
-@functools.cache
-def _replicator(mesh: Mesh) -> Callable[[jax.Array], jax.Array]:
-    return jax.jit(lambda a: a, out_shardings=NamedSharding(mesh, PartitionSpec()))
-
-
-def _replicate(x: jax.Array) -> jax.Array:
-    """A batch-sharded array as a fully replicated one (readable on every process)."""
-    return _replicator(x.sharding.mesh)(x)
-
-
-def padded_global_batch(arrays: Mapping[str, np.ndarray], start: int, batch_size: int,
-                        sharding: jax.sharding.NamedSharding) -> tuple[dict, int]:
-    """Rows [start, start + batch_size) as global arrays, zero-padded at the end of the data.
-
-    Each process contributes the rows its devices hold, so global row order is the data order.
-    Returns the batch and the number of real (unpadded) rows.
-    """
-    n = len(next(iter(arrays.values())))
-    real = min(batch_size, n - start)
-    mine = process_rows(sharding, batch_size)
-    local = {}
-    for key, value in arrays.items():
-        rows = value[start: start + real]
-        if real < batch_size:
-            pad = np.zeros((batch_size - real, *value.shape[1:]), value.dtype)
-            rows = np.concatenate([rows, pad])
-        local[key] = rows[mine]
-    return to_global(local, sharding), real
+    def open_source(self, dataset: str, split: str, data_dir: str = "", limit: int = 0,
+                    split_file: str = "", classnames_file: str = "", templates_file: str = ""
+                    ) -> EvalSource:
+        """A split to evaluate on (`data.eval_sources`), its images at the model's size."""
+        return open_eval_source(dataset, split, self.default_data_dir(dataset, data_dir), self.image,
+                                limit, split_file, classnames_file, templates_file)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -192,3 +112,16 @@ class EvalFacts:
     image_size: int
     channels: int
     batch_shards: int  # evaluation batch sizes must divide over these
+
+    def check_source(self, name: str, dataset: str, split: str, data_dir: str,
+                     split_file: str = "", labels: bool = True) -> None:
+        """Raises before anything compiles if evaluator `name` cannot read the split at the
+        model's image size (`data.eval_sources.check_eval_source`); `labels`: it needs them."""
+        key = f"evals.{name}.data_dir" if data_dir else "data.dir"
+        try:
+            check_eval_source(dataset, split, source_data_dir(dataset, data_dir, self.data_dir),
+                              key, image={"image_size": self.image_size, "channels": self.channels},
+                              split_file=split_file, labels=labels)
+        except ConfigError as e:  # on-disk images of another size than the model's
+            raise ConfigError(f"config.evals.{name}.dataset={dataset!r} cannot be evaluated by "
+                              f"this model: {e}") from e

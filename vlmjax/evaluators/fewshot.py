@@ -14,28 +14,33 @@ Metrics are `<method>/<k>shot/acc1` (mean over seeds), `.../acc1_std` and
 """
 
 import dataclasses
-import functools
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 
 import numpy as np
 
-from vlmjax.evaluators.transfer_setup import COMMON, MethodsEvaluator, check_transfer_config, metrics_of
+from vlmjax.evaluators.context import EvalFacts
+from vlmjax.evaluators.transfer_setup import (
+    MethodsEvaluator,
+    MethodsOptions,
+    check_methods,
+    fail_option,
+    metrics_of,
+    require_at_least_one,
+)
 from vlmjax.transfer import closed_form, coop, logistic, tip_adapter
 from vlmjax.transfer.shots import few_shot_split
 
-DEFAULTS = {
-    "kind": "fewshot",
-    **COMMON,
-    "shots": (1, 2, 4, 8, 16),
-    "seeds": 3,
-    "methods": ("linear_probe", "closed_form", "tip_adapter", "tip_adapter_f", "coop"),
-    "max_iter": 1000,  # L-BFGS iterations per fit (linear_probe)
-    "tip_f_epochs": 20,
-    "coop_context_init": "",  # "" = 16 random vectors (CoOp's default); e.g. "a photo of a"
-    "coop_num_context": 16,
-    "coop_epochs": 0,  # 0 = CoOp's schedule (50 / 100 / 200 epochs by shots)
-}
 TEXT_METHODS = ("tip_adapter", "tip_adapter_f", "coop")
+
+
+@dataclasses.dataclass(frozen=True)
+class Options(MethodsOptions):
+    """config.evals.<name> of kind 'fewshot'."""
+
+    shots: tuple[int, ...] = (1, 2, 4, 8, 16)
+    seeds: int = 3
+    methods: tuple[str, ...] = ("linear_probe", "closed_form", "tip_adapter", "tip_adapter_f", "coop")
+    tip_f_epochs: int = 20
 
 
 @dataclasses.dataclass(frozen=True)
@@ -50,13 +55,13 @@ class ShotTask:
     seed: int
     classifier: np.ndarray | None  # zero-shot class embeddings [C, e]
     coop: coop.CoopTrainer | None
-    cfg: Mapping
+    options: Options
 
 
 def _linear_probe(t: ShotTask) -> np.ndarray:
     # Rows padded to 16 shots per class: every k reuses one compiled fit.
-    pad = t.num_classes * max(t.cfg["shots"])
-    head, _ = logistic.search_c(t.train, t.val, t.num_classes, t.cfg["max_iter"], pad_rows_to=pad)
+    pad = t.num_classes * max(t.options.shots)
+    head, _ = logistic.search_c(t.train, t.val, t.num_classes, t.options.max_iter, pad_rows_to=pad)
     return head.logits(t.test_features)  # fit on the shots with the C the shots' val chose
 
 
@@ -77,7 +82,7 @@ def _tip_adapter(t: ShotTask) -> np.ndarray:
 
 
 def _tip_adapter_f(t: ShotTask) -> np.ndarray:
-    tuned = tip_adapter.fine_tune_keys(_tip(t), epochs=t.cfg["tip_f_epochs"], seed=t.seed)
+    tuned = tip_adapter.fine_tune_keys(_tip(t), epochs=t.options.tip_f_epochs, seed=t.seed)
     return tip_adapter.search(tuned, *t.val).logits(t.test_features)
 
 
@@ -95,24 +100,25 @@ METHODS: dict[str, Callable[[ShotTask], np.ndarray]] = {
 class FewShot(MethodsEvaluator):
     """`run(params)` -> per method and k: mean / std over seeds of test accuracy."""
 
-    DEFAULTS = DEFAULTS
+    KIND = "fewshot"
+    OPTIONS = Options
     METHODS = tuple(METHODS)
     TEXT_METHODS = TEXT_METHODS
 
     def run(self, params: dict) -> dict[str, float]:
-        cfg, setup = self.cfg, self.setup
+        o, setup = self.options, self.setup
         x, y = setup.split(params, "train")
         tx, ty = setup.split(params, "test")
         classifier = setup.text_classifier(params) if setup.zeroshot else None
         trainer = self.coop_trainer(params) if self.prompts else None
         runs: dict[tuple[str, int], list[dict]] = {}
-        for seed in range(cfg["seeds"]):
-            for k in sorted(cfg["shots"]):
+        for seed in range(o.seeds):
+            for k in sorted(o.shots):
                 train, val = few_shot_split(y, setup.num_classes, k, seed)
                 task = ShotTask(train=(x[train], y[train]), val=(x[val], y[val]), test_features=tx,
                                 num_classes=setup.num_classes, shots=k, seed=seed,
-                                classifier=classifier, coop=trainer, cfg=cfg)
-                for method in cfg["methods"]:
+                                classifier=classifier, coop=trainer, options=o)
+                for method in o.methods:
                     runs.setdefault((method, k), []).append(
                         metrics_of(METHODS[method](task), ty, setup.num_classes))
         out = {}
@@ -125,4 +131,10 @@ class FewShot(MethodsEvaluator):
         return out
 
 
-check = functools.partial(check_transfer_config, methods=METHODS, text_methods=TEXT_METHODS)
+def check(name: str, options: Options, facts: EvalFacts) -> None:
+    """Known methods, positive shots, seeds and budgets, the splits readable, text if used."""
+    if not options.shots or any(not isinstance(k, int) or k < 1 for k in options.shots):
+        fail_option(name, "shots", f"= {list(options.shots)}",
+                    "give positive whole numbers of images per class, e.g. (1, 2, 4, 8, 16)")
+    require_at_least_one(name, options, "seeds")
+    check_methods(name, "fewshot", options, facts, tuple(METHODS), TEXT_METHODS)

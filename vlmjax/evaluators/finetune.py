@@ -11,7 +11,7 @@ evaluation transform (resize + centre crop), without augmentation. Reports test 
 after training, and the zero-shot head's accuracy on the same rows for the gain.
 """
 
-import functools
+import dataclasses
 import logging
 from collections.abc import Mapping
 from typing import Any
@@ -21,47 +21,60 @@ import numpy as np
 from flax import nnx
 from tqdm import tqdm
 
-from vlmjax.data.eval_sources import eval_rows
 from vlmjax.errors import ConfigError
-from vlmjax.evaluators.context import EvalContext, classify_rows, loaded_global_batch
-from vlmjax.evaluators.transfer_setup import COMMON, TransferSetup, check_transfer_config
+from vlmjax.evaluators.context import EvalContext, EvalFacts
+from vlmjax.evaluators.global_batches import classify_rows, loaded_global_batch
+from vlmjax.evaluators.transfer_setup import (
+    TransferOptions,
+    TransferSetup,
+    check_transfer,
+    fail_option,
+    require_at_least_one,
+)
+from vlmjax.evaluators.typed_options import options_from
 from vlmjax.models.classifier import ZeroShotHeadClassifier
 from vlmjax.parallel import mesh as mesh_lib
 from vlmjax.parallel.logical import axis_rules
 
 log = logging.getLogger(__name__)
 
-DEFAULTS = {
-    "kind": "finetune",
-    **COMMON,
-    "steps": 1000,
-    "train_batch_size": 256,
-    "lr": 3e-5,
-    "warmup_steps": 100,
-    "weight_decay": 0.1,
-    "label_smoothing": 0.0,
-    "seed": 0,
-}
+
+@dataclasses.dataclass(frozen=True)
+class Options(TransferOptions):
+    """config.evals.<name> of kind 'finetune' (WiSE-FT's fine-tuning of CLIP by default)."""
+
+    steps: int = 1000
+    train_batch_size: int = 256
+    lr: float = 3e-5
+    warmup_steps: int = 100
+    weight_decay: float = 0.1
+    label_smoothing: float = 0.0
+    seed: int = 0
+
+
+def check(name: str, options: Options, facts: EvalFacts) -> None:
+    """Readable splits, the zero-shot head available, a training batch over the batch shards."""
+    if options.train_batch_size % facts.batch_shards:
+        fail_option(name, "train_batch_size", f"= {options.train_batch_size} does not divide over "
+                    f"{facts.batch_shards} batch shards", f"use a multiple of {facts.batch_shards}")
+    require_at_least_one(name, options, "train_batch_size")
+    check_transfer(name, "finetune", options, facts, needs_text=True)
 
 
 class FineTune:
     """`run(weights)` -> test acc1 / acc5 / mean_per_class_recall after fine-tuning, the
     zero-shot head's acc1 and the gain."""
 
-    def __init__(self, cfg: Mapping, ctx: EvalContext):
-        self.cfg = cfg = {**DEFAULTS, **cfg}
+    def __init__(self, options: Options | Mapping, ctx: EvalContext):
+        self.options = o = options_from(Options, options)
         self.ctx = ctx
-        self.name = f"finetune/{cfg['dataset']}"
+        self.name = f"finetune/{o.dataset}"
         if ctx.train_classifier is None:
             raise ConfigError("fine-tuning needs an evaluation context that can train (the train "
                               "loop's or vlmjax.evaluate's)")
-        self.setup = TransferSetup(cfg, ctx, needs_text=True,
+        self.setup = TransferSetup(o, ctx, needs_text=True,
                                    why="fine-tuning (its head starts as the zero-shot classifier)")
-        data_dir = ctx.default_data_dir(cfg["dataset"], cfg["data_dir"])
-        self.train_rows = eval_rows(cfg["dataset"], cfg["train_split"], data_dir, ctx.image,
-                                    cfg["num_images"], cfg["split_file"])
-        self.test_rows = eval_rows(cfg["dataset"], cfg["test_split"], data_dir, ctx.image,
-                                   cfg["num_images"], cfg["split_file"])
+        self.train_source, self.test_source = self.setup.source("train"), self.setup.source("test")
         # The image tower (and its projection) and the head train; the rest stays locked.
         self.trainable = rf"^(head|bias)$|^backbone/{ctx.model.towers['image'].lstrip('^')}"
         self._compiled: tuple | None = None
@@ -77,7 +90,8 @@ class FineTune:
         """(init, step, top classes) of this classifier, built once per evaluator."""
         if self._compiled is None:
             ctx, k = self.ctx, min(5, self.setup.num_classes)
-            init, step = ctx.train_classifier(graphdef, state, self.trainable, self.cfg)
+            init, step = ctx.train_classifier(graphdef, state, self.trainable,
+                                              dataclasses.asdict(self.options))
 
             def top_classes(params: Any, images: jax.Array) -> jax.Array:
                 with axis_rules(ctx.mesh, ctx.rules):
@@ -89,22 +103,22 @@ class FineTune:
         return self._compiled
 
     def _accuracy(self, top: Any, params: dict) -> dict[str, float]:
-        n, load = self.test_rows
-        return classify_rows(n, load, self.setup.num_classes, self.cfg["batch_size"],
+        n, load = self.test_source.num_rows, self.test_source.rows
+        return classify_rows(n, load, self.setup.num_classes, self.options.batch_size,
                              self.ctx.batch_sharding, lambda b: top(params, b["image"]), self.name)
 
     def run(self, weights: dict) -> dict[str, float]:
-        cfg, sharding = self.cfg, self.ctx.batch_sharding
+        o, sharding = self.options, self.ctx.batch_sharding
         graphdef, params = self._classifier(weights)
         init, step, top = self._compile(graphdef, params)
         state = init(nnx.to_pure_dict(params))
         zeroshot = self._accuracy(top, state["params"])["acc1"]
-        n, load = self.train_rows
-        batch_size = cfg["train_batch_size"]
-        rng = np.random.default_rng(cfg["seed"])
+        n, load = self.train_source.num_rows, self.train_source.rows
+        batch_size = o.train_batch_size
+        rng = np.random.default_rng(o.seed)
         order = np.zeros((0,), np.int64)
         metrics = {}
-        for _ in tqdm(range(cfg["steps"]), desc=f"{self.name} fine-tune", leave=False,
+        for _ in tqdm(range(o.steps), desc=f"{self.name} fine-tune", leave=False,
                       disable=jax.process_index() != 0):
             if len(order) < batch_size:  # epochs of fresh permutations, no partial batches
                 order = np.concatenate([order, rng.permutation(n)])
@@ -116,5 +130,3 @@ class FineTune:
         return {**out, "zeroshot_head/acc1": zeroshot, "gain": out["acc1"] - zeroshot,
                 **({"train_loss": float(metrics["loss"])} if metrics else {})}
 
-
-check = functools.partial(check_transfer_config, always_text=True)

@@ -19,16 +19,13 @@ import numpy as np
 from flax import nnx
 from tqdm import tqdm
 
-from vlmjax.data.eval_sources import eval_rows
-from vlmjax.evaluators.context import EvalContext, _replicate, loaded_global_batch, save_npz_atomically
+from vlmjax.data.eval_sources import EvalSource
+from vlmjax.evaluators.context import EvalContext
+from vlmjax.evaluators.global_batches import loaded_global_batch, replicate
+from vlmjax.evaluators.npz_cache import load_npz, save_npz_atomically
 from vlmjax.parallel.mesh import batch_shards, replicated
 
 log = logging.getLogger(__name__)
-
-
-def default_data_dir(ctx: EvalContext, dataset: str, data_dir: str) -> str:
-    """On-disk datasets default to config.data.dir; benchmarks to TFDS's data_dir ("")."""
-    return ctx.default_data_dir(dataset, data_dir)
 
 
 class FeatureExtractor:
@@ -42,6 +39,7 @@ class FeatureExtractor:
     def __init__(self, ctx: EvalContext, batch_size: int, data_dir: str = "", limit: int = 0,
                  split_file: str = ""):
         self.ctx, self.data_dir, self.limit, self.split_file = ctx, data_dir, limit, split_file
+        self._sources: dict[tuple[str, str], EvalSource] = {}
         shards = batch_shards(ctx.batch_sharding)
         self.batch_size = -(-batch_size // shards) * shards
         normalize, graphdef = ctx.normalize, ctx.graphdef
@@ -51,6 +49,13 @@ class FeatureExtractor:
 
         self._encode = jax.jit(encode, out_shardings=replicated(ctx.mesh))
 
+    def source(self, dataset: str, split: str) -> EvalSource:
+        """The split's eval source (opened once per extractor)."""
+        if (dataset, split) not in self._sources:
+            self._sources[dataset, split] = self.ctx.open_source(
+                dataset, split, self.data_dir, self.limit, self.split_file)
+        return self._sources[dataset, split]
+
     def _cache_path(self, dataset: str, split: str) -> str:
         ctx = self.ctx
         if not (ctx.cache_dir and ctx.checkpoint):
@@ -58,7 +63,7 @@ class FeatureExtractor:
         preprocessing = {"model": ctx.model.name, "size": ctx.image_size,
                          "channels": ctx.channels, "mean": ctx.normalize.mean,
                          "std": ctx.normalize.std, "limit": self.limit,
-                         "data_dir": default_data_dir(ctx, dataset, self.data_dir),
+                         "data_dir": ctx.default_data_dir(dataset, self.data_dir),
                          "split_file": os.path.abspath(self.split_file) if self.split_file else ""}
         key = hashlib.sha256(json.dumps(preprocessing, sort_keys=True).encode()).hexdigest()[:16]
         return os.path.join(ctx.cache_dir, "features", f"{dataset}_{split}_{ctx.checkpoint}_{key}.npz")
@@ -66,24 +71,23 @@ class FeatureExtractor:
     def features(self, params: Any, dataset: str, split: str) -> tuple[np.ndarray, np.ndarray]:
         """Features and int labels of every row of the split (the first `limit` if set)."""
         path = self._cache_path(dataset, split)
-        if path and os.path.isfile(path):
-            with np.load(path) as cached:
-                log.info("features of %s/%s from %s", dataset, split, path)
-                return cached["features"], cached["labels"]
+        cached = load_npz(path)
+        if cached is not None:
+            log.info("features of %s/%s from %s", dataset, split, path)
+            return cached["features"], cached["labels"]
         features, labels = self._extract(params, dataset, split)
         if path and jax.process_index() == 0:
             save_npz_atomically(path, {"features": features, "labels": labels})
         return features, labels
 
     def _extract(self, params: Any, dataset: str, split: str) -> tuple[np.ndarray, np.ndarray]:
-        data_dir = default_data_dir(self.ctx, dataset, self.data_dir)
-        num_rows, load_rows = eval_rows(dataset, split, data_dir, self.ctx.image,
-                                        self.limit, self.split_file)
+        source = self.source(dataset, split)
+        num_rows, load_rows = source.num_rows, source.rows
         features, labels = [], []
         for start in tqdm(range(0, num_rows, self.batch_size), desc=f"features {dataset}/{split}",
                           leave=False, disable=jax.process_index() != 0):
             batch, real = loaded_global_batch(load_rows, num_rows, start, self.batch_size,
                                               self.ctx.batch_sharding)
             features.append(np.asarray(self._encode(params, batch["image"]))[:real])
-            labels.append(np.asarray(_replicate(batch["label"]))[:real])
+            labels.append(np.asarray(replicate(batch["label"]))[:real])
         return np.concatenate(features).astype(np.float32), np.concatenate(labels).astype(np.int64)

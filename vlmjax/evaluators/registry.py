@@ -2,7 +2,9 @@
 
 An evaluator is built once (data loaded, functions jitted) and then `run(params) -> metrics`
 any number of times, during training (every `evals.<name>.every` steps) or from a checkpoint.
-Adding one is one module (class, DEFAULTS, check) and one line here.
+Adding one is one module (the evaluator class, its `Options` dataclass, `check`) and one line
+here. The config layer sees plain dicts (`evaluator_schema`, `check_evals`); evaluators and
+their checks get the typed `Options` (`evaluators.typed_options`).
 """
 
 import dataclasses
@@ -21,8 +23,11 @@ from vlmjax.evaluators import (
     zeroshot,
 )
 from vlmjax.evaluators.context import EvalContext, EvalFacts
+from vlmjax.evaluators.typed_options import options_from, schema
 from vlmjax.options import fail
 from vlmjax.registry import Registry
+
+__all__ = ["EVALUATORS", "EvalFacts", "build_evaluators", "check_evals", "evaluator_schema"]
 
 # Keys every evaluator has: its kind, and how often it runs during training (steps; 0: only at
 # the end; -1: every train.eval_every steps, the global schedule).
@@ -33,25 +38,31 @@ EVAL_COMMON = {"kind": "", "every": -1}
 class EvaluatorSpec:
     """A registered evaluator kind."""
 
-    build: Callable[[Mapping, EvalContext], Any]  # (its full options, context) -> evaluator
+    build: Callable[[Mapping, EvalContext], Any]  # (its config section, context) -> evaluator
     options: Mapping  # its keys with defaults (beyond kind and every)
-    check: Callable[[str, Mapping, EvalFacts], None]  # (name, full options, facts) -> raises
+    check: Callable[[str, Mapping, EvalFacts], None]  # (name, config section, facts) -> raises
 
 
-def _spec(module: Any, cls: type) -> EvaluatorSpec:
-    options = {k: v for k, v in module.DEFAULTS.items() if k not in EVAL_COMMON}
-    return EvaluatorSpec(build=cls, options=options, check=module.check)
+def evaluator(cls: type, options_type: type, check: Callable[[str, Any, EvalFacts], None]
+              ) -> EvaluatorSpec:
+    """The entry of an evaluator class taking (`options_type`, context) and its check taking
+    (name, `options_type`, facts); the entry takes and checks config sections."""
+    return EvaluatorSpec(
+        build=lambda section, ctx: cls(options_from(options_type, section), ctx),
+        options=schema(options_type),
+        check=lambda name, section, facts: check(name, options_from(options_type, section), facts))
 
 
 EVALUATORS: Registry[EvaluatorSpec] = Registry("evals.<name>.kind", {
-    "zeroshot": _spec(zeroshot, zeroshot.ZeroShotClassification),
-    "caption_zeroshot": _spec(caption_zeroshot, caption_zeroshot.CaptionZeroShotClassification),
-    "captioning": _spec(captioning, captioning.Captioning),
-    "retrieval": _spec(retrieval, retrieval.Retrieval),
-    "linear_probe": _spec(linear_probe, linear_probe.LinearProbe),
-    "fewshot": _spec(fewshot, fewshot.FewShot),
-    "unsupervised": _spec(unsupervised, unsupervised.Unsupervised),
-    "finetune": _spec(finetune, finetune.FineTune),
+    "zeroshot": evaluator(zeroshot.ZeroShotClassification, zeroshot.Options, zeroshot.check),
+    "caption_zeroshot": evaluator(caption_zeroshot.CaptionZeroShotClassification,
+                                  caption_zeroshot.Options, caption_zeroshot.check),
+    "captioning": evaluator(captioning.Captioning, captioning.Options, captioning.check),
+    "retrieval": evaluator(retrieval.Retrieval, retrieval.Options, retrieval.check),
+    "linear_probe": evaluator(linear_probe.LinearProbe, linear_probe.Options, linear_probe.check),
+    "fewshot": evaluator(fewshot.FewShot, fewshot.Options, fewshot.check),
+    "unsupervised": evaluator(unsupervised.Unsupervised, unsupervised.Options, unsupervised.check),
+    "finetune": evaluator(finetune.FineTune, finetune.Options, finetune.check),
 })
 
 

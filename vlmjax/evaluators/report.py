@@ -7,6 +7,8 @@ from collections.abc import Mapping
 from rich.console import Console
 from rich.table import Table
 
+from vlmjax.evaluators.comparison import transfer_summary
+
 
 def write_results(workdir: str, results: Mapping) -> str:
     """Atomically writes `{"step": int, "evals": {"<evaluator>/<dataset>": {metric: value}}}`.
@@ -46,7 +48,6 @@ def results_tables(results: Mapping) -> list[Table]:
 def transfer_table(results: Mapping) -> Table | None:
     """Setups (zero-shot, linear probe, k-shot methods, fine-tune, unsupervised) by dataset,
     top-1 in %, or None when the results hold no transfer evaluation."""
-    from vlmjax.evaluators.comparison import transfer_summary
     datasets, rows = transfer_summary(results)
     if len(rows) < 2:
         return None

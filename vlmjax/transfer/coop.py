@@ -27,8 +27,17 @@ from flax import nnx
 from vlmjax.errors import ConfigError
 from vlmjax.tokenizers import Tokenizer
 
-DEFAULTS = {"context_init": "", "num_context": 16, "lr": 0.002, "batch_size": 32, "epochs": 0}
 PLACEHOLDER = "X"  # CoOp's placeholder word for randomly initialised context
+
+
+@dataclasses.dataclass(frozen=True)
+class CoopOptions:
+    """How context vectors are trained (CoOp's defaults)."""
+
+    context_init: str = ""  # a phrase whose token embeddings start the context; "": random
+    lr: float = 0.002
+    batch_size: int = 32
+    epochs: int = 0  # 0 = CoOp's schedule by number of shots (`coop_epochs`)
 
 
 def coop_epochs(shots: int) -> int:
@@ -132,15 +141,16 @@ def _sgd_step(graphdef: Any, params: Any, ids: jax.Array, mask: jax.Array, where
 class CoopTrainer:
     """Learns context vectors for a frozen model: one compiled step for any number of shots."""
 
-    def __init__(self, graphdef: Any, params: Any, prompts: Prompts, options: dict):
+    def __init__(self, graphdef: Any, params: Any, prompts: Prompts,
+                 options: CoopOptions = CoopOptions()):
         self.graphdef, self.params, self.prompts = graphdef, params, prompts
-        self.options = {**DEFAULTS, **options}
+        self.options = options
         self._inputs = (jnp.asarray(prompts.ids), jnp.asarray(prompts.mask),
                         (prompts.start, prompts.length))
 
     def initial_context(self, seed: int) -> jax.Array:
         return context_init(nnx.merge(self.graphdef, self.params), self.prompts,
-                            random=not self.options["context_init"], seed=seed)
+                            random=not self.options.context_init, seed=seed)
 
     def classifier(self, context: jax.Array) -> np.ndarray:
         return np.asarray(_classifier(self.graphdef, self.params, *self._inputs, context))
@@ -148,10 +158,10 @@ class CoopTrainer:
     def train(self, features: np.ndarray, labels: np.ndarray, shots: int, seed: int) -> jax.Array:
         """Context vectors trained on (features, labels) with CoOp's schedule for `shots`."""
         o = self.options
-        epochs = o["epochs"] or coop_epochs(shots)
-        batch = o["batch_size"]
+        epochs = o.epochs or coop_epochs(shots)
+        batch = o.batch_size
         steps_per_epoch = max(1, -(-len(labels) // batch))
-        schedule = optax.cosine_decay_schedule(o["lr"], epochs * steps_per_epoch)
+        schedule = optax.cosine_decay_schedule(o.lr, epochs * steps_per_epoch)
         context = self.initial_context(seed)
         velocity, step = jnp.zeros_like(context), 0
         rng = np.random.default_rng(seed)
