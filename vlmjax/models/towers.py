@@ -7,15 +7,17 @@ from collections.abc import Mapping
 
 from flax import nnx
 
-from vlmjax.models import text, vit
+from vlmjax.models import bert, resnet, text, vit
 from vlmjax.models.tower import IMAGE_COMMON, TEXT_COMMON, TowerSettings, TowerSpec
 from vlmjax.registry import Registry
 
 IMAGE_TOWERS: Registry[TowerSpec] = Registry("model.image.kind", {
     "vit": vit.VIT,
+    "resnet": resnet.RESNET,
 })
 TEXT_TOWERS: Registry[TowerSpec] = Registry("model.text.kind", {
     "transformer": text.TRANSFORMER,
+    "bert": bert.BERT,
 })
 SIDES = {"image": (IMAGE_TOWERS, IMAGE_COMMON), "text": (TEXT_TOWERS, TEXT_COMMON)}
 
