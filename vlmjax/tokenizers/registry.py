@@ -15,12 +15,14 @@ from vlmjax.tokenizers.clip_bpe import ClipBpeTokenizer
 from vlmjax.tokenizers.hf_tokenizer import HFTokenizer
 from vlmjax.tokenizers.sentencepiece_tokenizer import SentencePieceTokenizer, train_sentencepiece
 from vlmjax.tokenizers.trained_bpe import train_bpe
+from vlmjax.tokenizers.wordpiece import load_wordpiece
 
 logger = logging.getLogger(__name__)
 
 # Keys of the `tokenizer` section.
 TOKENIZER_OPTIONS = {
-    "kind": "trained_bpe",  # clip_bpe | hf_json | sentencepiece | trained_bpe | trained_sentencepiece
+    "kind": "trained_bpe",  # clip_bpe | hf_json | sentencepiece | wordpiece | trained_bpe |
+    # trained_sentencepiece
     "path": "",  # the vocabulary file or directory of the file-based kinds
     "vocab_size": 1024,  # trained kinds: the vocabulary they learn
     "context_length": 16,
@@ -52,6 +54,7 @@ TOKENIZERS: Registry[TokenizerKind] = Registry("tokenizer.kind", {
     "clip_bpe": TokenizerKind(lambda path, *_: ClipBpeTokenizer.from_path(path), path_optional=True),
     "hf_json": TokenizerKind(lambda path, *_: HFTokenizer.from_file(path)),
     "sentencepiece": TokenizerKind(lambda path, *_: SentencePieceTokenizer(path)),
+    "wordpiece": TokenizerKind(lambda path, *_: load_wordpiece(path)),
     "trained_bpe": TokenizerKind(_trained(train_bpe, "trained_bpe"), trains=True),
     "trained_sentencepiece": TokenizerKind(_trained(train_sentencepiece, "trained_sentencepiece"),
                                            trains=True),
