@@ -1,4 +1,6 @@
-"""`--from hf`: a Hugging Face CLIPModel directory -> a vlmjax run directory."""
+"""`--from hf`: a Hugging Face CLIPModel directory -> a vlmjax run directory; a BertModel
+directory becomes the text tower of a LiT / CLIP run (`hf_bert_import`, with `image_from` and/or
+`config` giving the rest)."""
 
 import logging
 import os
@@ -36,9 +38,18 @@ def _image_stats(source: str) -> tuple[tuple, tuple]:
     return tuple(pre.get("image_mean", OPENAI_MEAN)), tuple(pre.get("image_std", OPENAI_STD))
 
 
-def import_hf(source: str, workdir: str) -> None:
-    """Converts the CLIPModel in `source` into a vlmjax run directory `workdir`."""
+def import_hf(source: str, workdir: str, image_from: str = "", config: str = "") -> None:
+    """Converts the CLIPModel in `source` into a vlmjax run directory `workdir`; a BertModel
+    into the text tower of a run whose image tower comes from run `image_from` and/or the
+    vlmjax config file `config` (`hf_bert_import`)."""
     hf = hf_files.read_json(source, "config.json")
+    if hf.get("model_type") == "bert":
+        from vlmjax.interop.hf_bert_import import import_bert
+        import_bert(source, workdir, image_from=image_from, config=config)
+        return
+    if image_from or config:
+        raise CheckpointError(f"{source} holds a {hf.get('model_type')!r} model: --image-from "
+                              "and --config are for a BERT text tower (model_type 'bert')")
     mean, std = _image_stats(source)
     # Validate the architecture before touching weights or writing anything.
     vlmjax_config(hf, mean, std)

@@ -1,11 +1,12 @@
-"""An open_clip model-config JSON -> the vlmjax config of the same model (ViT CLIP or CoCa).
+"""An open_clip model-config JSON -> the vlmjax config of the same model (ViT or ResNet CLIP, or
+CoCa).
 
 The format is open_clip 3.3's: {"embed_dim", "quick_gelu", "vision_cfg", "text_cfg",
 "multimodal_cfg" (CoCa), ...}, bare (open_clip's model_configs/<name>.json) or wrapped as in an
 open_clip_config.json ({"model_cfg": ..., "preprocess_cfg": {"mean", "std", ...}}). Every key is
 accounted for: read, known to leave the weights and the forward pass alone (patch dropout,
 output_tokens, settings of towers that are not built), or required to keep open_clip's default
-because its other values build something vlmjax does not have (timm / ResNet / HF towers,
+because its other values build something vlmjax does not have (timm / HF towers,
 LayerScale, custom attention blocks, ...). Anything else is refused with the key named.
 """
 
@@ -19,6 +20,7 @@ import ml_collections
 from vlmjax.config import select
 from vlmjax.errors import CheckpointError
 from vlmjax.interop.hf_clip_config import OPENAI_MEAN, OPENAI_STD
+from vlmjax.interop.open_clip_resnet import resnet_image
 from vlmjax.interop.workdir_writer import imported_config
 
 log = logging.getLogger(__name__)
@@ -86,6 +88,7 @@ class OpenClipModel:
     coca: bool
     vision_heads: int
     pooler_packed: bool  # open_clip's CoCa pooler stores in_proj_weight (kdim == d_model)
+    resnet: bool = False  # a ModifiedResNet image tower (open_clip_resnet.py)
 
 
 def _check_section(section: Mapping, where: str, read: tuple, inert: tuple, fixed: Mapping,
@@ -114,14 +117,13 @@ def _square(value: object, key: str, name: str) -> int:
     return int(value)
 
 
-def _vision(cfg: Mapping, coca: bool, name: str) -> tuple[dict, dict]:
+def _vision(cfg: Mapping, coca: bool, name: str, embed_dim: int) -> tuple[dict, dict]:
     """(vlmjax model.image settings, CoCa pooler settings) of vision_cfg."""
     v = {**VISION_DEFAULTS, **_check_section(cfg, "vision_cfg.", VISION_READ, VISION_INERT,
                                              VISION_FIXED, name)}
-    if isinstance(v["layers"], (list, tuple)):
-        raise CheckpointError(f"{name}: vision_cfg.layers={list(v['layers'])} builds a "
-                              "ModifiedResNet image tower, which vlmjax does not convert; "
-                              "vlmjax converts ViT towers (vision_cfg.layers an integer)")
+    if isinstance(v["layers"], (list, tuple)):  # a ModifiedResNet (RN50, RN101, ...)
+        size = _square(v["image_size"], "image_size", name)
+        return resnet_image(v, embed_dim, coca, name, size), {}
     if v["attentional_pool"] is not coca:
         why = ("open_clip's own CoCa pooler (attentional_pool=true) is what vlmjax's "
                "model.coca.pooler='open_clip' has" if coca else
@@ -186,7 +188,7 @@ def vlmjax_config(raw: Mapping, name: str, tokenizer_kind: str = "clip_bpe",
             raise CheckpointError(f"{name}: {key} is not an open_clip 3.3 model-config key "
                                   "vlmjax knows; remove it or check the file")
     coca = "multimodal_cfg" in model
-    image, pooler = _vision(model["vision_cfg"], coca, name)
+    image, pooler = _vision(model["vision_cfg"], coca, name, int(model["embed_dim"]))
     text = _text(model["text_cfg"], coca, name)
     mean, std = image_stats(preprocess, name)
     c = imported_config(tokenizer_kind, tokenizer_path, text["context_length"],
@@ -198,14 +200,17 @@ def vlmjax_config(raw: Mapping, name: str, tokenizer_kind: str = "clip_bpe",
         c.model.use_logit_bias = True
         c.model.logit_bias_init = float(model["init_logit_bias"])
         c.objective.name = "siglip"
+    if image.get("kind") == "resnet":
+        select(c, "model.image.kind", "resnet")
     c.model.image.update(image)
     width, heads = int(text["width"]), int(text["heads"])
     c.model.text.update(width=width, depth=int(text["layers"]), heads=heads,
                         mlp_dim=int(width * text["mlp_ratio"]))
     if coca:
         _coca(c, model["multimodal_cfg"], pooler, name)
-    return OpenClipModel(config=c, coca=coca, vision_heads=image["heads"],
-                         pooler_packed=image["width"] == c.model.embed_dim)
+    resnet = image.get("kind") == "resnet"
+    return OpenClipModel(config=c, coca=coca, vision_heads=0 if resnet else image["heads"],
+                         pooler_packed=image["width"] == c.model.embed_dim, resnet=resnet)
 
 
 def _coca(c: ml_collections.ConfigDict, cfg: Mapping, pooler: dict, name: str) -> None:

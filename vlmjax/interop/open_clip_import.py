@@ -21,9 +21,11 @@ import numpy as np
 from vlmjax.errors import CheckpointError
 from vlmjax.interop import hf_files
 from vlmjax.interop import open_clip_layout as layout
+from vlmjax.interop.model_shapes import variable_shapes
 from vlmjax.interop.open_clip_config import OpenClipModel, vlmjax_config
+from vlmjax.interop.open_clip_resnet import IGNORED_SUFFIXES, resnet_entries
 from vlmjax.interop.torch_layout import take_tensors
-from vlmjax.interop.workdir_writer import param_shapes, write_workdir
+from vlmjax.interop.workdir_writer import write_workdir
 from vlmjax.tokenizers import Tokenizer, clip_bpe
 
 log = logging.getLogger(__name__)
@@ -97,9 +99,15 @@ def map_tensors(tensors: dict[str, np.ndarray], model: OpenClipModel,
                 ) -> dict[str, np.ndarray]:
     """{vlmjax param path: array} from an open_clip state dict; every tensor used exactly once.
 
-    `shapes` are the parameter shapes of the model (`workdir_writer.param_shapes`).
+    `shapes` are the shapes of the model's variables (`model_shapes.variable_shapes`: parameters
+    and, for a ResNet, BatchNorm statistics).
     """
     cfg = model.config.to_dict()
+    if model.resnet:
+        prefix = "text." if "text.text_projection" in tensors else ""
+        entries = [*resnet_entries(cfg["model"]["image"]),
+                   *layout.clip_text_entries(cfg["model"], prefix)]
+        return take_tensors(tensors, entries, shapes, source, config_name, IGNORED_SUFFIXES)
     if model.coca:
         layout.fold_cls_position(tensors, cfg["tokenizer"]["context_length"], source)
         entries = layout.coca_entries(cfg["model"], model.pooler_packed)
@@ -129,7 +137,8 @@ def import_open_clip(source: str, workdir: str, model_config: str = "") -> None:
         raise CheckpointError(f"the tokenizer ({path}) has {tokenizer.vocab_size} tokens but "
                               f"{config_path} has text_cfg.vocab_size={vocab} (tensor "
                               "token_embedding.weight); use the model's own tokenizer files")
-    shapes = param_shapes(model.config.to_dict(), vocab)
+    shapes = variable_shapes(model.config.to_dict(), vocab)
     values = map_tensors(read_state_dict(checkpoint), model, shapes, checkpoint, config_path)
     write_workdir(model.config, values, vocab, workdir, checkpoint)
-    log.info("converted %s (%s) -> %s", checkpoint, "CoCa" if model.coca else "CLIP", workdir)
+    kind = "CoCa" if model.coca else "ResNet CLIP" if model.resnet else "CLIP"
+    log.info("converted %s (%s) -> %s", checkpoint, kind, workdir)

@@ -74,15 +74,23 @@ def _text_tower(prefix: str, ours: str, text: dict, depth: int) -> list[Entry]:
             Entry(f"{prefix}text_projection", f"{ours}_proj/kernel", "same")]
 
 
-def clip_entries(model: dict, text_prefix: str) -> list[Entry]:
-    """Every tensor of an open_clip ViT CLIP (text tower under `text_prefix`: "" or "text.")."""
-    image, text = model["image"], model["text"]
-    out = [Entry("logit_scale", "logit_scale", "same"), *_vit_trunk(image, image["heads"]),
-           *_norm("visual.ln_post", "image/ln_post"), Entry("visual.proj", "image_proj/kernel", "same"),
+def clip_text_entries(model: dict, text_prefix: str) -> list[Entry]:
+    """The text tower and temperature (and bias) tensors of an open_clip CLIP (text tower under
+    `text_prefix`: "" or "text."), whatever its image tower."""
+    text = model["text"]
+    out = [Entry("logit_scale", "logit_scale", "same"),
            *_text_tower(text_prefix, "text", text, text["depth"])]
     if model["use_logit_bias"]:
         out.append(Entry("logit_bias", "logit_bias", "same"))
     return out
+
+
+def clip_entries(model: dict, text_prefix: str) -> list[Entry]:
+    """Every tensor of an open_clip ViT CLIP (text tower under `text_prefix`: "" or "text.")."""
+    image = model["image"]
+    return [*_vit_trunk(image, image["heads"]), *_norm("visual.ln_post", "image/ln_post"),
+            Entry("visual.proj", "image_proj/kernel", "same"),
+            *clip_text_entries(model, text_prefix)]
 
 
 def coca_entries(model: dict, pooler_packed: bool) -> list[Entry]:
