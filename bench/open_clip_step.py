@@ -3,11 +3,15 @@
 Run by bench/train_step.py with `.venv-openclip/bin/python` (launch/setup_open_clip.sh), never by
 hand. It reads one JSON command per line on stdin and answers one JSON line on stdout:
 
-- {"cmd": "build", "arch": {...}, "batch": "path.npz", "threads": 2, "compile": true}: builds
-  `open_clip.CLIP` or `open_clip.CoCa` with exactly the given architecture, its loss (`ClipLoss`,
+- {"cmd": "build", "arch": {...}, "batch": "path.npz", "threads": 2, "compile": true,
+  "device": "cpu" | "cuda"}: builds `open_clip.CLIP` or `open_clip.CoCa` with exactly the given
+  architecture (FLIP's masking as open_clip's `patch_dropout`), its loss (`ClipLoss`,
   `CoCaLoss`, or the FILIP loss below on open_clip's towers) and AdamW with open_clip's
   parameter groups, gradient clipping and temperature clamp; warms up eager and (with
-  "compile") a `torch.compile`d copy of model + loss. Answers compile time and parameter count.
+  "compile") a `torch.compile`d copy of model + loss. With arch["dtype"] "bfloat16" the forward
+  and loss run under `torch.autocast(device, torch.bfloat16)` on float32 weights (open_clip's
+  `--precision amp_bf16`). Answers compile time, parameter count, torch's thread counts and the
+  device's measured matmul rate in that dtype.
 - {"cmd": "time", "mode": "eager" | "compiled", "steps": n}: answers the n step times (s).
 - {"cmd": "exit"}.
 
@@ -54,7 +58,8 @@ def build_model(arch: dict) -> torch.nn.Module:
                       width=image["width"], layers=image["depth"],
                       head_width=image["width"] // image["heads"],
                       mlp_ratio=image["mlp_dim"] / image["width"], no_ln_pre=not image["ln_pre"],
-                      pool_type={"cls": "tok", "gap": "avg"}[image["pool"]])
+                      pool_type={"cls": "tok", "gap": "avg"}[image["pool"]],
+                      patch_dropout=image.get("mask_ratio", 0.0))
     text_cfg = dict(context_length=text["context_length"], vocab_size=text["vocab_size"],
                     width=text["width"], heads=text["heads"], layers=text["depth"],
                     mlp_ratio=text["mlp_dim"] / text["width"])
@@ -89,8 +94,10 @@ def build_model(arch: dict) -> torch.nn.Module:
 class Trainer:
     """One model, its loss and optimizer; `step()` is one full train step on the fixed batch."""
 
-    def __init__(self, model: torch.nn.Module, arch: dict, batch: dict, compiled: bool):
-        self.model, self.kind = model, arch["kind"]
+    def __init__(self, model: torch.nn.Module, arch: dict, batch: dict, compiled: bool,
+                 device: str = "cpu"):
+        self.model, self.kind, self.device = model.to(device), arch["kind"], device
+        self.autocast = arch.get("dtype", "float32") == "bfloat16"
         opt = arch["optimizer"]
         decay = [p for n, p in model.named_parameters() if p.ndim >= 2 and "embedding" not in n
                  and "logit_scale" not in n]
@@ -101,7 +108,7 @@ class Trainer:
              {"params": decay, "weight_decay": opt["weight_decay"]}],
             lr=opt["lr"], betas=(opt["b1"], opt["b2"]), eps=opt["eps"])
         self.clip_norm, self.max_log_scale = opt["grad_clip_norm"], math.log(arch["max_logit_scale"])
-        self.batch = batch
+        self.batch = {k: v.to(device) for k, v in batch.items()}
         self.clip_loss = ClipLoss()
         self.coca_loss = CoCaLoss(caption_loss_weight=arch.get("caption_weight", 2.0),
                                   clip_loss_weight=arch.get("contrastive_weight", 1.0), pad_id=0)
@@ -123,7 +130,8 @@ class Trainer:
         return self.clip_loss(image_features, text_features, logit_scale)
 
     def step(self) -> float:
-        loss = self.loss_fn(self.batch["image"], self.batch["text"], self.batch["mask"])
+        with torch.autocast(self.device, dtype=torch.bfloat16, enabled=self.autocast):
+            loss = self.loss_fn(self.batch["image"], self.batch["text"], self.batch["mask"])
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if self.clip_norm > 0:
@@ -131,7 +139,20 @@ class Trainer:
         self.optimizer.step()
         with torch.no_grad():
             self.model.logit_scale.clamp_(0, self.max_log_scale)
-        return loss.item()
+        return loss.item()  # waits for the device
+
+
+def matmul_rate(device: str, dtype: str, size: int = 2048, repeats: int = 3) -> float:
+    """Best FLOP/s of a size^3 matmul in `dtype` on `device` (torch's own kernels)."""
+    a = torch.ones(size, size, dtype=getattr(torch, dtype), device=device)
+    best = float("inf")
+    for _ in range(repeats + 1):
+        if device == "cuda":
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        (a @ a).sum().item()
+        best = min(best, time.perf_counter() - start)
+    return 2 * size ** 3 / best
 
 
 def load_batch(path: str, arch: dict) -> dict:
@@ -164,14 +185,18 @@ def main() -> None:
             return
         if cmd["cmd"] == "build":
             torch.set_num_threads(cmd["threads"])
-            arch = cmd["arch"]
+            arch, device = cmd["arch"], cmd.get("device", "cpu")
             batch = load_batch(cmd["batch"], arch)
             model = build_model(arch)
-            trainers = {"eager": Trainer(model, arch, batch, compiled=False)}
+            trainers = {"eager": Trainer(model, arch, batch, compiled=False, device=device)}
             answer = {"params": sum(p.numel() for p in model.parameters()),
-                      "torch": torch.__version__, "open_clip": open_clip.__version__}
+                      "torch": torch.__version__, "open_clip": open_clip.__version__,
+                      "threads": torch.get_num_threads(),
+                      "interop_threads": torch.get_num_interop_threads(),
+                      "peak": matmul_rate(device, arch.get("dtype", "float32"))}
             if cmd["compile"]:
-                trainers["compiled"] = Trainer(copy.deepcopy(model), arch, batch, compiled=True)
+                trainers["compiled"] = Trainer(copy.deepcopy(model), arch, batch, compiled=True,
+                                               device=device)
                 start = time.perf_counter()
                 trainers["compiled"].step()
                 answer["compile_s"] = time.perf_counter() - start

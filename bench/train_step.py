@@ -1,8 +1,9 @@
 """Steady-state train step of vlmjax against open_clip on the same architecture, batch and cores.
 
-    .venv/bin/python bench/train_step.py [--rows demo_clip,vit_b32_clip,demo_coca,demo_filip]
+    source launch/env.sh && .venv/bin/python bench/train_step.py
+        [--rows demo_clip,vit_b32_clip,demo_coca,demo_filip,demo_flip50,demo_flip75]
         [--rounds 3] [--steps 4] [--threads 2] [--compile-rows demo_clip|all|none]
-        [--config.key=value ...]
+        [--dtype float32|bfloat16] [--out results.jsonl] [--config.key=value ...]
 
 Two worker processes are pinned to the same `--threads` cores: this script with `--worker`
 (vlmjax's jitted train step on one CPU device) and bench/open_clip_step.py under
@@ -12,13 +13,22 @@ train on the same synthetic batch (uint8 images, token ids of random length padd
 Per row they build and warm up (compile excluded), then time `--steps` steps in `--rounds`
 interleaved rounds (vlmjax, open_clip eager, open_clip compiled, in turn) so that both see
 the same load from other processes; each figure is the median over all timed steps (rounds x
-steps >= 10). Each round also times a 2048^3 float32 `jnp.dot` on the vlmjax side: the
-machine's measured matmul peak at that moment.
+steps >= 10). Each round also times a 2048^3 `jnp.dot` on the vlmjax side (and open_clip's
+worker a torch matmul once): the machine's measured matmul rate in the step's dtype.
+
+`--dtype bfloat16` trains vlmjax with `model.dtype=bfloat16` (bfloat16 compute, float32 master
+weights and Adam state) and open_clip under `torch.autocast("cpu", torch.bfloat16)` (open_clip's
+`amp_bf16`); the matmul rates are then of bfloat16 inputs with float32 accumulation. The
+demo_flip rows are demo_clip with FLIP's patch masking (`model.image.mask_ratio`, open_clip's
+`patch_dropout`) at 0.5 and 0.75.
 
 Model FLOPs per step are counted from the jaxpr of vlmjax's train step: 2 x M x N x K for every
 `dot_general` (forward and backward, attention and loss included; elementwise work excluded).
 open_clip does the same matmuls up to the differences printed under the table. MFU = FLOPs /
-step time / measured peak. Prints a table, then as the last line one JSON object of the figures.
+step time / the higher of the two frameworks' measured matmul rates. The first line names the
+host (CPU model, ISA flags: avx2, avx512f, avx512_bf16, amx; allocator; load average); the
+threads of XLA's pool and torch's are printed with the table. Prints a table, then as the last
+line one JSON object of the figures (also appended to `--out` when given).
 """
 
 import argparse
@@ -53,11 +63,60 @@ ROWS = {
     "demo_filip": (f"{DEMO}/filip_fashion_mnist.py", [], 256,
                    "open_clip towers + a dense PyTorch FILIP loss written in "
                    "bench/open_clip_step.py; open_clip: 17 ViT tokens"),
+    "demo_flip50": (f"{DEMO}/clip_fashion_mnist.py", ["model.image.mask_ratio=0.5"], 256,
+                    "FLIP masking 0.5: 8 of 16 patches (open_clip patch_dropout: 8 + class token)"),
+    "demo_flip75": (f"{DEMO}/clip_fashion_mnist.py", ["model.image.mask_ratio=0.75"], 256,
+                    "FLIP masking 0.75: 4 of 16 patches (open_clip patch_dropout: 4 + class token)"),
 }
+DEFAULT_ROWS = "demo_clip,vit_b32_clip,demo_coca,demo_filip,demo_flip50,demo_flip75"
+
+
+ISA_FLAGS = ("avx2", "avx512f", "avx512_bf16", "avx512_fp16", "amx_tile", "amx_bf16")
+
+
+def cpu_info() -> dict:
+    """The CPU model, its logical CPU count and which of ISA_FLAGS it reports (Linux)."""
+    model, flags = "unknown", set()
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                if key.strip() == "model name" and model == "unknown":
+                    model = value.strip()
+                elif key.strip() == "flags" and not flags:
+                    flags = set(value.split())
+    except OSError:
+        pass
+    return {"model": model, "cpus": os.cpu_count(), "isa": [f for f in ISA_FLAGS if f in flags]}
+
+
+def xla_threads() -> int:
+    """Threads of XLA:CPU's intra-op pool in this process (named XLAEigen), after a program ran."""
+    count = 0
+    for task in os.listdir("/proc/self/task"):
+        try:
+            with open(f"/proc/self/task/{task}/comm") as f:
+                count += "XLAEigen" in f.read()
+        except OSError:
+            pass
+    return count
+
+
+def host_summary(threads: int) -> str:
+    """One line naming the host: CPU model, ISA flags, cores used, allocator and load."""
+    info = cpu_info()
+    preload = os.environ.get("LD_PRELOAD", "")
+    allocator = "tcmalloc" if "tcmalloc" in preload else "glibc malloc"
+    load = "/".join(f"{x:.2f}" for x in os.getloadavg())
+    return (f"host: {info['model']}, {info['cpus']} logical CPUs, ISA {' '.join(info['isa']) or '-'}"
+            f"; {threads} pinned per side; allocator {allocator}; load average {load}")
 
 
 def pin(threads: int) -> list[int]:
-    """Restricts this process to the first `threads` of its CPUs (before jax/torch start)."""
+    """Restricts this process to the first `threads` of its CPUs (before jax/torch start);
+    threads <= 0 leaves it on all of them (the GPU bench)."""
+    if threads <= 0:
+        return sorted(os.sched_getaffinity(0))
     cpus = sorted(os.sched_getaffinity(0))[:threads]
     os.sched_setaffinity(0, cpus)
     return cpus
@@ -83,13 +142,13 @@ def dot_flops(jaxpr) -> int:
     return total
 
 
-def matmul_peak(size: int = 2048, repeats: int = 3) -> float:
-    """Best float32 FLOP/s of a jitted size^3 jnp.dot over `repeats` runs."""
+def matmul_peak(dtype: str = "float32", size: int = 2048, repeats: int = 3) -> float:
+    """Best FLOP/s of a jitted size^3 jnp.dot over `repeats` runs (float32 accumulation)."""
     import jax
     import jax.numpy as jnp
 
-    a = jnp.ones((size, size), jnp.float32)
-    dot = jax.jit(jnp.dot)
+    a = jnp.ones((size, size), dtype)
+    dot = jax.jit(lambda x, y: jnp.dot(x, y, preferred_element_type=jnp.float32))
     jax.block_until_ready(dot(a, a))
     best = float("inf")
     for _ in range(repeats):
@@ -134,13 +193,16 @@ class VlmjaxRow:
         self.flops = dot_flops(jax.make_jaxpr(self.step)(self.state, self.batch).jaxpr)
         self.params = sum(x.size for x in jax.tree.leaves(self.state["params"]))
         model = cfg["model"]
+        self.dtype = model["dtype"]
         self.arch = {
             "kind": {"two_tower": "clip"}.get(model["name"], model["name"]),
             "embed_dim": model["embed_dim"], "quick_gelu": model["activation"] == "quick_gelu",
             "image": {k: image[k] for k in ("image_size", "channels", "patch_size", "width",
-                                            "depth", "heads", "mlp_dim", "pool", "ln_pre")},
+                                            "depth", "heads", "mlp_dim", "pool", "ln_pre",
+                                            "mask_ratio")},
+            "dtype": model["dtype"],
             "text": {**model["text"], "vocab_size": vocab, "context_length": length},
-            "coca": model["coca"], "max_logit_scale": model["max_logit_scale"],
+            "coca": model.get("coca"), "max_logit_scale": model["max_logit_scale"],
             "optimizer": cfg["optimizer"],
             "image_mean": _per_channel(cfg["data"]["image_mean"], image["channels"]),
             "image_std": _per_channel(cfg["data"]["image_std"], image["channels"]),
@@ -179,10 +241,11 @@ def worker(threads: int) -> None:
             row = None
             row = VlmjaxRow(cmd["spec"], cmd["overrides"], cmd["batch_size"], cmd["batch"])
             answer = {"compile_s": row.compile_s, "flops": row.flops, "xla_flops": row.xla_flops,
-                      "params": int(row.params), "arch": row.arch, "jax": jax.__version__}
+                      "params": int(row.params), "arch": row.arch, "jax": jax.__version__,
+                      "xla_threads": xla_threads()}
         elif cmd["cmd"] == "time":
             times, cpu = row.run(cmd["steps"])
-            answer = {"times": times, "cpu": cpu, "peak": matmul_peak()}
+            answer = {"times": times, "cpu": cpu, "peak": matmul_peak(row.dtype)}
         else:
             raise ValueError(f"unknown command {cmd['cmd']!r}")
         print(json.dumps(answer), flush=True)
@@ -230,7 +293,8 @@ def measure_row(name: str, vlm: Worker, ref: Worker, args, overrides: list[str],
                 batch_path: str) -> dict:
     spec, row_overrides, batch, differences = ROWS[name]
     compile_row = args.compile_rows == "all" or name in args.compile_rows.split(",")
-    built = vlm.ask(cmd="build", spec=spec, overrides=[*row_overrides, *overrides],
+    built = vlm.ask(cmd="build", spec=spec,
+                    overrides=[*row_overrides, f"model.dtype={args.dtype}", *overrides],
                     batch_size=batch, batch=batch_path)
     ref_built = ref.ask(cmd="build", arch=built["arch"], batch=batch_path, threads=args.threads,
                         compile=compile_row)
@@ -245,11 +309,15 @@ def measure_row(name: str, vlm: Worker, ref: Worker, args, overrides: list[str],
         if compile_row:
             times["compiled"] += ref.ask(cmd="time", mode="compiled", steps=args.steps)["times"]
     med = {k: statistics.median(v) for k, v in times.items() if v}
-    peak = statistics.median(peaks)
+    xla_peak = statistics.median(peaks)
+    peak = max(xla_peak, ref_built["peak"])
     result = {
         "batch": batch, "vlmjax_s": med["vlmjax"], "open_clip_s": med["eager"],
         "ratio": med["vlmjax"] / med["eager"], "flops": built["flops"],
-        "xla_flops": built["xla_flops"], "peak_flops": peak,
+        "xla_flops": built["xla_flops"], "peak_flops": peak, "xla_matmul_flops": xla_peak,
+        "torch_matmul_flops": ref_built["peak"], "dtype": args.dtype,
+        "xla_threads": built["xla_threads"], "torch_threads": ref_built["threads"],
+        "torch_interop_threads": ref_built["interop_threads"],
         "mfu": built["flops"] / med["vlmjax"] / peak,
         "open_clip_mfu": built["flops"] / med["eager"] / peak,
         "vlmjax_compile_s": built["compile_s"], "params": built["params"],
@@ -266,7 +334,7 @@ def measure_row(name: str, vlm: Worker, ref: Worker, args, overrides: list[str],
 
 def print_table(results: dict, args) -> None:
     print(f"train step, median of {args.rounds} x {args.steps} steps after warm-up, "
-          f"{args.threads} threads each (same cores), one CPU device, float32")
+          f"{args.threads} threads each (same cores), one CPU device, {args.dtype}")
     head = (f"{'row':<14}{'batch':>6}{'vlmjax s':>10}{'open_clip s':>12}{'ratio':>7}"
             f"{'torch.compile s':>16}{'ratio':>7}{'img/s vlmjax':>13}{'img/s oc':>9}"
             f"{'GFLOP/step':>11}{'MFU':>6}{'MFU oc':>7}")
@@ -278,8 +346,12 @@ def print_table(results: dict, args) -> None:
               f"{r['ratio']:>7.2f}{compiled}{r['batch'] / r['vlmjax_s']:>13.0f}"
               f"{r['batch'] / r['open_clip_s']:>9.0f}{r['flops'] / 1e9:>11.1f}"
               f"{r['mfu']:>6.1%}{r['open_clip_mfu']:>7.1%}")
-    print("measured fp32 matmul peak (GFLOP/s, median of rounds): " + ", ".join(
-        f"{name} {r['peak_flops'] / 1e9:.0f}" for name, r in results.items()))
+    print(f"measured {args.dtype} matmul rate (GFLOP/s; XLA median of rounds / torch): " + ", ".join(
+        f"{name} {r['xla_matmul_flops'] / 1e9:.0f}/{r['torch_matmul_flops'] / 1e9:.0f}"
+        for name, r in results.items()) + "; MFU uses the higher")
+    first = next(iter(results.values()))
+    print(f"threads: XLA pool {first['xla_threads']}, torch intra-op {first['torch_threads']}, "
+          f"inter-op {first['torch_interop_threads']}")
     print("1-min load average during the rounds: " + ", ".join(
         f"{name} {'/'.join(f'{x:.1f}' for x in r['load1'])}" for name, r in results.items()))
     for name, r in results.items():
@@ -289,13 +361,15 @@ def print_table(results: dict, args) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rows", default=",".join(ROWS))
+    parser.add_argument("--rows", default=DEFAULT_ROWS)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--steps", type=int, default=4, help="timed steps per round and side")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--compile-rows", default="demo_clip",
                         help="rows also timed under torch.compile (all, none or a list; its "
                              "compile takes minutes on 2 cores)")
+    parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
+    parser.add_argument("--out", default="", help="append the JSON line to this file")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     args, rest = parser.parse_known_args()
     overrides = [a.removeprefix("--config.") for a in rest if a.startswith("--config.")]
@@ -309,6 +383,8 @@ def main() -> None:
     if unknown:
         sys.exit(f"unknown row {unknown[0]!r}; rows are {', '.join(ROWS)}")
     cpus = pin(args.threads)
+    host = host_summary(args.threads)
+    print(host, flush=True)
     env = {**os.environ, "JAX_PLATFORMS": "cpu", "OMP_NUM_THREADS": str(args.threads)}
     vlm = Worker([sys.executable, os.path.abspath(__file__), "--worker",
                   f"--threads={args.threads}"], env)
@@ -324,9 +400,16 @@ def main() -> None:
         vlm.close()
         ref.close()
     print_table(results, args)
-    print(json.dumps({"cpus": cpus, "threads": args.threads, "rows": {
+    print(f"load average at the end: {'/'.join(f'{x:.2f}' for x in os.getloadavg())}")
+    line = json.dumps({"host": {**cpu_info(), "summary": host, "load_end": os.getloadavg()},
+                       "cpus": cpus, "threads": args.threads, "dtype": args.dtype,
+                       "time": time.strftime("%Y-%m-%d %H:%M:%S"), "rows": {
         name: {k: (round(v, 5) if isinstance(v, float) else v) for k, v in r.items()}
-        for name, r in results.items()}}))
+        for name, r in results.items()}})
+    print(line)
+    if args.out:
+        with open(args.out, "a") as f:
+            f.write(line + "\n")
 
 
 def _write_row_batch(name: str, overrides: list[str], path: str) -> None:
