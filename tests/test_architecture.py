@@ -68,11 +68,10 @@ LATE_IMPORTS = {
         "only the tokenizer kind a Hugging Face directory holds is loaded (0.3 s of tokenizer "
         "libraries otherwise)",
     ("vlmjax.interop.hf_files", "vlmjax.tokenizers.hf_tokenizer"): "as clip_bpe",
-    # Not an optional dependency (no cycle closes through them; the owners' call):
-    ("vlmjax.interop.hf_clip_config", "vlmjax.models.sizes"): "to review: no cost, no cycle",
-    ("vlmjax.interop.hf_export", "vlmjax.models.sizes"): "to review: no cost, no cycle",
-    ("vlmjax.train.run", "vlmjax.models.stacked"): "to review: run.py already imports models",
-    ("vlmjax.train.workdir", "vlmjax.config.schema"): "to review: no cycle",
+    ("vlmjax.interop.sources", "vlmjax.interop.hf_import"):
+        "one weight source's dependencies never load for another (torch, ml_dtypes, ...)",
+    ("vlmjax.interop.sources", "vlmjax.interop.open_clip_import"): "as hf_import",
+    ("vlmjax.interop.sources", "vlmjax.interop.big_vision_import"): "as hf_import",
 }
 
 

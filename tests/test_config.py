@@ -87,7 +87,7 @@ def test_impossible_values(tiny_config):
         ("model.image.patch_size", 5, "not a multiple of the patch size"),
         ("model.text.heads", 3, "does not divide model.text.width"),
         ("objective.name", "triplet", "objective.name='triplet' is not registered"),
-        ("tokenizer.kind", "wordpiece", "choose one of 'clip_bpe'"),
+        ("tokenizer.kind", "morfessor", "choose one of 'clip_bpe'"),
         ("train.locked_tower", "audio", "choose one of"),
         ("tokenizer.kind", "sentencepiece", r"config\.tokenizer\.path \(''\) does not exist"),
     ]
@@ -128,7 +128,13 @@ def test_model_image_unlike_the_data_images_is_named_before_training(tiny_config
     # wrong shape); the IDX images are not resized, so the model must take 28x28 grayscale.
     from vlmjax.config import validate
     tiny_config.model.image.update(overrides)
-    validate(tiny_config, 8, training=False)  # evaluating the model (other data) is fine
+    evals = tiny_config.evals
+    tiny_config.evals = ml_collections.ConfigDict()  # evaluating the model on other data is fine
+    validate(tiny_config, 8, training=False)
+    tiny_config.evals = evals  # but not on Fashion-MNIST's own, unresized images
+    with pytest.raises(ConfigError, match=r"evals\.zeroshot\.dataset='fashion_mnist' cannot be "
+                                          r"evaluated"):
+        validate(tiny_config, 8, training=False)
     with pytest.raises(ConfigError, match=r"^the fashion_mnist images in .* are 28x28 with 1 "
                                           r"channel\(s\) \(they are not resized\), but model"):
         validate(tiny_config, 8)

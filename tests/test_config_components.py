@@ -77,7 +77,7 @@ def test_the_schema_comes_from_the_registries():
     ("model.text.pool", "mean", r"model\.text\.pool is 'mean'"),
     ("model.coca.pooler_heads", 3, r"model\.coca\.pooler_heads \(3\) does not divide"),
     ("evals.zeroshot.every", -2, r"evals\.zeroshot\.every is -2"),
-    ("tokenizer.kind", "wordpiece", r"config\.tokenizer\.kind='wordpiece' is not registered"),
+    ("tokenizer.kind", "morfessor", r"config\.tokenizer\.kind='morfessor' is not registered"),
     ("data.name", "imagenet", r"config\.data\.name='imagenet' is not registered"),
 ])
 def test_component_checks_are_reached_through_the_validator(tiny_config, key, value, message):

@@ -15,8 +15,7 @@ import ml_collections
 
 from vlmjax.config.schema import complete, schema_of
 from vlmjax.data.registry import PER_CHANNEL_KEYS, check_data
-from vlmjax.evaluators.context import EvalFacts
-from vlmjax.evaluators.registry import check_evals
+from vlmjax.evaluators.registry import EvalFacts, check_evals
 from vlmjax.models.registry import check_model, get_family
 from vlmjax.objectives.registry import OBJECTIVES, get_objective
 from vlmjax.options import fail, require_choice, require_non_negative, require_positive

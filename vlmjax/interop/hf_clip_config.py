@@ -12,6 +12,7 @@ import ml_collections
 
 from vlmjax.errors import CheckpointError
 from vlmjax.interop.workdir_writer import imported_config
+from vlmjax.models.sizes import resolve_vit
 
 # HF hidden_act -> vlmjax model.activation ("gelu" is the exact erf GELU in both).
 ACTIVATIONS = {"quick_gelu": "quick_gelu", "gelu": "gelu"}
@@ -77,7 +78,6 @@ def vlmjax_config(hf: Mapping, image_mean: tuple = OPENAI_MEAN, image_std: tuple
 
 def hf_config(cfg: Mapping, vocab_size: int, bos_id: int, eos_id: int) -> dict:
     """config.json of a HF CLIPModel equal to the vlmjax two-tower model of `cfg`."""
-    from vlmjax.models.sizes import resolve_vit
     model, image = cfg["model"], resolve_vit(cfg["model"]["image"])
     text = model["text"]
     act = model["activation"]

@@ -28,8 +28,8 @@ from vlmjax.interop import hf_tokenizer_export as tokenizer_export
 from vlmjax.interop.hf_clip_config import hf_config
 from vlmjax.interop.torch_layout import to_torch
 from vlmjax.tokenizers import Tokenizer
-from vlmjax.train.run import flat_params, load_run
-from vlmjax.train.workdir import load_saved_config
+from vlmjax.models.sizes import resolve_vit
+from vlmjax.train.run import flat_params, load_run, load_saved_config
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +64,6 @@ def check_exportable(cfg: Mapping) -> None:
 
 def hf_tensors(params: Mapping, cfg: Mapping) -> dict[str, np.ndarray]:
     """HF CLIPModel state dict (NumPy) of vlmjax two-tower params (class-token pooling)."""
-    from vlmjax.models.sizes import resolve_vit
     flat = flat_params(params)
     patch_bias = flat.pop(layout.PATCH_BIAS)
     image, text = resolve_vit(cfg["model"]["image"]), cfg["model"]["text"]

@@ -17,6 +17,7 @@ from flax import nnx
 from jax.sharding import Mesh
 
 from vlmjax.errors import CheckpointError
+from vlmjax.models.stacked import unstack_layer_params
 from vlmjax.parallel.mesh import make_mesh
 from vlmjax.tokenizers import Tokenizer, load_tokenizer
 from vlmjax.train.checkpoint import Checkpointer
@@ -98,7 +99,6 @@ def run_tokenizer(workdir: str) -> Tokenizer:
 def flat_params(params: Mapping) -> dict[str, np.ndarray]:
     """{'image/encoder/layers/0/attn/query': float32 array, ...} of a (host) param tree, scanned
     stacks unrolled into per-layer paths."""
-    from vlmjax.models.stacked import unstack_layer_params
     leaves = jax.tree_util.tree_flatten_with_path(unstack_layer_params(params))[0]
     return {path_string(p): np.asarray(x, np.float32) for p, x in leaves}
 

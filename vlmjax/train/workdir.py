@@ -12,6 +12,7 @@ import jax
 import ml_collections
 from jax.experimental import multihost_utils
 
+from vlmjax.config.schema import complete
 from vlmjax.data.registry import get_train_source
 from vlmjax.errors import CheckpointError, ConfigError, WorkdirBusyError
 from vlmjax.tokenizers import Tokenizer, build_tokenizer, load_tokenizer
@@ -113,7 +114,6 @@ def load_saved_config(workdir: str) -> ml_collections.ConfigDict:
     except (OSError, json.JSONDecodeError) as e:
         raise ConfigError(f"{path} cannot be read ({e}); restore it from a backup or start a new "
                           "--workdir") from None
-    from vlmjax.config.schema import complete
     return complete(ml_collections.ConfigDict(saved))
 
 
