@@ -123,11 +123,11 @@ def _zeroshot_scores(workdir: str, data_dir: str) -> tuple[np.ndarray, np.ndarra
     labels."""
     import jax
 
-    from vlmjax.train.eval_context import eval_context
     from vlmjax.evaluators.frozen_features import FeatureExtractor
     from vlmjax.evaluators.zeroshot import ZeroShotClassification
     from vlmjax.parallel.mesh import make_mesh, replicated
     from vlmjax.tokenizers import load_tokenizer
+    from vlmjax.train.eval_context import eval_context
     from vlmjax.train.state import state_layout
 
     cfg = _tiny_config(data_dir).to_dict()
