@@ -3,6 +3,8 @@
 `open_eval_source(dataset, split, data_dir, image, ...)` returns an `EvalSource` for
 - an on-disk dataset (`data.datasets`, e.g. Fashion-MNIST's IDX files), loaded whole into
   memory; its images are not resized, so they must have the model's size (ConfigError if not);
+- a scene set (`data.scenes`: canvases of Fashion-MNIST items generated at the model's size;
+  a canvas's label is its largest item's class, its caption the one it was made with);
 - a registered benchmark (`data.benchmarks`), read row by row from prepared TFDS files and
   transformed to the model's size; a CoOp split file (`split_file`) replaces the TFDS split's
   rows, labels and class names with CoOp's (`data.coop_splits`).
@@ -24,6 +26,8 @@ from vlmjax.data import datasets
 from vlmjax.data.benchmark_prompts import benchmark_prompts, class_count, require_labels
 from vlmjax.data.benchmarks import benchmarks, get_benchmark
 from vlmjax.data.coop_splits import CoopSplitSource
+from vlmjax.data.dense_sources import ScenesSource, check_scenes, scene_prompts
+from vlmjax.data.scenes import SCENE_SETS, is_scene_set, scene_vocabulary
 from vlmjax.data.tfds_images import BenchmarkImages, check_benchmark, open_split, read_feature
 from vlmjax.errors import DataError
 
@@ -196,6 +200,53 @@ class BenchmarkSource:
         return ImageCaptions(texts, np.asarray(owner, np.int64))
 
 
+class ScenesClassification:
+    """A Fashion-MNIST scene split (`data.scenes`) at the model's size, through this protocol:
+    a canvas's label is the class of its largest item (test_single: its only item), its
+    caption the one it was generated with."""
+
+    labelled = True
+
+    def __init__(self, dataset: str, split: str, data_dir: str, image: Mapping, limit: int = 0):
+        self.scenes = ScenesSource(dataset, split, data_dir, image, limit)
+        self.dataset, self.split, self.num_rows = dataset, split, self.scenes.num_rows
+
+    def _label(self, index: int) -> int:
+        s = self.scenes.scene(index)
+        if len(s.labels) == 0:
+            return -1
+        return int(s.labels[int(np.argmax([(s.mask == k + 1).sum() for k in s.labels]))])
+
+    def rows(self, indices: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        images, _ = self.scenes.rows(indices)
+        return images, np.asarray([self._label(int(i)) for i in indices], np.int32)
+
+    def labels(self) -> np.ndarray:
+        return np.asarray([self._label(i) for i in range(self.num_rows)], np.int32)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classnames)
+
+    @property
+    def classnames(self) -> list[str]:
+        return scene_prompts()[0]
+
+    @property
+    def templates(self) -> list[str]:
+        return scene_prompts()[1]
+
+    def class_captions(self) -> ClassCaptions:
+        """Each class by its paraphrases in the scene templates (one item, with its article)."""
+        vocab = scene_vocabulary()
+        return ClassCaptions(vocab["caption_names"],
+                             [t.replace("{items}", "a {c}") for t in vocab["scene_templates"]])
+
+    def image_captions(self) -> ImageCaptions:
+        rows = np.arange(self.num_rows)
+        return ImageCaptions(self.scenes.captions(rows), rows.astype(np.int64))
+
+
 def is_on_disk(dataset: str, split_file: str = "") -> bool:
     """Whether `dataset` is an on-disk dataset (else a benchmark); CoOp split files are for
     benchmarks only (DataError)."""
@@ -207,13 +258,22 @@ def is_on_disk(dataset: str, split_file: str = "") -> bool:
 
 def captioned(dataset: str) -> bool:
     """Whether the set has human captions of each image (else captions describe its classes)."""
+    if is_scene_set(dataset):  # each canvas has the caption it was generated with
+        return True
     return not is_on_disk(dataset) and bool(get_benchmark(dataset).captions)
+
+
+def _no_split_file(dataset: str, split_file: str) -> None:
+    if split_file:
+        raise DataError(f"split_file (CoOp's splits) applies to registered benchmarks, not to the "
+                        f"scene set {dataset}; leave it empty")
 
 
 def source_data_dir(dataset: str, data_dir: str, run_data_dir: str) -> str:
     """An evaluator's data_dir, else where the run's on-disk datasets live (config.data.dir) for
     one of those, else "" (TFDS's default data_dir) for a benchmark."""
-    return data_dir or (run_data_dir if dataset in datasets.DATASETS else "")
+    reads_run_dir = dataset in datasets.DATASETS or is_scene_set(dataset)
+    return data_dir or (run_data_dir if reads_run_dir else "")
 
 
 def open_eval_source(dataset: str, split: str, data_dir: str, image: Mapping, limit: int = 0,
@@ -221,7 +281,11 @@ def open_eval_source(dataset: str, split: str, data_dir: str, image: Mapping, li
                      ) -> EvalSource:
     """The split as an EvalSource whose images have the model's `image` size ({"image_size",
     "channels"}); `limit` > 0 serves its first rows only. `data_dir`: the on-disk dataset's
-    directory, or the TFDS data_dir of a benchmark ("" is TFDS's default)."""
+    directory (Fashion-MNIST's for scene sets), or the TFDS data_dir of a benchmark ("" is
+    TFDS's default)."""
+    if is_scene_set(dataset):
+        _no_split_file(dataset, split_file)
+        return ScenesClassification(dataset, split, data_dir, image, limit)
     if is_on_disk(dataset, split_file):
         return OnDiskSource(dataset, split, data_dir, image, limit, classnames_file, templates_file)
     return BenchmarkSource(dataset, split, data_dir, image, limit, split_file, classnames_file,
@@ -234,6 +298,10 @@ def check_eval_source(dataset: str, split: str, data_dir: str, key: str, *,
     """Raises DataError (or ConfigError: on-disk images of another size than the model's `image`)
     naming the config key and the fix if the split cannot be read, before anything compiles;
     `labels`: the evaluator needs class labels."""
+    if is_scene_set(dataset):
+        _no_split_file(dataset, split_file)
+        check_scenes(dataset, split, data_dir, key, image)
+        return
     if is_on_disk(dataset, split_file):
         size = image or {}
         datasets.check_dataset(dataset, data_dir, key=key, split=split,
@@ -241,7 +309,8 @@ def check_eval_source(dataset: str, split: str, data_dir: str, key: str, *,
         return
     if dataset not in benchmarks():
         raise DataError(f"dataset {dataset!r} is neither an on-disk dataset "
-                        f"({', '.join(datasets.DATASETS)}) nor a registered benchmark "
+                        f"({', '.join(datasets.DATASETS)}), a scene set "
+                        f"({', '.join(SCENE_SETS)}) nor a registered benchmark "
                         f"({', '.join(sorted(benchmarks()))})")
     if labels:
         require_labels(get_benchmark(dataset))
@@ -254,6 +323,12 @@ def check_eval_source(dataset: str, split: str, data_dir: str, key: str, *,
 def eval_prompts(dataset: str, classnames_file: str = "", templates_file: str = "",
                  split_file: str = "") -> tuple[list[str], list[str]]:
     """Class names and templates of a dataset or benchmark (user files take precedence)."""
+    if is_scene_set(dataset):
+        _no_split_file(dataset, split_file)
+        if classnames_file or templates_file:
+            raise DataError(f"{dataset} names its classes itself; leave classnames_file and "
+                            "templates_file empty")
+        return scene_prompts()
     if is_on_disk(dataset, split_file):
         return datasets.dataset_prompts(dataset, classnames_file, templates_file)
     return benchmark_prompts(dataset, classnames_file, templates_file, split_file)

@@ -5,8 +5,8 @@ tokenizer, the image preprocessing (size, channels, normalisation), the mesh, wh
 datasets live, where a checkpoint's evaluation caches go, and the one service an evaluator
 cannot build from those: `train_classifier`, the jitted supervised training of a classifier
 (fine-tuning), provided by the train layer (dependency inversion: evaluators never import it).
-Evaluators read datasets through `data.eval_sources` and batch them over the mesh with
-`evaluators.global_batches`.
+Evaluators read datasets through `data.eval_sources` (dense ones: `data.dense_sources`) and
+batch them over the mesh with `evaluators.global_batches`.
 """
 
 import dataclasses
@@ -16,6 +16,7 @@ from typing import Any, Protocol
 import jax
 from jax.sharding import Mesh
 
+from vlmjax.data.dense_sources import DenseSource, check_dense_source, open_dense_source
 from vlmjax.data.eval_sources import EvalSource, check_eval_source, open_eval_source, source_data_dir
 from vlmjax.data.normalization import Normalization
 from vlmjax.errors import ConfigError
@@ -101,6 +102,13 @@ class EvalContext:
         return open_eval_source(dataset, split, self.default_data_dir(dataset, data_dir), self.image,
                                 limit, split_file, classnames_file, templates_file)
 
+    def open_dense_source(self, dataset: str, split: str, data_dir: str = "", limit: int = 0,
+                          classnames_file: str = "", templates_file: str = "") -> DenseSource:
+        """A split with masks and/or boxes (`data.dense_sources`): scene canvases at the model's
+        size, benchmark images at their protocol's size."""
+        return open_dense_source(dataset, split, self.default_data_dir(dataset, data_dir),
+                                 self.image, limit, classnames_file, templates_file)
+
 
 @dataclasses.dataclass(frozen=True)
 class EvalFacts:
@@ -125,3 +133,22 @@ class EvalFacts:
         except ConfigError as e:  # on-disk images of another size than the model's
             raise ConfigError(f"config.evals.{name}.dataset={dataset!r} cannot be evaluated by "
                               f"this model: {e}") from e
+
+    def check_dense_source(self, name: str, dataset: str, split: str, data_dir: str) -> None:
+        """`check_source` for a split with masks and/or boxes (`data.dense_sources`)."""
+        key = f"evals.{name}.data_dir" if data_dir else "data.dir"
+        try:
+            check_dense_source(dataset, split, source_data_dir(dataset, data_dir, self.data_dir),
+                               key, image={"image_size": self.image_size, "channels": self.channels})
+        except ConfigError as e:
+            raise ConfigError(f"config.evals.{name}.dataset={dataset!r} cannot be evaluated by "
+                              f"this model: {e}") from e
+
+    def require_image_tokens(self, name: str, kind: str) -> None:
+        """ConfigError (one line) unless the model gives per-patch embeddings (dense evaluators)."""
+        if "image_tokens" not in self.capabilities:
+            raise ConfigError(f"config.evals.{name}.kind={kind!r} needs a model with image tokens "
+                              f"(per-patch embeddings: model.name two_tower, filip or "
+                              f"patch_phrase), but model.name={self.model_name!r} has none "
+                              f"(it offers {', '.join(sorted(self.capabilities))}); remove "
+                              f"evals.{name} or evaluate such a model")

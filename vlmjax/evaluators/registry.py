@@ -15,6 +15,7 @@ from vlmjax.errors import ConfigError
 from vlmjax.evaluators import (
     caption_zeroshot,
     captioning,
+    dense_segmentation,
     fewshot,
     finetune,
     linear_probe,
@@ -63,6 +64,8 @@ EVALUATORS: Registry[EvaluatorSpec] = Registry("evals.<name>.kind", {
     "fewshot": evaluator(fewshot.FewShot, fewshot.Options, fewshot.check),
     "unsupervised": evaluator(unsupervised.Unsupervised, unsupervised.Options, unsupervised.check),
     "finetune": evaluator(finetune.FineTune, finetune.Options, finetune.check),
+    "dense_segmentation": evaluator(dense_segmentation.DenseSegmentation,
+                                    dense_segmentation.Options, dense_segmentation.check),
 })
 
 

@@ -1,0 +1,281 @@
+"""Zero-shot semantic segmentation: every pixel gets the class whose prompts its patch matches.
+
+For each dense method (`models.dense`: projected tokens, MaskCLIP's value path, SCLIP's
+correlative attention) the canvas is covered by windows of the model's image size (one window
+when they are equal; else `stride` apart, SCLIP's sliding-window inference), each window's
+per-patch class scores (`evaluators.dense_scoring`) are upsampled bilinearly to its pixels and
+overlapping windows averaged. A pixel's object class is its best-scoring class; whether it is
+background is decided (`background`) by
+- "none": never (datasets without a background class);
+- "threshold": its best score (cosine, or softmax probability at `softmax_scale`) is below
+  `threshold` (MaskCLIP's bg_thresh);
+- "prompts": a background prompt (the dataset's) outscores every class (MaskCLIP's extra
+  background categories);
+- "calibrated": a threshold chosen to maximise mIoU on `calibration_split` (the scenes'
+  held-out "val" canvases), never on the split evaluated;
+- "model": the family's own sigmoid decision, p = sigmoid(exp(logit_scale) cos + logit_bias)
+  < 1/2 for every class (SigLIP and the patch-phrase objective learn the bias in pre-training).
+Reports per method mIoU and pixel accuracy with background and foreground only
+(`evaluators.dense_metrics`), per-class IoU, and writes PNG overlays of the first `overlays`
+canvases (image | truth | prediction) to `overlay_dir`.
+"""
+
+import dataclasses
+import logging
+import os
+from collections.abc import Mapping
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+from PIL import Image
+from tqdm import tqdm
+
+from vlmjax.errors import ConfigError, DataError
+from vlmjax.evaluators.context import EvalContext, EvalFacts
+from vlmjax.evaluators.dense_metrics import (
+    IGNORE,
+    confusion,
+    foreground_labels,
+    iou_per_class,
+    segmentation_metrics,
+)
+from vlmjax.evaluators.dense_scoring import DensePrompts, patch_scores
+from vlmjax.evaluators.global_batches import loaded_global_batch, replicate
+from vlmjax.evaluators.scoring import TOKEN_DIRECTIONS
+from vlmjax.evaluators.typed_options import options_from
+from vlmjax.models.dense import DENSE_METHODS, check_dense_method, dense_embeddings
+from vlmjax.options import fail
+from vlmjax.parallel.mesh import replicated
+
+log = logging.getLogger(__name__)
+BACKGROUNDS = ("none", "threshold", "prompts", "calibrated", "model")
+SCORES = ("cosine", "probability")
+CALIBRATION_CANDIDATES = 101
+
+
+@dataclasses.dataclass(frozen=True)
+class Options:
+    """config.evals.<name> of kind 'dense_segmentation'."""
+
+    dataset: str = "fashion_mnist_scenes"  # a scene set or a registered dense benchmark
+    split: str = "test"
+    data_dir: str = ""
+    batch_size: int = 100  # canvases per batch
+    num_images: int = 1000  # 0: the whole split
+    methods: tuple[str, ...] = ("tokens",)  # models.dense.DENSE_METHODS
+    background: str = "calibrated"  # BACKGROUNDS (module doc)
+    threshold: float = 0.5  # background="threshold"
+    score: str = "cosine"  # what a threshold compares: cosine | probability
+    softmax_scale: float = 100.0  # score="probability": softmax(scale * cosine) over classes
+    calibration_split: str = "val"
+    calibration_images: int = 300
+    stride: int = 0  # sliding-window stride; 0: half the model's image size
+    token_direction: str = "i2t"  # token-wise models: i2t | t2i | mean
+    classnames_file: str = ""
+    templates_file: str = ""
+    overlays: int = 0  # PNG overlays of the first canvases (with overlay_dir)
+    overlay_dir: str = ""
+
+
+def check(name: str, options: Options, facts: EvalFacts) -> None:
+    """Image tokens, known choices, the data readable at the model's size (one line each)."""
+    o = options
+    facts.require_image_tokens(name, "dense_segmentation")
+    if not o.methods:
+        fail(f"evals.{name}.methods", "is empty", f"name some of {', '.join(DENSE_METHODS)}")
+    for method in o.methods:
+        if method not in DENSE_METHODS:
+            fail(f"evals.{name}.methods", f"has {method!r}", f"use {', '.join(DENSE_METHODS)}")
+    for key, value, choices in (("background", o.background, BACKGROUNDS),
+                                ("score", o.score, SCORES),
+                                ("token_direction", o.token_direction, TOKEN_DIRECTIONS)):
+        if value not in choices:
+            fail(f"evals.{name}.{key}", f"is {value!r}", f"choose one of {', '.join(choices)}")
+    if o.background == "model" and o.score != "cosine":
+        fail(f"evals.{name}.score", "must be 'cosine' with background='model'",
+             "set score='cosine' (the model's sigmoid reads cosines)")
+    if o.batch_size <= 0 or o.num_images < 0 or o.stride < 0 or o.overlays < 0:
+        fail(f"evals.{name}", "has a negative or zero size (batch_size, num_images, stride, "
+             "overlays)", "use batch_size > 0 and non-negative others")
+    if o.overlays and not o.overlay_dir:
+        fail(f"evals.{name}.overlay_dir", "is empty but overlays > 0", "name a directory")
+    facts.check_dense_source(name, o.dataset, o.split, o.data_dir)
+    if o.background == "calibrated":
+        facts.check_dense_source(name, o.dataset, o.calibration_split, o.data_dir)
+
+
+def windows(canvas: tuple[int, int], size: int, stride: int) -> list[tuple[int, int]]:
+    """Top-left corners of `size` windows covering `canvas`, `stride` apart, the last flush
+    with the far edge (a canvas smaller than a window is an error of the source)."""
+    def starts(extent: int) -> list[int]:
+        if extent < size:
+            raise DataError(f"a canvas of {extent} pixels is smaller than the {size}-pixel window")
+        out = list(range(0, extent - size + 1, stride))
+        return out if out[-1] == extent - size else out + [extent - size]
+    return [(y, x) for y in starts(canvas[0]) for x in starts(canvas[1])]
+
+
+class DenseSegmentation:
+    """Zero-shot segmentation of a dense source's canvases (module doc)."""
+
+    def __init__(self, options: Options | Mapping, ctx: EvalContext):
+        self.options = o = options_from(Options, options)
+        ctx.model.require("image_tokens", "evals kind 'dense_segmentation'",
+                          "evaluate a model with per-patch embeddings")
+        for method in o.methods:
+            if method not in DENSE_METHODS:
+                raise ConfigError(f"dense method {method!r} is unknown; use {DENSE_METHODS}")
+        self.ctx, self.name = ctx, f"dense_segmentation/{o.dataset}"
+        self.source = ctx.open_dense_source(o.dataset, o.split, o.data_dir, o.num_images,
+                                            o.classnames_file, o.templates_file)
+        if not self.source.has_masks:
+            raise DataError(f"{o.dataset} has boxes but no masks; evaluate it with kind "
+                            "'region_classification'")
+        classnames, background = self.source.classnames, self.source.background
+        self.objects = [i for i in range(len(classnames)) if i != background]
+        if not self.objects:
+            raise DataError(f"{o.dataset} lists no object classes; give a class list")
+        if o.background != "none" and background < 0:
+            raise ConfigError(f"evals background={o.background!r} but {o.dataset} has no "
+                              "background class; use background='none'")
+        extra = self.source.background_prompts if o.background == "prompts" else []
+        if o.background == "prompts" and not extra:
+            raise DataError(f"{o.dataset} has no background prompts; use another background")
+        self.prompts = DensePrompts(ctx, [classnames[i] for i in self.objects],
+                                    self.source.templates, extra, o.token_direction)
+        self.source.rows(np.arange(min(1, self.source.num_rows)))  # masks checked before compiling
+        self.calibration = None
+        if o.background == "calibrated":
+            self.calibration = ctx.open_dense_source(o.dataset, o.calibration_split, o.data_dir,
+                                                     o.calibration_images, o.classnames_file,
+                                                     o.templates_file)
+        self._predict = {m: self._build(m) for m in o.methods}
+
+    def _build(self, method: str) -> Any:
+        """The jitted (params, uint8 canvases, classifier) -> per pixel (best object class, the
+        score thresholds compare (`score`), its cosine, the best background prompt's cosine)."""
+        o, ctx = self.options, self.ctx
+        size, num_objects = ctx.image_size, len(self.objects)
+        corners = windows(self.source.canvas, size, o.stride or max(size // 2, 1))
+        normalize, graphdef, scoring = ctx.normalize, ctx.graphdef, self.prompts.scoring
+
+        def predict(params: dict, images: jax.Array, classifier: Any) -> tuple:
+            model = nnx.merge(graphdef, params)
+            x = normalize(images)
+            b, h, w = x.shape[:3]
+            crops = jnp.stack([x[:, y:y + size, c:c + size] for y, c in corners], axis=1)
+            crops = crops.reshape(b * len(corners), size, size, x.shape[-1])
+            scores = patch_scores(scoring, dense_embeddings(model, crops, method), classifier)
+            scores = jax.image.resize(scores, (*scores.shape[:1], size, size, scores.shape[-1]),
+                                      "linear").reshape(b, len(corners), size, size, -1)
+            total = jnp.zeros((b, h, w, scores.shape[-1]), scores.dtype)
+            count = jnp.zeros((1, h, w, 1), scores.dtype)
+            for i, (y, c) in enumerate(corners):
+                total = total.at[:, y:y + size, c:c + size].add(scores[:, i])
+                count = count.at[:, y:y + size, c:c + size].add(1.0)
+            total = total / count
+            objects = total[..., :num_objects]
+            best = jnp.argmax(objects, axis=-1).astype(jnp.int32)
+            cosine = objects.max(axis=-1)
+            score = (jax.nn.softmax(o.softmax_scale * objects, axis=-1).max(axis=-1)
+                     if o.score == "probability" else cosine)
+            extra = total[..., num_objects:]
+            bg = extra.max(axis=-1) if extra.shape[-1] else jnp.full(cosine.shape, -jnp.inf)
+            return best, score, cosine, bg
+
+        return jax.jit(predict, out_shardings=replicated(ctx.mesh))
+
+    def _predictions(self, source: Any, method: str, params: dict, classifier: Any):
+        """Per batch: (object class, score, background decision inputs, labels, images of the
+        first batch) (see `_build`)."""
+        batch_size = self.options.batch_size
+        for start in tqdm(range(0, source.num_rows, batch_size), desc=f"{self.name}/{method}",
+                          leave=False, disable=jax.process_index() != 0):
+            batch, real = loaded_global_batch(source.rows, source.num_rows, start, batch_size,
+                                              self.ctx.batch_sharding)
+            best, score, cosine, bg = (np.asarray(a)[:real] for a in self._predict[method](
+                params, batch["image"], classifier))
+            labels = np.asarray(replicate(batch["label"]))[:real]
+            images = np.asarray(replicate(batch["image"]))[:real] if start == 0 else None
+            yield best, score, bg > cosine, labels, images
+
+    def _threshold(self, method: str, params: dict, classifier: Any) -> float:
+        """The background threshold on the best score: given, the model's, or calibrated."""
+        o = self.options
+        if o.background == "threshold":
+            return o.threshold
+        if o.background == "model":
+            if "logit_bias" not in params:
+                raise ConfigError(f"{self.name}: background='model' needs a model with a logit "
+                                  "bias (model.use_logit_bias, SigLIP or patch_phrase's sigmoid)")
+            scale = float(np.exp(np.asarray(params["logit_scale"])))
+            return -float(np.asarray(params["logit_bias"])) / scale
+        if o.background != "calibrated":
+            return -np.inf
+        parts = list(self._predictions(self.calibration, method, params, classifier))
+        best, score, _, labels = (np.concatenate([p[i] for p in parts]) for i in range(4))
+        candidates = np.unique(np.quantile(score, np.linspace(0, 1, CALIBRATION_CANDIDATES)))
+        predicted = np.asarray(self.objects)[best]
+        background = self.source.background
+        mious = [np.nanmean(iou_per_class(confusion(
+            labels, np.where(score < t, background, predicted), len(self.source.classnames))))
+            for t in candidates]
+        return float(candidates[int(np.nanargmax(mious))])
+
+    def run(self, params: dict) -> dict[str, float]:
+        """Per method: miou, pixel_acc (background decided), miou_fg, pixel_acc_fg, iou/<class>."""
+        model = nnx.merge(self.ctx.graphdef, params)  # the tower fits every method: before compiling
+        for method in self.options.methods:
+            check_dense_method(model, method)
+        classifier = self.prompts.classifier(params)
+        classnames, background = self.source.classnames, self.source.background
+        objects = np.asarray(self.objects)
+        out: dict[str, float] = {}
+        for method in self.options.methods:
+            threshold = self._threshold(method, params, classifier)
+            full = np.zeros((len(classnames),) * 2, np.int64)
+            fg = np.zeros((len(objects),) * 2, np.int64)
+            for best, score, prompted, labels, images in self._predictions(
+                    self.source, method, params, classifier):
+                predicted = objects[best]
+                if background >= 0:
+                    predicted = np.where((score < threshold) | prompted, background, predicted)
+                    fg += confusion(foreground_labels(labels, background), best, len(objects))
+                full += confusion(labels, predicted, len(classnames))
+                if images is not None:
+                    self._overlays(method, images, labels, predicted)
+            out.update({f"{method}/{k}": v for k, v in segmentation_metrics(full, classnames).items()})
+            if background >= 0:
+                names = [classnames[i] for i in objects]
+                fg_metrics = segmentation_metrics(fg, names, per_class=False)
+                out[f"{method}/miou_fg"], out[f"{method}/pixel_acc_fg"] = (
+                    fg_metrics["miou"], fg_metrics["pixel_acc"])
+                if np.isfinite(threshold):
+                    out[f"{method}/background_threshold"] = threshold
+        return out
+
+    def _overlays(self, method: str, images: np.ndarray, labels: np.ndarray,
+                  predicted: np.ndarray) -> None:
+        """image | truth | prediction PNGs of the first canvases (process 0)."""
+        o = self.options
+        if not o.overlays or jax.process_index() != 0:
+            return
+        os.makedirs(o.overlay_dir, exist_ok=True)
+        for i in range(min(o.overlays, len(images))):
+            gray = images[i] if images.shape[-1] == 3 else np.repeat(images[i], 3, axis=-1)
+            strip = np.concatenate([gray, colour(labels[i]), colour(predicted[i])], axis=1)
+            Image.fromarray(strip).save(os.path.join(
+                o.overlay_dir, f"{o.dataset}_{o.split}_{i:03d}_{method}.png"))
+
+
+def colour(labels: np.ndarray) -> np.ndarray:
+    """[H, W] class ids -> RGB [H, W, 3]: a fixed colour per class, black background (class 0),
+    white for ignored pixels."""
+    rng = np.random.default_rng(0)
+    palette = rng.integers(64, 256, size=(256, 3)).astype(np.uint8)
+    palette[0] = 0
+    palette[IGNORE] = 255
+    return palette[np.asarray(labels, np.int64) % 256]
