@@ -72,8 +72,9 @@ def resnet_outputs(model: torch.nn.Module, pixels: torch.Tensor) -> dict:
 
 
 def param_counts(names: list[str], out: str) -> None:
-    """counts.json: for each open_clip model name, its parameters and BatchNorm statistics
-    (running mean + var; num_batches_tracked is bookkeeping), in all and in `visual`."""
+    """counts.json: for each open_clip model name, its model config and its parameters and
+    BatchNorm statistics (running mean + var; num_batches_tracked is bookkeeping), in all and
+    in `visual`."""
     counts = {}
     for name in names:
         model = open_clip.create_model(name, pretrained=None)
@@ -81,7 +82,7 @@ def param_counts(names: list[str], out: str) -> None:
                     if n.endswith(("running_mean", "running_var")))
         counts[name] = {"params": sum(p.numel() for p in model.parameters()),
                         "visual_params": sum(p.numel() for p in model.visual.parameters()),
-                        "visual_stats": stats}
+                        "visual_stats": stats, "config": open_clip.get_model_config(name)}
     with open(os.path.join(out, "counts.json"), "w") as f:
         json.dump(counts, f)
 
