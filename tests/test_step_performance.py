@@ -62,6 +62,27 @@ def test_dense_is_the_named_einsum():
     np.testing.assert_allclose(flat, x[0] @ kernel[:, 0] + bias[0], rtol=1e-5, atol=1e-5)
 
 
+def test_bfloat16_dense_accumulates_in_float32_forward_and_backward():
+    """dense on bfloat16 operands (on CPU: float32-result matmuls with a hand-written backward)
+    equals the exact sums of the bfloat16 values rounded once to bfloat16, for the output and
+    all 3 gradients."""
+    rng = np.random.default_rng(3)
+    bf16 = jnp.bfloat16
+    x, kernel, bias = (jnp.asarray(rng.normal(size=s), bf16) for s in ((2, 5, 6), (6, 3, 4), (3, 4)))
+    cotangent = jnp.asarray(rng.normal(size=(2, 5, 3, 4)), bf16)
+    y, vjp = jax.vjp(layers.dense, x, kernel, bias)
+    dx, dkernel, dbias = vjp(cotangent)
+    xf, kf, bf, gf = (np.asarray(a, np.float64) for a in (x, kernel, bias, cotangent))
+    for got, want in [(y, np.einsum("btd,dnh->btnh", xf, kf) + bf),
+                      (dx, np.einsum("btnh,dnh->btd", gf, kf)),
+                      (dkernel, np.einsum("btd,btnh->dnh", xf, gf)),
+                      (dbias, gf.sum((0, 1)))]:
+        assert got.dtype == bf16
+        # Rounded once to bfloat16: at most half an ulp (2^-8 relative), plus the float32 sum
+        # of <= 10 products (~1e-6).
+        np.testing.assert_allclose(np.asarray(got, np.float64), want, rtol=2 ** -8, atol=1e-5)
+
+
 def _tiny_step(config, **optimizer):
     """(jitted train step, float32 state of random weights, a batch) for the tiny test config
     on one device: the optimizer state comes from the abstract layout, no init to compile."""

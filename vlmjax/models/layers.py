@@ -33,16 +33,58 @@ xavier = jax.nn.initializers.xavier_uniform
 
 
 def dense(x: jax.Array, kernel: jax.Array, bias: jax.Array) -> jax.Array:
-    """x [..., d] @ kernel [d, *out] + bias [*out] as ONE 2-D matmul [rows, d] x [d, prod(out)].
+    """x [..., d] @ kernel [d, *out] + bias [*out] as ONE matmul of the rows [rows, d].
 
     The same sums as the named einsum ("btd,dnh->btnh", ...), but XLA:CPU then needs no
     transposed copies of activations for the weight gradients (its dots contract one axis
     in place; a gradient contracting b and t together was copied to [d, b*t] first):
-    measured 15% off the demo CLIP's train step on 2 CPU cores.
+    measured 15% off the demo CLIP's train step on 2 CPU cores. The kernel keeps its axes
+    (XLA flattens them for free), so a sharded output axis stays sharded.
     """
     d, out = kernel.shape[0], kernel.shape[1:]
-    y = jnp.dot(x.reshape(-1, d), kernel.reshape(d, -1))
-    return y.reshape(*x.shape[:-1], *out) + bias
+    if x.dtype in LOW_PRECISION and jax.default_backend() == "cpu":
+        # 2-D operands: XLA:CPU's fallback dot rejects bfloat16 x bfloat16 -> float32 with
+        # more than one output axis.
+        y = _dense_f32_accumulate(x.reshape(-1, d), kernel.reshape(d, -1), bias.reshape(-1))
+    else:
+        y = jax.lax.dot_general(x.reshape(-1, d), kernel, (((1,), (0,)), ((), ()))) + bias
+    return y.reshape(*x.shape[:-1], *out)
+
+
+LOW_PRECISION = (jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16))
+
+
+def _matmul_f32(a: jax.Array, b: jax.Array, contract: tuple[tuple[int, ...], tuple[int, ...]]
+                ) -> jax.Array:
+    return jax.lax.dot_general(a, b, (contract, ((), ())), preferred_element_type=jnp.float32)
+
+
+@jax.custom_vjp
+def _dense_f32_accumulate(x: jax.Array, kernel: jax.Array, bias: jax.Array) -> jax.Array:
+    """Low-precision x [rows, d] @ kernel [d, n] + bias [n] with every matmul (forward and both
+    gradients) asking for float32 results, rounded back to the operands' dtype.
+
+    On CPU that is the fast path: XLA:CPU runs a bfloat16 x bfloat16 -> float32 dot on
+    AMX / AVX512-BF16 (3-5x float32 on a Xeon with AMX), while a dot with a bfloat16 result is
+    no faster than float32. Autodiff would make the gradient dots float32 x bfloat16 (the slow
+    path), hence the hand-written backward: the same sums, each accumulated in float32.
+    """
+    return (_matmul_f32(x, kernel, ((1,), (0,))) + bias).astype(x.dtype)
+
+
+def _dense_fwd(x: jax.Array, kernel: jax.Array, bias: jax.Array) -> tuple[jax.Array, tuple]:
+    return _dense_f32_accumulate(x, kernel, bias), (x, kernel, bias)
+
+
+def _dense_bwd(residuals: tuple, g: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
+    x, kernel, bias = residuals
+    dx = _matmul_f32(g, kernel, ((1,), (1,))).astype(x.dtype)  # [rows, d]
+    dkernel = _matmul_f32(x, g, ((0,), (0,))).astype(kernel.dtype)  # [d, n]
+    dbias = g.astype(jnp.float32).sum(0).astype(bias.dtype)
+    return dx, dkernel, dbias
+
+
+_dense_f32_accumulate.defvjp(_dense_fwd, _dense_bwd)
 
 
 class LayerNorm(nnx.Module):
@@ -98,20 +140,44 @@ class Attention(nnx.Module):
 
     def __call__(self, x: jax.Array, kv: jax.Array | None = None, *, causal: bool = False,
                  mask: jax.Array | None = None) -> jax.Array:
-        """x: [b, t, d]; kv: [b, s, d] (defaults to x); mask: [b, s] True where keys are valid."""
-        kv = x if kv is None else kv
+        """x: [b, t, d]; kv: [b, s, d] (defaults to x); mask: [b, s] True where keys are valid.
+
+        Self-attention projects q, k and v in ONE matmul [rows, d] x [d, 3 * n * h] (the three
+        kernels stacked on a new axis, so a tensor-sharded heads axis stays local), cross-
+        attention k and v in one: one pass over the activations instead of three, and one
+        gradient matmul back.
+        """
         dt = x.dtype
-        q = dense(x, self.query[...].astype(dt), self.query_bias[...].astype(dt))  # btd,dnh->btnh
-        k = dense(kv, self.key[...].astype(dt), self.key_bias[...].astype(dt))  # bsd,dnh->bsnh
-        v = dense(kv, self.value[...].astype(dt), self.value_bias[...].astype(dt))
-        q = constrain(q, ("batch", "length", "heads", "kv"))
-        k = constrain(k, ("batch", "length", "heads", "kv"))
-        v = constrain(v, ("batch", "length", "heads", "kv"))
-        key_mask = None if mask is None else mask[:, None, None, :]  # [b, 1(n), 1(t), s]
-        o = jax.nn.dot_product_attention(q, k, v, mask=key_mask, is_causal=causal)
+        names = ("query", "key", "value") if kv is None else ("key", "value")
+        kernel = jnp.stack([getattr(self, n)[...] for n in names], axis=1).astype(dt)
+        bias = jnp.stack([getattr(self, f"{n}_bias")[...] for n in names], axis=0).astype(dt)
+        projected = dense(x if kv is None else kv, kernel, bias)  # [b, s, 2 or 3, n, h]
+        parts = [jnp.squeeze(p, 2) for p in jnp.split(projected, len(names), axis=2)]
+        if kv is None:
+            q, k, v = parts
+        else:
+            k, v = parts
+            q = dense(x, self.query[...].astype(dt), self.query_bias[...].astype(dt))
+        o = attention(q, k, v, mask=mask, causal=causal)
         heads, head_dim, dim = self.out.shape
         out = self.out[...].astype(dt).reshape(heads * head_dim, dim)  # btnh,nhd->btd
         return dense(o.reshape(*o.shape[:2], heads * head_dim), out, self.out_bias[...].astype(dt))
+
+
+def attention(q: jax.Array, k: jax.Array, v: jax.Array, *, mask: jax.Array | None = None,
+              causal: bool = False) -> jax.Array:
+    """softmax(q k^T / sqrt(h)) v per head: q [b, t, n, h], k and v [b, s, n, h] -> [b, t, n, h].
+
+    `jax.nn.dot_product_attention` (fused kernels where the platform has them; on CPU XLA's
+    dots, which YNNPACK fuses with the softmax), under the name scope "attention_core" that
+    bench/profile_step.py attributes time by. mask: [b, s] True where keys are valid.
+    """
+    q = constrain(q, ("batch", "length", "heads", "kv"))
+    k = constrain(k, ("batch", "length", "heads", "kv"))
+    v = constrain(v, ("batch", "length", "heads", "kv"))
+    key_mask = None if mask is None else mask[:, None, None, :]  # [b, 1(n), 1(t), s]
+    with jax.named_scope("attention_core"):
+        return jax.nn.dot_product_attention(q, k, v, mask=key_mask, is_causal=causal)
 
 
 class Block(nnx.Module):

@@ -109,8 +109,15 @@ class VisionTransformer(nnx.Module):
         """Patches (+ class token) through the encoder, before ln_post: [b, n (+1), d]."""
         dt = self.dtype
         images = images.astype(dt)
-        x = jnp.einsum("bnpqc,pqcd->bnd", self.patchify(images), self.patch_embed[...].astype(dt))
-        x = x + self.patch_bias[...].astype(dt)
+        patches = self.patchify(images)
+        b, n = patches.shape[:2]
+        # bnpqc,pqcd->bnd as one matmul of the rows [b*n, p*p*c] x [p*p*c, d] (`layers.dense`):
+        # with the einsum, XLA:CPU computed the kernel gradient as [d, p*p*c] and transposed it,
+        # and built the transposed input gradient [d, b*n] in one fusion that recomputed the
+        # whole residual-gradient chain of the encoder.
+        kernel = self.patch_embed[...].astype(dt)
+        x = layers.dense(patches.reshape(b, n, -1), kernel.reshape(-1, kernel.shape[-1]),
+                         self.patch_bias[...].astype(dt))
         pos = self.pos_embed[...].astype(dt)
         cls_pos, patch_pos = (pos[:1], pos[1:]) if self.cfg.pool == "cls" else (None, pos)
         x = x + patch_pos
