@@ -33,9 +33,12 @@ DATASETS = ("fashion_mnist", "digits")
 FLAGS = ("study", "token_wise")
 COOP = dict(coop_num_context=4)  # the demos' 16-token context leaves room for 4 vectors
 FULL_SHOTS, STUDY_SHOTS = (1, 2, 4, 8, 16), (1, 4, 16)
-# Fine-tuning for the demo-sized models: the whole train split for a few epochs, lr 3e-4.
-FINETUNE = {"fashion_mnist": dict(steps=500, lr=3e-4, warmup_steps=50),
-            "digits": dict(steps=200, lr=3e-4, warmup_steps=20, train_batch_size=128)}
+# Fine-tuning for the demo-sized models: ~2 epochs of Fashion-MNIST, ~21 of digits, at lr 3e-3.
+# The head starts as the zero-shot classifier, here a poor one with logit-scale-sized weights
+# that AdamW at transfer_suite.py's 3e-4 barely moves: on the coarse CLIP, fine-tuned top-1 is
+# 59.3 / 85.2 (Fashion-MNIST) and 42.3 / 93.6 (digits) at lr 3e-4 / 3e-3.
+FINETUNE = {"fashion_mnist": dict(steps=500, lr=3e-3, warmup_steps=50),
+            "digits": dict(steps=200, lr=3e-3, warmup_steps=20, train_batch_size=128)}
 
 
 def parse(arg: str) -> tuple[list[str], set[str]]:
