@@ -22,8 +22,8 @@ import numpy as np
 from vlmjax.data.datasets import check_dataset, load_split
 from vlmjax.data.scenes import (
     BACKGROUND,
-    SCENE_SETS,
     IGNORE,
+    SCENE_SETS,
     SPLITS,
     Scene,
     get_scene_set,

@@ -33,6 +33,7 @@ from flax import nnx
 from PIL import Image
 from tqdm import tqdm
 
+from vlmjax.data.prefetch import process_rows, to_global
 from vlmjax.errors import ConfigError, DataError
 from vlmjax.evaluators.context import EvalContext, EvalFacts
 from vlmjax.evaluators.dense_metrics import (
@@ -43,7 +44,7 @@ from vlmjax.evaluators.dense_metrics import (
     segmentation_metrics,
 )
 from vlmjax.evaluators.dense_scoring import DensePrompts, patch_scores
-from vlmjax.evaluators.global_batches import loaded_global_batch, replicate
+from vlmjax.evaluators.global_batches import replicate
 from vlmjax.evaluators.scoring import TOKEN_DIRECTIONS
 from vlmjax.evaluators.typed_options import options_from
 from vlmjax.models.dense import DENSE_METHODS, check_dense_method, dense_embeddings
@@ -105,6 +106,20 @@ def check(name: str, options: Options, facts: EvalFacts) -> None:
     facts.check_dense_source(name, o.dataset, o.split, o.data_dir)
     if o.background == "calibrated":
         facts.check_dense_source(name, o.dataset, o.calibration_split, o.data_dir)
+
+
+def loaded_dense_batch(load_rows: Any, num_rows: int, start: int, batch_size: int,
+                       sharding: Any) -> tuple[dict, int]:
+    """Global batch {"image", "mask"} of rows [start, start + batch_size): each process loads
+    only its devices' rows; past `num_rows` images are zero and masks IGNORE."""
+    real = min(batch_size, num_rows - start)
+    mine = np.arange(batch_size)[process_rows(sharding, batch_size)]
+    images, masks = load_rows(start + mine[mine < real])
+    pad = len(mine) - len(images)
+    if pad:
+        images = np.concatenate([images, np.zeros((pad, *images.shape[1:]), images.dtype)])
+        masks = np.concatenate([masks, np.full((pad, *masks.shape[1:]), IGNORE, masks.dtype)])
+    return to_global({"image": images, "mask": masks}, sharding), real
 
 
 def windows(canvas: tuple[int, int], size: int, stride: int) -> list[tuple[int, int]]:
@@ -194,11 +209,11 @@ class DenseSegmentation:
         batch_size = self.options.batch_size
         for start in tqdm(range(0, source.num_rows, batch_size), desc=f"{self.name}/{method}",
                           leave=False, disable=jax.process_index() != 0):
-            batch, real = loaded_global_batch(source.rows, source.num_rows, start, batch_size,
-                                              self.ctx.batch_sharding)
+            batch, real = loaded_dense_batch(source.rows, source.num_rows, start, batch_size,
+                                             self.ctx.batch_sharding)
             best, score, cosine, bg = (np.asarray(a)[:real] for a in self._predict[method](
                 params, batch["image"], classifier))
-            labels = np.asarray(replicate(batch["label"]))[:real]
+            labels = np.asarray(replicate(batch["mask"]))[:real]
             images = np.asarray(replicate(batch["image"]))[:real] if start == 0 else None
             yield best, score, bg > cosine, labels, images
 

@@ -19,6 +19,7 @@ from vlmjax.evaluators import (
     fewshot,
     finetune,
     linear_probe,
+    region_classification,
     retrieval,
     unsupervised,
     zeroshot,
@@ -66,6 +67,8 @@ EVALUATORS: Registry[EvaluatorSpec] = Registry("evals.<name>.kind", {
     "finetune": evaluator(finetune.FineTune, finetune.Options, finetune.check),
     "dense_segmentation": evaluator(dense_segmentation.DenseSegmentation,
                                     dense_segmentation.Options, dense_segmentation.check),
+    "region_classification": evaluator(region_classification.RegionClassification,
+                                       region_classification.Options, region_classification.check),
 })
 
 

@@ -6,7 +6,7 @@ Adding a family is one module (its nnx.Module, options and check) and one line h
 import math
 from collections.abc import Mapping
 
-from vlmjax.models import coca, filip, layers, stacked, two_tower
+from vlmjax.models import coca, filip, layers, patch_phrase, stacked, two_tower
 from vlmjax.models.family import ModelFamily
 from vlmjax.models.projection import check_projection
 from vlmjax.models.towers import SIDES, tower_schema, tower_spec, tower_width
@@ -25,6 +25,13 @@ FAMILIES: Registry[ModelFamily] = Registry("model.name", {
                          outputs=frozenset({"tokens"}),
                          scoring="token_wise", options=filip.OPTIONS, check=filip.check_filip,
                          temperatures=("logit_scale", "logit_scale_t2i")),
+    # CLIP's towers whose patches and item phrases also meet in the joint space (a local
+    # objective: objectives.patch_phrase); evaluated like two_tower.
+    "patch_phrase": ModelFamily(build=patch_phrase.PatchPhrase, towers=two_tower.TOWER_PATTERNS,
+                                capabilities=frozenset({"embedding", "image_tokens"}),
+                                outputs=frozenset({"embeddings", "phrases"}),
+                                options=patch_phrase.OPTIONS, check=patch_phrase.check_patch_phrase,
+                                temperatures=("logit_scale", "phrase_logit_scale")),
 })
 DTYPES = ("float32", "bfloat16")
 # Keys of `model` every family has (each family adds its own sections, each tower its keys).

@@ -1,0 +1,144 @@
+"""Patch-to-phrase: CLIP's global loss plus a local term aligning patches with item phrases.
+
+The local term is region-word matching from captions alone (no boxes, no masks): every
+caption's item phrases ("a sandal", "an ankle boot", what a noun-phrase parser extracts) are
+embedded by the text tower, and a phrase meets an image through its patches: the score of
+image i and phrase j pools the cosines of i's projected patch tokens with j,
+- "attention" (default): sum_p softmax_p(cos_p / pool_temperature) cos_p, a soft maximum
+  whose gradient reaches every patch that looks like the phrase (PACL's patch weighting);
+- "max": the best patch (multiple-instance learning's max pooling); "mean": every patch.
+Scores scaled by the model's `phrase_logit_scale` are contrasted both ways over the global
+batch (multiple-instance contrast): each phrase against every image (its own image, and every
+image with a phrase of identical tokens, are its positives: a target spread evenly over them),
+each image against every phrase (its own phrases and their duplicates are its positives).
+Paraphrases of one class in other images remain negatives, as captions sharing an item are in
+CLIP; softmax contrast then ranks every image holding the class above the others rather than
+pushing them down (a sigmoid's independent labels would). The global term is CLIP's softmax
+(`global_loss`="softmax") or SigLIP's sigmoid over (image, caption) pairs.
+
+loss = global + local_weight * local.
+"""
+
+from collections.abc import Mapping
+
+import jax
+import jax.numpy as jnp
+
+from vlmjax.errors import ConfigError
+from vlmjax.objectives.contrastive import (
+    CONTRASTIVE_OPTIONS,
+    check_contrastive_options,
+    softmax_contrastive,
+)
+from vlmjax.objectives.objective import Objective
+from vlmjax.objectives.sigmoid import sigmoid_contrastive
+
+POOLS = ("attention", "max", "mean")
+MASKED = -1e30  # a logit left out of a softmax (finite: no inf * 0 in the gradient)
+GLOBAL_LOSSES = ("softmax", "sigmoid")
+OPTIONS = {**CONTRASTIVE_OPTIONS, "global_loss": "softmax", "local_weight": 1.0,
+           "pool": "attention", "pool_temperature": 0.1, "match_duplicates": True}
+
+
+def pooled_scores(patches: jax.Array, phrases: jax.Array, pool: str = "attention",
+                  temperature: float = 0.1) -> jax.Array:
+    """Normalised patches [B, n, e] and phrases [P, e] -> pooled cosines [B, P] (module doc)."""
+    sims = jnp.einsum("bne,pe->bpn", patches, phrases.astype(patches.dtype)).astype(jnp.float32)
+    if pool == "max":
+        return sims.max(axis=-1)
+    if pool == "mean":
+        return sims.mean(axis=-1)
+    weights = jax.nn.softmax(sims / temperature, axis=-1)
+    return jnp.sum(weights * sims, axis=-1)
+
+
+def phrase_positives(phrases: jax.Array, valid: jax.Array, match_duplicates: bool = True
+                     ) -> jax.Array:
+    """bool [B, B * K]: phrase q (example-major) is image i's own, or (match_duplicates) has the
+    same tokens as one of i's phrases; invalid phrases are never positive."""
+    b, k = valid.shape
+    flat_valid = valid.reshape(b * k)
+    if match_duplicates:
+        flat = phrases.reshape(b * k, -1)
+        same = jnp.all(flat[:, None, :] == flat[None, :, :], axis=-1)
+        same = same & flat_valid[:, None] & flat_valid[None, :]
+        return same.reshape(b, k, b * k).any(axis=1)
+    owner = jnp.arange(b * k) // k
+    return (owner[None, :] == jnp.arange(b)[:, None]) & flat_valid[None, :]
+
+
+def _soft_cross_entropy(logits: jax.Array, targets: jax.Array, allowed: jax.Array,
+                        axis: int) -> jax.Array:
+    """Cross-entropy of softmax(logits over `allowed` entries along `axis`) against `targets`
+    spread evenly over its True entries: one value per row (axis=1) or column (axis=0)."""
+    logp = jax.nn.log_softmax(jnp.where(allowed, logits, MASKED), axis=axis)
+    weights = targets / jnp.maximum(targets.sum(axis=axis, keepdims=True), 1)
+    return -jnp.sum(jnp.where(targets, weights * logp, 0.0), axis=axis)
+
+
+def local_loss(scores: jax.Array, positives: jax.Array, valid: jax.Array
+               ) -> tuple[jax.Array, dict[str, jax.Array]]:
+    """Both directions of the multiple-instance contrast on logits [B, P] (module doc)."""
+    phrase_ok = valid.reshape(-1)  # [P]
+    b = scores.shape[0]
+    images_ok = jnp.ones((b, 1), bool)
+    per_phrase = _soft_cross_entropy(scores, positives, images_ok, axis=0)  # [P]
+    has_phrase = positives.any(axis=1)
+    per_image = _soft_cross_entropy(scores, positives, phrase_ok[None, :], axis=1)  # [B]
+    phrase_to_image = jnp.sum(jnp.where(phrase_ok, per_phrase, 0)) / jnp.maximum(phrase_ok.sum(), 1)
+    image_to_phrase = jnp.sum(jnp.where(has_phrase, per_image, 0)) / jnp.maximum(
+        has_phrase.sum(), 1)
+    best_image = jnp.argmax(scores, axis=0)
+    hit = jnp.take_along_axis(positives, best_image[None, :], axis=0)[0]
+    accuracy = jnp.sum(jnp.where(phrase_ok, hit, False)) / jnp.maximum(phrase_ok.sum(), 1)
+    return (phrase_to_image + image_to_phrase) / 2, {"phrase_to_image_accuracy": accuracy}
+
+
+def patch_phrase_loss(outputs: Mapping[str, jax.Array], options: Mapping,
+                      batch: Mapping[str, jax.Array] | None = None) -> tuple[jax.Array, dict]:
+    """global + local_weight * local (module doc); phrase tokens from batch["phrases"]."""
+    if batch is None or "phrases" not in batch:
+        raise ValueError("the patch_phrase objective reads the phrase tokens from the batch")
+    o = {**OPTIONS, **options}
+    scale = outputs["logit_scale"]
+    if o["global_loss"] == "sigmoid":
+        global_loss, accuracy = sigmoid_contrastive(
+            outputs["image_embed"], outputs["text_embed"], scale, outputs["logit_bias"],
+            implementation=o["implementation"], chunk_size=o["chunk_size"])
+    else:
+        global_loss, accuracy = softmax_contrastive(
+            outputs["image_embed"], outputs["text_embed"], scale,
+            implementation=o["implementation"], chunk_size=o["chunk_size"])
+    phrases = outputs["phrase_embed"]
+    b, k, e = phrases.shape
+    valid = outputs["phrase_valid"]
+    pooled = pooled_scores(outputs["patch_embed"], phrases.reshape(b * k, e), o["pool"],
+                           o["pool_temperature"])
+    positives = phrase_positives(batch["phrases"], valid, o["match_duplicates"])
+    local, local_metrics = local_loss(outputs["phrase_logit_scale"] * pooled, positives, valid)
+    loss = global_loss + o["local_weight"] * local
+    metrics = {"loss": loss, "global_loss": global_loss, "local_loss": local,
+               "logit_scale": scale, "phrase_logit_scale": outputs["phrase_logit_scale"],
+               **accuracy, **local_metrics}
+    if "logit_bias" in outputs:
+        metrics["logit_bias"] = outputs["logit_bias"]
+    return loss, metrics
+
+
+def _check(config: Mapping) -> None:
+    check_contrastive_options(config, OPTIONS)
+    o = {**OPTIONS, **config["objective"]}
+    if o["pool"] not in POOLS or o["global_loss"] not in GLOBAL_LOSSES:
+        raise ConfigError(f"config.objective.pool={o['pool']!r} / global_loss="
+                          f"{o['global_loss']!r}: choose pool in {POOLS} and global_loss in "
+                          f"{GLOBAL_LOSSES}")
+    if o["pool_temperature"] <= 0 or o["local_weight"] < 0:
+        raise ConfigError(f"config.objective.pool_temperature={o['pool_temperature']} must be "
+                          f"positive and local_weight={o['local_weight']} non-negative")
+    if o["global_loss"] == "sigmoid" and not config["model"]["use_logit_bias"]:
+        raise ConfigError("config.objective.global_loss='sigmoid' needs a learnable bias; set "
+                          "--config.model.use_logit_bias=true")
+
+
+PATCH_PHRASE = Objective(name="patch_phrase", loss=patch_phrase_loss, options=OPTIONS,
+                         consumes=frozenset({"embeddings", "phrases"}), check=_check)
