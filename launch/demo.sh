@@ -1,14 +1,15 @@
 #!/usr/bin/env bash
 # Quickstart 1: set up, pre-train a demo model on captioned Fashion-MNIST, evaluate it.
 # DEMO=clip (default), DEMO=coca (contrastive + captioning; also captions and caption-likelihood
-# zero-shot) or DEMO=filip (token-wise late interaction, token-wise zero-shot and retrieval).
+# zero-shot), DEMO=filip (token-wise late interaction, token-wise zero-shot and retrieval) or
+# DEMO=clip_resnet (the CLIP with a ResNet image tower: CLIP's ModifiedResNet with BatchNorm).
 # Extra arguments are passed on, e.g. `bash launch/demo.sh --config.train.num_steps=300`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DEMO=${DEMO:-clip}
 case "$DEMO" in
-  clip|coca|filip) ;;
-  *) echo "error: DEMO=$DEMO; use DEMO=clip, DEMO=coca or DEMO=filip" >&2; exit 2 ;;
+  clip|coca|filip|clip_resnet) ;;
+  *) echo "error: DEMO=$DEMO; use DEMO=clip, DEMO=coca, DEMO=filip or DEMO=clip_resnet" >&2; exit 2 ;;
 esac
 bash launch/setup.sh
 source launch/env.sh
