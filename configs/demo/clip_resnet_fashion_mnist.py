@@ -8,24 +8,22 @@ CLIP's attention pool over the 49 positions, whose 96-wide output is the image e
 (model.image.proj='none', as CLIP's ResNets). Stages at 7x7 keep the step cheap on CPU.
 """
 
-import importlib.util
 import os
 
 import ml_collections
 
-from vlmjax.config import select
+from vlmjax.config import load_config_file, select
+from vlmjax.errors import ConfigError
 
-
-def _demo_clip():
-    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "clip_fashion_mnist.py")
-    spec = importlib.util.spec_from_file_location("clip_fashion_mnist", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+CLIP_DEMO = os.path.join(os.path.dirname(os.path.abspath(__file__)), "clip_fashion_mnist.py")
+ARGS = ("clip", "siglip")  # the objective, as the demo CLIP
 
 
 def get_config(arg: str = "clip") -> ml_collections.ConfigDict:
-    c = _demo_clip().get_config(arg)
+    if arg not in ARGS:
+        raise ConfigError(f"{__file__}: unknown argument {arg!r}; choose clip or siglip "
+                          "(path.py:siglip)")
+    c = load_config_file(f"{CLIP_DEMO}:{arg}")
     select(c, "model.image.kind", "resnet")
     c.model.image.update(layers=(1, 1, 1), width=16, stem_stride=2, strides=(2, 1, 1),
                          head_width=32, output_dim=96, proj="none")

@@ -4,29 +4,22 @@
 trained tokenizer: BERT pools its first position).
 """
 
-import importlib.util
 import os
 
 import ml_collections
 
-from vlmjax.config import select
+from vlmjax.config import load_config_file, select
 from vlmjax.errors import ConfigError
 
+TINY_CLIP = os.path.join(os.path.dirname(os.path.abspath(__file__)), "tiny_clip.py")
 ARGS = ("clip", "siglip", "bert")
-
-
-def _tiny_clip(objective: str) -> ml_collections.ConfigDict:
-    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "tiny_clip.py")
-    spec = importlib.util.spec_from_file_location("tiny_clip", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.get_config(objective)
 
 
 def get_config(arg: str = "clip") -> ml_collections.ConfigDict:
     if arg not in ARGS:
-        raise ConfigError(f"{__file__}: unknown argument {arg!r}; choose one of {', '.join(ARGS)}")
-    c = _tiny_clip("siglip" if arg == "siglip" else "clip")
+        raise ConfigError(f"{__file__}: unknown argument {arg!r}; choose clip | siglip | bert "
+                          "(path.py:bert)")
+    c = load_config_file(f"{TINY_CLIP}:{'siglip' if arg == 'siglip' else 'clip'}")
     select(c, "model.image.kind", "resnet")
     # 28 -> 14 (stem) -> 7 (stage 1, anti-aliased) -> 7: features 2 * 8 * 4 = 64, 49 tokens.
     c.model.image.update(layers=(1, 1), width=8, stem_stride=2, strides=(2, 1), head_width=16,
