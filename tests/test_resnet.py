@@ -147,9 +147,13 @@ def test_named_sizes_are_open_clips():
     (dict(stem_stride=3), r"config\.model\.image\.stem_stride is 3"),
     (dict(width=7), r"config\.model\.image\.width is 7"),
     (dict(conv="cudnn"), r"config\.model\.image\.conv is 'cudnn'"),
+    (dict(locked=True), r"config\.model\.image\.freeze_norm is False but "
+                        r"train\.locked_tower='image' \(LiT\)"),
 ])
 def test_unusable_resnet_settings_fail_validation_in_one_line(change, message):
-    config = load_config_file(TINY)
+    config, change = load_config_file(TINY), dict(change)
+    if change.pop("locked", False):
+        config.train.locked_tower = "image"
     config.model.image.update(change)
     with pytest.raises(ConfigError, match=message) as error:
         validate(config, 8)

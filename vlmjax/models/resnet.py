@@ -290,7 +290,8 @@ class ModifiedResNet(nnx.Module):
 
 def check_resnet(cfg: Mapping, prefix: str) -> None:
     """Sizes resolvable and positive, strides the image size reaches, heads dividing the
-    features, known convolution and BatchNorm settings: each a one-line ConfigError."""
+    features, known convolution and BatchNorm settings, BatchNorm frozen in a locked tower:
+    each a one-line ConfigError."""
     image = cfg["model"]["image"]
     r = resolve_resnet(image)
     if not r["layers"] or min(r["layers"]) <= 0:
@@ -311,6 +312,10 @@ def check_resnet(cfg: Mapping, prefix: str) -> None:
     if not 0 <= r["bn_momentum"] < 1 or r["bn_eps"] <= 0:
         fail(f"{prefix}.bn_momentum", f"is {r['bn_momentum']} (bn_eps {r['bn_eps']})",
              "use a decay in [0, 1), e.g. 0.9, and a positive bn_eps")
+    if cfg["train"]["locked_tower"] == "image" and not image["freeze_norm"]:
+        fail(f"{prefix}.freeze_norm", "is False but train.locked_tower='image' (LiT): training "
+             "steps would still move the locked ResNet's BatchNorm statistics",
+             f"set {prefix}.freeze_norm=True")
     resnet = ResNetConfig.from_config(image)
     if image["image_size"] % resnet.total_stride:
         fail(f"{prefix}.image_size", f"({image['image_size']}) is not a multiple of the ResNet's "
