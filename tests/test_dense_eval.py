@@ -212,6 +212,7 @@ def test_bad_inputs_fail_in_one_line(ctx, data_dir, tiny_config, tmp_path):
             ("methods", ("tokens", "clearclip"), "has 'clearclip'"),
             ("methods", (), "is empty"),
             ("background", "otsu", "background is 'otsu'"),
+            ("dataset", "voc2012_segmentation", "not prepared .* prepare it with: .*dense_builders"),
             ("dataset", "cifar10", "has no masks or boxes")):
         tiny_config.evals = {"dense": {**base, key: value}}
         with pytest.raises((ConfigError, DataError), match=match):

@@ -9,7 +9,8 @@
 - `background`: the index of the background class in `classnames` (-1 where there is none),
   which evaluators decide by a threshold or by `background_prompts` instead of its name.
 Fashion-MNIST scenes (`data.scenes`) are generated at the model's image size; registered
-benchmarks with masks or boxes (`data.dense_benchmarks`) are resized to their protocol's size.
+benchmarks with masks or boxes (`data.dense_benchmarks`) are resized to their protocol's size
+on a padded square canvas (evaluated with sliding windows).
 `data.eval_sources` also serves scenes through the classification protocol (a canvas's label is
 the class of its largest item; test_single: its only item).
 """
@@ -20,6 +21,12 @@ from typing import Protocol
 import numpy as np
 
 from vlmjax.data.datasets import check_dataset, load_split
+from vlmjax.data.dense_benchmarks import (
+    BenchmarkDenseSource,
+    check_dense_benchmark,
+    dense_benchmarks,
+    is_dense_benchmark,
+)
 from vlmjax.data.scenes import (
     BACKGROUND,
     IGNORE,
@@ -156,16 +163,20 @@ __all__ = ["IGNORE", "DenseSource", "ScenesSource", "check_scenes", "scene_promp
 
 
 def open_dense_source(dataset: str, split: str, data_dir: str, image: Mapping, limit: int = 0,
-                      classnames_file: str = "", templates_file: str = "") -> DenseSource:
+                      classnames_file: str = "", templates_file: str = "", short_side: int = 0,
+                      canvas: int = 0) -> DenseSource:
     """The split as a DenseSource: a scene set at the model's `image` size, or a registered
-    dense benchmark at its protocol's size (`data.dense_benchmarks`)."""
+    dense benchmark at its protocol's size (`data.dense_benchmarks`; `short_side` / `canvas`
+    override the protocol's resize when positive)."""
     if dataset in SCENE_SETS:
         if classnames_file or templates_file:
             raise DataError(f"{dataset} names its classes itself; leave classnames_file and "
                             "templates_file empty")
         return ScenesSource(dataset, split, data_dir, image, limit)
-    raise DataError(f"dataset {dataset!r} has no masks or boxes: dense evaluation reads a scene "
-                    f"set ({', '.join(SCENE_SETS)})")
+    if is_dense_benchmark(dataset):
+        return BenchmarkDenseSource(dataset, split, data_dir, image, limit, classnames_file,
+                                    templates_file, short_side, canvas)
+    raise _not_dense(dataset)
 
 
 def check_dense_source(dataset: str, split: str, data_dir: str, key: str,
@@ -174,5 +185,13 @@ def check_dense_source(dataset: str, split: str, data_dir: str, key: str,
     if dataset in SCENE_SETS:
         check_scenes(dataset, split, data_dir, key, image)
         return
-    raise DataError(f"dataset {dataset!r} has no masks or boxes: dense evaluation reads a scene "
-                    f"set ({', '.join(SCENE_SETS)})")
+    if is_dense_benchmark(dataset):
+        check_dense_benchmark(dataset, split, data_dir)
+        return
+    raise _not_dense(dataset)
+
+
+def _not_dense(dataset: str) -> DataError:
+    return DataError(f"dataset {dataset!r} has no masks or boxes: dense evaluation reads a scene "
+                     f"set ({', '.join(SCENE_SETS)}) or a dense benchmark "
+                     f"({', '.join(dense_benchmarks())})")

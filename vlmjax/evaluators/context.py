@@ -103,11 +103,13 @@ class EvalContext:
                                 limit, split_file, classnames_file, templates_file)
 
     def open_dense_source(self, dataset: str, split: str, data_dir: str = "", limit: int = 0,
-                          classnames_file: str = "", templates_file: str = "") -> DenseSource:
+                          classnames_file: str = "", templates_file: str = "",
+                          short_side: int = 0, canvas: int = 0) -> DenseSource:
         """A split with masks and/or boxes (`data.dense_sources`): scene canvases at the model's
-        size, benchmark images at their protocol's size."""
+        size, benchmark images at their protocol's size (or `short_side` / `canvas`)."""
         return open_dense_source(dataset, split, self.default_data_dir(dataset, data_dir),
-                                 self.image, limit, classnames_file, templates_file)
+                                 self.image, limit, classnames_file, templates_file, short_side,
+                                 canvas)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -77,6 +77,9 @@ class Options:
     token_direction: str = "i2t"  # token-wise models: i2t | t2i | mean
     classnames_file: str = ""
     templates_file: str = ""
+    # Benchmarks: the resize of their protocol unless positive (shorter side, square canvas).
+    short_side: int = 0
+    canvas: int = 0
     overlays: int = 0  # PNG overlays of the first canvases (with overlay_dir)
     overlay_dir: str = ""
 
@@ -145,7 +148,8 @@ class DenseSegmentation:
                 raise ConfigError(f"dense method {method!r} is unknown; use {DENSE_METHODS}")
         self.ctx, self.name = ctx, f"dense_segmentation/{o.dataset}"
         self.source = ctx.open_dense_source(o.dataset, o.split, o.data_dir, o.num_images,
-                                            o.classnames_file, o.templates_file)
+                                            o.classnames_file, o.templates_file, o.short_side,
+                                            o.canvas)
         if not self.source.has_masks:
             raise DataError(f"{o.dataset} has boxes but no masks; evaluate it with kind "
                             "'region_classification'")
@@ -166,7 +170,7 @@ class DenseSegmentation:
         if o.background == "calibrated":
             self.calibration = ctx.open_dense_source(o.dataset, o.calibration_split, o.data_dir,
                                                      o.calibration_images, o.classnames_file,
-                                                     o.templates_file)
+                                                     o.templates_file, o.short_side, o.canvas)
         self._predict = {m: self._build(m) for m in o.methods}
 
     def _build(self, method: str) -> Any:

@@ -50,6 +50,9 @@ class Options:
     token_direction: str = "i2t"
     classnames_file: str = ""
     templates_file: str = ""
+    # Benchmarks: the resize of their protocol unless positive (shorter side, square canvas).
+    short_side: int = 0
+    canvas: int = 0
 
 
 def check(name: str, options: Options, facts: EvalFacts) -> None:
@@ -112,7 +115,8 @@ class RegionClassification:
                               "use methods=('crop',)")
         self.ctx, self.name = ctx, f"region_classification/{o.dataset}"
         self.source = ctx.open_dense_source(o.dataset, o.split, o.data_dir, o.num_images,
-                                            o.classnames_file, o.templates_file)
+                                            o.classnames_file, o.templates_file, o.short_side,
+                                            o.canvas)
         if not self.source.has_boxes:
             raise DataError(f"{o.dataset} has no boxes; evaluate it with kind 'dense_segmentation'")
         classnames, background = self.source.classnames, self.source.background
