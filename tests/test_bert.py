@@ -47,7 +47,7 @@ def randomised_bert(directory: str, width: int = 32, layers: int = 2, pooler: bo
     torch.manual_seed(seed)
     config = BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=width,
                         num_hidden_layers=layers, num_attention_heads=4,
-                        intermediate_size=2 * width, max_position_embeddings=40)
+                        intermediate_size=2 * width, max_position_embeddings=80)
     model = BertModel(config, add_pooling_layer=pooler).eval()
     g = torch.Generator().manual_seed(seed + 1)
     with torch.no_grad():

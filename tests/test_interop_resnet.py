@@ -85,12 +85,13 @@ def test_dense_tokens_and_training_mode_match_open_clip(reference, restored):
     projections, in the embedding's space. Training mode: BatchNorm by the batch's statistics
     (4 images), the running mean moved by open_clip's momentum 0.1."""
     import jax
+    import jax.numpy as jnp
     from flax import nnx
 
     from vlmjax.data.normalization import Normalization
     ref = _ref(reference)
     pixels = Normalization.from_config(restored.cfg["data"])(ref["images"])
-    model = nnx.merge(restored.layout.graphdef, jax.device_get(restored.params))
+    model = nnx.merge(restored.layout.graphdef, jax.tree.map(jnp.asarray, restored.params))
     tokens = np.asarray(model.image(pixels)["tokens"])
     assert tokens.shape == ref["image_tokens"].shape == (4, 4, 32)
     np.testing.assert_allclose(tokens, ref["image_tokens"], atol=1e-4, rtol=0)
