@@ -12,7 +12,7 @@ import os
 
 import ml_collections
 
-from vlmjax.config import load_config_file, select
+from vlmjax.config import complete, load_config_file
 from vlmjax.errors import ConfigError
 
 CLIP_DEMO = os.path.join(os.path.dirname(os.path.abspath(__file__)), "clip_fashion_mnist.py")
@@ -24,7 +24,9 @@ def get_config(arg: str = "clip") -> ml_collections.ConfigDict:
         raise ConfigError(f"{__file__}: unknown argument {arg!r}; choose clip or siglip "
                           "(path.py:siglip)")
     c = load_config_file(f"{CLIP_DEMO}:{arg}")
-    select(c, "model.image.kind", "resnet")
+    # A fresh image section: the ViT's keys would only be dropped (and logged) by a select.
+    c.model.image = ml_collections.ConfigDict(dict(kind="resnet", image_size=28, channels=1))
+    complete(c)
     c.model.image.update(layers=(1, 1, 1), width=16, stem_stride=2, strides=(2, 1, 1),
                          head_width=32, output_dim=96, proj="none")
     c.model.embed_dim = 96

@@ -8,7 +8,7 @@ import os
 
 import ml_collections
 
-from vlmjax.config import load_config_file, select
+from vlmjax.config import complete, load_config_file, select
 from vlmjax.errors import ConfigError
 
 TINY_CLIP = os.path.join(os.path.dirname(os.path.abspath(__file__)), "tiny_clip.py")
@@ -20,7 +20,9 @@ def get_config(arg: str = "clip") -> ml_collections.ConfigDict:
         raise ConfigError(f"{__file__}: unknown argument {arg!r}; choose clip | siglip | bert "
                           "(path.py:bert)")
     c = load_config_file(f"{TINY_CLIP}:{'siglip' if arg == 'siglip' else 'clip'}")
-    select(c, "model.image.kind", "resnet")
+    # A fresh image section: the ViT's keys would only be dropped (and logged) by a select.
+    c.model.image = ml_collections.ConfigDict(dict(kind="resnet", image_size=28, channels=1))
+    complete(c)
     # 28 -> 14 (stem) -> 7 (stage 1, anti-aliased) -> 7: features 2 * 8 * 4 = 64, 49 tokens.
     c.model.image.update(layers=(1, 1), width=8, stem_stride=2, strides=(2, 1), head_width=16,
                          output_dim=16, proj="none")
