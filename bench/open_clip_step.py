@@ -72,7 +72,6 @@ def build_model(arch: dict) -> torch.nn.Module:
         multimodal_cfg = dict(context_length=text["context_length"], vocab_size=text["vocab_size"],
                               width=text["width"], heads=text["heads"],
                               layers=coca["multimodal_depth"], mlp_ratio=text["mlp_dim"] // text["width"])
-        text_cfg["layers"] = coca["unimodal_depth"]
         model = open_clip.CoCa(arch["embed_dim"], multimodal_cfg, text_cfg, vision_cfg,
                                quick_gelu=arch["quick_gelu"])
     else:

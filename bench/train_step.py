@@ -395,7 +395,11 @@ def main() -> None:
             for name in names:
                 batch_path = os.path.join(tmp, f"{name}.npz")
                 _write_row_batch(name, overrides, batch_path)
-                results[name] = measure_row(name, vlm, ref, args, overrides, batch_path)
+                results[name] = r = measure_row(name, vlm, ref, args, overrides, batch_path)
+                compiled = (f", torch.compile {r['open_clip_compiled_s']:.3f} s"
+                            if "open_clip_compiled_s" in r else "")
+                print(f"  {name}: vlmjax {r['vlmjax_s']:.3f} s, open_clip {r['open_clip_s']:.3f} s"
+                      f"{compiled}, load {'/'.join(f'{x:.1f}' for x in r['load1'])}", flush=True)
     finally:
         vlm.close()
         ref.close()
