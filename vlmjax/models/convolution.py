@@ -9,9 +9,10 @@ Two implementations of the same sums (`impl`):
   2-core host of the measurements below runs as YNNPACK fusions);
 - "im2col": the k x k shifted views concatenated on the channel axis, then ONE matmul
   [b*h*w, k*k*c] x [k*k*c, out]; its backward is two matmuls and slices.
-"auto" is "xla" everywhere: on 2 CPU cores (bench/resnet_step.py) it was 3.3x faster on an
-RN50-shaped CLIP at 64 px and level with im2col on the demo's 7x7 stages. A 1 x 1 convolution
-with stride 1 is always one matmul.
+"auto" is "xla" everywhere: on 2 loaded CPU cores (bench/resnet_step.py) the two were within
+10% of each other on the demo, an RN50-shaped CLIP at 64 px and RN50 at 224 px, either ahead by
+turns (one early measurement under heavier load had im2col 3x slower), and on GPU XLA's is
+cuDNN's. A 1 x 1 convolution with stride 1 is always one matmul.
 """
 
 from collections.abc import Sequence
