@@ -99,9 +99,12 @@ def _bilinear(grid: np.ndarray, size: int) -> np.ndarray:
     return rows[:, lo] * (1 - t)[None, :, None] + rows[:, hi] * t[None, :, None]
 
 
-def _expected(data_dir: str, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _expected(data_dir: str, n: int, top_1: bool = False
+              ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(labels, predicted with background, best object class) of the first n test canvases,
-    from the masks: each cell's class (CONFUSED swapped) as one-hot scores, upsampled."""
+    from the masks: each cell's class (CONFUSED swapped) as one-hot scores, upsampled; with
+    `top_1` only the class of the canvas's centre pixel (the planted image-level prediction)
+    may win, others scoring -1e4 (every class when the centre is background: all tie at 0)."""
     source = open_dense_source("fashion_mnist_scenes_grid", "test", data_dir,
                                {"image_size": SIZE, "channels": 1}, limit=n)
     _, masks = source.rows(np.arange(n))
@@ -113,6 +116,10 @@ def _expected(data_dir: str, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray
             if value:
                 k = CONFUSED.get(value - 1, value - 1)
                 onehot[r, c, k] = 1.0
+        centre = mask[SIZE // 2, SIZE // 2]
+        if top_1 and centre:
+            keep = CONFUSED.get(centre - 1, centre - 1)
+            onehot[..., np.arange(10) != keep] = -1e4
         scores = _bilinear(onehot, SIZE)
         top = scores.argmax(-1)
         predicted.append(np.where(scores.max(-1) < 0.5, 0, top + 1))
@@ -154,6 +161,21 @@ def test_segmentation_of_a_planted_model_matches_numpy(ctx, data_dir, tmp_path):
     assert metrics["tokens/background_threshold"] == 0.5
     assert sorted(os.listdir(tmp_path)) == [f"fashion_mnist_scenes_grid_test_00{i}_tokens.png"
                                             for i in range(2)]
+
+
+def test_prompt_denoising_keeps_the_image_level_top_classes(ctx, data_dir):
+    n = 24
+    metrics = DenseSegmentation({"dataset": "fashion_mnist_scenes_grid", "num_images": n,
+                                 "batch_size": 8, "background": "threshold", "threshold": 0.5,
+                                 "image_top_k": 1}, ctx).run({})
+    labels, predicted, best = _expected(data_dir, n, top_1=True)
+    assert metrics["tokens/miou"] == pytest.approx(
+        np.nanmean([_iou(labels, predicted, k) for k in range(11)]))
+    fg = labels > 0
+    assert metrics["tokens/pixel_acc_fg"] == pytest.approx(np.mean(labels[fg] - 1 == best[fg]))
+    plain = DenseSegmentation({"dataset": "fashion_mnist_scenes_grid", "num_images": n,
+                               "batch_size": 8, "background": "threshold"}, ctx).run({})
+    assert metrics["tokens/miou"] < plain["tokens/miou"]  # the planted model names every item
 
 
 def test_calibrated_background_is_chosen_on_the_validation_split(ctx, data_dir):

@@ -88,6 +88,10 @@ def test_maskclip_and_sclip_match_a_numpy_last_block(scan, pool):
     tokens = dense_embeddings(model, images, "tokens")
     np.testing.assert_allclose(tokens.reshape(2, 9, 8), model.encode_image_tokens(images),
                                rtol=1e-6)
+    for method in ("tokens", "maskclip"):  # before normalisation: the same directions
+        raw = dense_embeddings(model, images, method, normalize=False)
+        np.testing.assert_allclose(raw / np.linalg.norm(raw, axis=-1, keepdims=True),
+                                   dense_embeddings(model, images, method), atol=1e-5)
     # The three readings differ: MaskCLIP drops the last attention, SCLIP rewrites it.
     assert not np.allclose(tokens, dense_embeddings(model, images, "maskclip"), atol=1e-3)
 
@@ -115,9 +119,10 @@ def test_resnet_tokens_are_the_value_path_and_sclip_is_refused():
     config = complete(ml_collections.ConfigDict({**base_config().to_dict(), "model": c})).to_dict()
     model = TwoTower(config["model"], vocab_size=20, context_length=5, rngs=nnx.Rngs(0))
     images = jax.random.normal(jax.random.key(2), (2, 16, 16, 3))
-    tokens = dense_embeddings(model, images, "tokens")
-    np.testing.assert_allclose(dense_embeddings(model, images, "maskclip"), tokens)
-    assert tokens.shape[1] * tokens.shape[2] == model.encode_image_tokens(images).shape[1]
+    dense = nnx.jit(dense_embeddings, static_argnames="method")  # eager convolutions are slow
+    tokens = dense(model, images, "tokens")
+    np.testing.assert_allclose(dense(model, images, "maskclip"), tokens)
+    assert tokens.shape[1:3] == (4, 4)  # the final feature map: 16 / 2 (stem) / 2 (stage 2)
     with pytest.raises(ConfigError, match="'sclip' rewrites a ViT's last attention block"):
         dense_embeddings(model, images, "sclip")
     with pytest.raises(ConfigError, match="unknown"):

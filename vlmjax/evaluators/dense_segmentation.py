@@ -7,15 +7,20 @@ per-patch class scores (`evaluators.dense_scoring`) are upsampled bilinearly to 
 overlapping windows averaged. A pixel's object class is its best-scoring class; whether it is
 background is decided (`background`) by
 - "none": never (datasets without a background class);
-- "threshold": its best score (cosine, or softmax probability at `softmax_scale`) is below
-  `threshold` (MaskCLIP's bg_thresh);
+- "threshold": its best score is below `threshold` (MaskCLIP's bg_thresh); the score
+  (`score`) is the cosine, the softmax probability at `softmax_scale`, or the "logit": the
+  patch embedding before L2 normalisation times the class embedding (an average-pooled
+  tower's patch contributes that much to its image's logit: background patches learn small
+  norms);
 - "prompts": a background prompt (the dataset's) outscores every class (MaskCLIP's extra
   background categories);
 - "calibrated": a threshold chosen to maximise mIoU on `calibration_split` (the scenes'
   held-out "val" canvases), never on the split evaluated;
 - "model": the family's own sigmoid decision, p = sigmoid(exp(logit_scale) cos + logit_bias)
   < 1/2 for every class (SigLIP and the patch-phrase objective learn the bias in pre-training).
-Reports per method mIoU and pixel accuracy with background and foreground only
+`image_top_k` > 0 keeps, per window, only the classes its image-level zero-shot ranks in the
+top k (MaskCLIP's prompt denoising with its class-token predictions). Reports per method mIoU
+and pixel accuracy with background and foreground only
 (`evaluators.dense_metrics`), per-class IoU, and writes PNG overlays of the first `overlays`
 canvases (image | truth | prediction) to `overlay_dir`.
 """
@@ -53,8 +58,9 @@ from vlmjax.parallel.mesh import replicated
 
 log = logging.getLogger(__name__)
 BACKGROUNDS = ("none", "threshold", "prompts", "calibrated", "model")
-SCORES = ("cosine", "probability")
+SCORES = ("cosine", "probability", "logit")
 CALIBRATION_CANDIDATES = 101
+SUPPRESSED = -1e4  # the score of a class prompt denoising removed (finite: windows average it)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -69,11 +75,14 @@ class Options:
     methods: tuple[str, ...] = ("tokens",)  # models.dense.DENSE_METHODS
     background: str = "calibrated"  # BACKGROUNDS (module doc)
     threshold: float = 0.5  # background="threshold"
-    score: str = "cosine"  # what a threshold compares: cosine | probability
+    score: str = "cosine"  # what a threshold compares: cosine | probability | logit
     softmax_scale: float = 100.0  # score="probability": softmax(scale * cosine) over classes
     calibration_split: str = "val"
     calibration_images: int = 300
     stride: int = 0  # sliding-window stride; 0: half the model's image size
+    # MaskCLIP's prompt denoising (its top-k text classes): only the k classes the whole window
+    # scores best (image-level zero-shot) may label its pixels; 0: every class.
+    image_top_k: int = 0
     token_direction: str = "i2t"  # token-wise models: i2t | t2i | mean
     classnames_file: str = ""
     templates_file: str = ""
@@ -101,9 +110,9 @@ def check(name: str, options: Options, facts: EvalFacts) -> None:
     if o.background == "model" and o.score != "cosine":
         fail(f"evals.{name}.score", "must be 'cosine' with background='model'",
              "set score='cosine' (the model's sigmoid reads cosines)")
-    if o.batch_size <= 0 or o.num_images < 0 or o.stride < 0 or o.overlays < 0:
+    if min(o.num_images, o.stride, o.overlays, o.image_top_k) < 0 or o.batch_size <= 0:
         fail(f"evals.{name}", "has a negative or zero size (batch_size, num_images, stride, "
-             "overlays)", "use batch_size > 0 and non-negative others")
+             "overlays, image_top_k)", "use batch_size > 0 and non-negative others")
     if o.overlays and not o.overlay_dir:
         fail(f"evals.{name}.overlay_dir", "is empty but overlays > 0", "name a directory")
     facts.check_dense_source(name, o.dataset, o.split, o.data_dir)
@@ -146,7 +155,9 @@ class DenseSegmentation:
         for method in o.methods:
             if method not in DENSE_METHODS:
                 raise ConfigError(f"dense method {method!r} is unknown; use {DENSE_METHODS}")
-        self.ctx, self.name = ctx, f"dense_segmentation/{o.dataset}"
+        # One name per dataset and background decision (several may run side by side).
+        suffix = "" if o.background == Options.background else f"/{o.background}"
+        self.ctx, self.name = ctx, f"dense_segmentation/{o.dataset}{suffix}"
         self.source = ctx.open_dense_source(o.dataset, o.split, o.data_dir, o.num_images,
                                             o.classnames_file, o.templates_file, o.short_side,
                                             o.canvas)
@@ -165,6 +176,10 @@ class DenseSegmentation:
             raise DataError(f"{o.dataset} has no background prompts; use another background")
         self.prompts = DensePrompts(ctx, [classnames[i] for i in self.objects],
                                     self.source.templates, extra, o.token_direction)
+        if o.score == "logit" and ctx.model.scoring != "embedding":
+            raise ConfigError(f"evals score='logit' reads patch embeddings before normalisation; "
+                              f"the {ctx.model.scoring} scoring of {ctx.model.name} compares "
+                              "normalised tokens: use score='cosine'")
         self.source.rows(np.arange(min(1, self.source.num_rows)))  # masks checked before compiling
         self.calibration = None
         if o.background == "calibrated":
@@ -187,7 +202,15 @@ class DenseSegmentation:
             b, h, w = x.shape[:3]
             crops = jnp.stack([x[:, y:y + size, c:c + size] for y, c in corners], axis=1)
             crops = crops.reshape(b * len(corners), size, size, x.shape[-1])
-            scores = patch_scores(scoring, dense_embeddings(model, crops, method), classifier)
+            features = dense_embeddings(model, crops, method, normalize=o.score != "logit")
+            scores = patch_scores(scoring, features, classifier)
+            if o.image_top_k:  # classes outside the window's top k cannot win (nor average in)
+                present = scoring.class_scores(scoring.image_features(model, crops), classifier)
+                present = present[:, :num_objects]
+                kept = present >= jax.lax.top_k(present, o.image_top_k)[0][:, -1:]
+                kept = jnp.concatenate([kept, jnp.ones((kept.shape[0], scores.shape[-1] -
+                                                        num_objects), bool)], axis=1)
+                scores = jnp.where(kept[:, None, None, :], scores, SUPPRESSED)
             scores = jax.image.resize(scores, (*scores.shape[:1], size, size, scores.shape[-1]),
                                       "linear").reshape(b, len(corners), size, size, -1)
             total = jnp.zeros((b, h, w, scores.shape[-1]), scores.dtype)
@@ -198,7 +221,7 @@ class DenseSegmentation:
             total = total / count
             objects = total[..., :num_objects]
             best = jnp.argmax(objects, axis=-1).astype(jnp.int32)
-            cosine = objects.max(axis=-1)
+            cosine = objects.max(axis=-1)  # ("logit": before normalisation)
             score = (jax.nn.softmax(o.softmax_scale * objects, axis=-1).max(axis=-1)
                      if o.score == "probability" else cosine)
             extra = total[..., num_objects:]

@@ -125,17 +125,22 @@ def check_dense_method(model: Any, method: str) -> None:
                           f"{type(tower).__name__}; use method 'tokens'")
 
 
-def dense_embeddings(model: Any, images: jax.Array, method: str = "tokens") -> jax.Array:
-    """Normalised images [b, H, W, c] -> L2-normalised joint-space embeddings [b, h, w, e] of
-    every patch (module doc); `model` is a family with an image tower and `image_proj`."""
+def dense_embeddings(model: Any, images: jax.Array, method: str = "tokens",
+                     normalize: bool = True) -> jax.Array:
+    """Normalised images [b, H, W, c] -> joint-space embeddings [b, h, w, e] of every patch
+    (module doc), L2-normalised unless `normalize` is False (then a patch's norm is its weight
+    in an average-pooled image embedding); `model`: a family with an image tower and
+    `image_proj`."""
     check_dense_method(model, method)
     tower = model.image
     if method == "tokens" or isinstance(tower, ModifiedResNet):
+        if not normalize:
+            return _grid(model.image_proj(tower(images)["tokens"]).astype(jnp.float32))
         return _grid(model.encode_image_tokens(images))
     x = vit_embed(tower, images)
     blocks = encoder_layers(tower.encoder)
     for block in blocks[:-1]:
         x = block(x)
     x = tower.ln_post(last_block(blocks[-1], x, method))
-    tokens = x[:, 1:] if tower.cfg.pool == "cls" else x
-    return _grid(l2_normalize(model.image_proj(tokens)))
+    tokens = model.image_proj(x[:, 1:] if tower.cfg.pool == "cls" else x).astype(jnp.float32)
+    return _grid(l2_normalize(tokens) if normalize else tokens)

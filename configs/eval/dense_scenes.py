@@ -1,0 +1,29 @@
+"""Evaluation suite: every background decision of zero-shot segmentation on Fashion-MNIST scenes.
+
+    python -m vlmjax.evaluate --workdir RUN --config configs/eval/dense_scenes.py[:DATASET]
+
+For a run trained on scenes (configs/demo/dense_fashion_mnist.py): segmentation of the test
+canvases with background by a threshold calibrated on the held-out "val" canvases, by the
+scenes' background prompts, and (models with a logit bias) by the model's own sigmoid; image-
+level zero-shot on one-item canvases; region classification by crops and RoI pooling. DATASET:
+fashion_mnist_scenes (default) or fashion_mnist_scenes_grid.
+"""
+
+import ml_collections
+
+METHODS = ("tokens", "maskclip", "sclip")
+
+
+def get_config(arg: str = "fashion_mnist_scenes") -> ml_collections.ConfigDict:
+    c = ml_collections.ConfigDict()
+    c.evals = ml_collections.ConfigDict()
+    c.evals.zeroshot = ml_collections.ConfigDict(dict(
+        kind="zeroshot", dataset=arg, split="test_single", num_images=2000, batch_size=500))
+    for background in ("calibrated", "prompts"):
+        c.evals[f"dense_{background}"] = ml_collections.ConfigDict(dict(
+            kind="dense_segmentation", dataset=arg, split="test", num_images=1000,
+            methods=METHODS, background=background))
+    c.evals.regions = ml_collections.ConfigDict(dict(
+        kind="region_classification", dataset=arg, split="test", num_images=1000,
+        methods=("crop", *METHODS)))
+    return c

@@ -1,0 +1,155 @@
+"""The patch-to-phrase objective against NumPy (pooling, positives with duplicates, both
+directions of the multiple-instance contrast), the patch_phrase model's outputs, and a tiny run
+on scenes (the scenes source and the objective registered with monkeypatch, as the lead's
+registry lines will) that trains, evaluates dense and resumes exactly."""
+
+import json
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from tests.conftest import REPO
+from vlmjax.models.embedding import l2_normalize
+from vlmjax.objectives import patch_phrase as objective
+from vlmjax.objectives.contrastive import clip_loss
+
+TINY = os.path.join(REPO, "configs", "test", "tiny_dense.py")
+
+
+def _softmax_ce(logits: np.ndarray, targets: np.ndarray) -> float:
+    """Cross-entropy of softmax(logits) against targets spread evenly over their True entries."""
+    logp = logits - np.log(np.exp(logits - logits.max()).sum()) - logits.max()
+    return -float(np.sum(logp[targets]) / targets.sum())
+
+
+@pytest.mark.parametrize("pool", objective.POOLS)
+def test_pooled_scores_match_numpy(pool):
+    rng = np.random.default_rng(0)
+    patches = l2_normalize(jnp.asarray(rng.normal(size=(3, 5, 4))))
+    phrases = l2_normalize(jnp.asarray(rng.normal(size=(6, 4))))
+    got = objective.pooled_scores(patches, phrases, pool, temperature=0.2)
+    sims = np.einsum("bne,pe->bpn", np.asarray(patches, np.float64), np.asarray(phrases, np.float64))
+    if pool == "max":
+        want = sims.max(-1)
+    elif pool == "mean":
+        want = sims.mean(-1)
+    else:
+        w = np.exp(sims / 0.2)
+        want = (w / w.sum(-1, keepdims=True) * sims).sum(-1)
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+
+
+def test_positives_are_own_phrases_and_identical_duplicates():
+    # 3 images x 2 phrase slots; image 2's second slot is empty; image 1 repeats image 0's
+    # first phrase (same tokens).
+    ids = np.array([[[5, 6], [7, 0]], [[5, 6], [8, 9]], [[4, 0], [0, 0]]])
+    valid = np.array([[True, True], [True, True], [True, False]])
+    got = np.asarray(objective.phrase_positives(jnp.asarray(ids), jnp.asarray(valid)))
+    want = np.array([[1, 1, 1, 0, 0, 0],
+                     [1, 0, 1, 1, 0, 0],
+                     [0, 0, 0, 0, 1, 0]], bool)
+    np.testing.assert_array_equal(got, want)
+    own = np.asarray(objective.phrase_positives(jnp.asarray(ids), jnp.asarray(valid), False))
+    np.testing.assert_array_equal(own, [[1, 1, 0, 0, 0, 0], [0, 0, 1, 1, 0, 0],
+                                        [0, 0, 0, 0, 1, 0]])
+
+
+def test_local_loss_is_both_directions_of_a_soft_cross_entropy():
+    rng = np.random.default_rng(1)
+    ids = np.array([[[5, 6], [7, 0]], [[5, 6], [8, 9]], [[4, 0], [0, 0]]])
+    valid = np.array([[True, True], [True, True], [True, False]])
+    positives = np.asarray(objective.phrase_positives(jnp.asarray(ids), jnp.asarray(valid)))
+    scores = rng.normal(size=(3, 6)) * 3
+    loss, metrics = objective.local_loss(jnp.asarray(scores), jnp.asarray(positives),
+                                         jnp.asarray(valid))
+    flat_valid = valid.reshape(-1)
+    p2i = np.mean([_softmax_ce(scores[:, q], positives[:, q]) for q in range(6) if flat_valid[q]])
+    i2p = np.mean([_softmax_ce(scores[i, flat_valid], positives[i, flat_valid]) for i in range(3)])
+    assert float(loss) == pytest.approx((p2i + i2p) / 2, rel=1e-5)
+    best = scores.argmax(axis=0)
+    accuracy = np.mean([positives[best[q], q] for q in range(6) if flat_valid[q]])
+    assert float(metrics["phrase_to_image_accuracy"]) == pytest.approx(accuracy)
+    grads = jax.grad(lambda s: objective.local_loss(s, jnp.asarray(positives),
+                                                    jnp.asarray(valid))[0])(jnp.asarray(scores))
+    assert np.all(np.isfinite(grads)) and np.all(np.asarray(grads)[:, ~flat_valid] == 0)
+
+
+def test_loss_is_the_global_loss_plus_the_weighted_local_term():
+    rng = np.random.default_rng(2)
+    b, k, n, e = 4, 2, 3, 8
+    unit = lambda *s: l2_normalize(jnp.asarray(rng.normal(size=s)))  # noqa: E731
+    ids = jnp.asarray(rng.integers(1, 9, size=(b, k, 3)))
+    valid = jnp.asarray(rng.random((b, k)) < 0.8).at[:, 0].set(True)
+    outputs = {"image_embed": unit(b, e), "text_embed": unit(b, e), "patch_embed": unit(b, n, e),
+               "phrase_embed": unit(b, k, e), "phrase_valid": valid,
+               "logit_scale": jnp.float32(10.0), "phrase_logit_scale": jnp.float32(5.0)}
+    options = {"local_weight": 0.5, "pool": "max"}
+    loss, metrics = objective.patch_phrase_loss(outputs, options, {"phrases": ids})
+    global_loss = clip_loss(outputs, {})[0]
+    pooled = objective.pooled_scores(outputs["patch_embed"], outputs["phrase_embed"].reshape(
+        b * k, e), "max")
+    local = objective.local_loss(5.0 * pooled, objective.phrase_positives(ids, valid), valid)[0]
+    assert float(loss) == pytest.approx(float(global_loss + 0.5 * local), rel=1e-6)
+    assert float(metrics["local_loss"]) == pytest.approx(float(local), rel=1e-6)
+
+
+def _register(monkeypatch):
+    """The lead's registry lines (data.registry, objectives.registry), as monkeypatches."""
+    from vlmjax.data import registry as data_registry
+    from vlmjax.data.scenes_source import scenes_source
+    from vlmjax.objectives import registry as objective_registry
+    monkeypatch.setitem(data_registry.TRAIN_SOURCES._entries, "fashion_mnist_scenes",
+                        scenes_source("fashion_mnist_scenes"))
+    monkeypatch.setitem(objective_registry.OBJECTIVES._entries, "patch_phrase",
+                        objective.PATCH_PHRASE)
+
+
+def test_model_outputs_patches_and_phrases(monkeypatch):
+    _register(monkeypatch)
+    from vlmjax.config import load_config_file
+    from vlmjax.models.patch_phrase import PatchPhrase
+    cfg = load_config_file(TINY).to_dict()
+    model = PatchPhrase(cfg["model"], vocab_size=50, context_length=24, rngs=nnx.Rngs(0))
+    batch = {"image": jnp.zeros((2, 16, 16, 1)), "text": jnp.ones((2, 24), jnp.int32),
+             "text_mask": jnp.ones((2, 24), bool), "phrases": jnp.ones((2, 4, 6), jnp.int32),
+             "phrase_mask": jnp.zeros((2, 4, 6), bool).at[:, :2, :3].set(True)}
+    out = model(batch)
+    assert out["patch_embed"].shape == (2, 4, 16) and out["phrase_embed"].shape == (2, 4, 16)
+    np.testing.assert_array_equal(out["phrase_valid"], [[1, 1, 0, 0], [1, 1, 0, 0]])
+    np.testing.assert_allclose(out["patch_embed"], model.encode_image_tokens(batch["image"]),
+                               rtol=1e-6)
+    np.testing.assert_allclose(out["phrase_embed"][:, 0], model.encode_text(
+        batch["phrases"][:, 0], batch["phrase_mask"][:, 0]), rtol=1e-6)
+    with pytest.raises(ValueError, match="data.phrases=True"):
+        model({k: v for k, v in batch.items() if not k.startswith("phrase")})
+
+
+def test_a_tiny_run_on_scenes_trains_evaluates_and_resumes(monkeypatch, synthetic_data_dir,
+                                                          tmp_path):
+    _register(monkeypatch)
+    from vlmjax.config import load_config_file
+    from vlmjax.errors import ConfigError
+    from vlmjax.train.loop import train
+    config = load_config_file(TINY)
+    config.data.dir = synthetic_data_dir
+    results = train(config, str(tmp_path / "run"))
+    dense = results["evals"]["dense_segmentation/fashion_mnist_scenes"]
+    assert {f"{m}/miou_fg" for m in ("tokens", "maskclip", "sclip")} <= set(dense)
+    assert 0 <= dense["tokens/miou"] <= 1
+    assert "crop/acc1" in results["evals"]["region_classification/fashion_mnist_scenes"]
+    # Stopped at step 3 and resumed, the run ends with the same parameters as in one go.
+    config.train.num_steps = 3
+    train(config.copy_and_resolve_references(), str(tmp_path / "split"))
+    config.train.num_steps = 6
+    resumed = train(config, str(tmp_path / "split"))
+    assert resumed["evals"] == results["evals"]
+    with open(tmp_path / "run" / "metrics.jsonl") as f:
+        losses = [json.loads(line) for line in f if '"local_loss"' in line]
+    assert losses and all(np.isfinite(r["local_loss"]) for r in losses)
+    config.data.phrases = False
+    with pytest.raises(ConfigError, match="data.phrases"):
+        train(config, str(tmp_path / "nophrases"))
