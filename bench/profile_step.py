@@ -11,11 +11,13 @@ HLO instruction:
 
 - matmul (dense): dots of the dense layers, projections, patch embedding and their gradients;
 - matmul (tiny, batched): dots whose per-matrix M*N*K is below 64^3 (attention per head);
-- attention (non-matmul): softmax, masking and scaling inside `dot_product_attention`;
+- attention (non-matmul): softmax, masking and scaling (ops in `layers.attention`'s
+  "attention_core" name scope);
 - layout copies: copy / transpose instructions and fusions that only move data;
-- layernorm, loss (objectives/), optimizer (optax, the update and the skip-on-non-finite
-  select), other elementwise (activations, residual adds, normalisation of the input);
-- host overhead: the step's wall time not covered by the XLA program (dispatch, Python).
+- layernorm, loss (objectives/), optimizer (optax and the update in train_step), other
+  elementwise (activations, residual adds, bias gradients, normalisation of the input);
+- host overhead: the step's wall time outside the XLA program's first op to last op (the
+  Python call, argument handling and dispatch, waiting for the result).
 
 Op times are per-thread durations summed over XLA's threads, so the shares are of the summed
 op time ("thread time"); the program span and the host overhead are wall times. Prints one
@@ -47,6 +49,11 @@ class Instruction:
     calls: str
     frame: int
     text: str
+
+    @property
+    def op_name(self) -> str:
+        m = re.search(r'op_name="([^"]*)"', self.text)
+        return m.group(1) if m else ""
 
 
 def parse_hlo(text: str) -> tuple[dict[str, Instruction], dict[str, list[Instruction]],
@@ -153,7 +160,7 @@ def classify(ins: Instruction, computations: dict, by_name: dict, stacks: dict) 
         return "layout copies"
     if "optax" in files or "train_step" in funcs and "loss_and_grads" not in funcs:
         return "optimizer"
-    if "dot_product_attention" in funcs or "_dot_product_attention_xla" in funcs:
+    if any("attention_core" in i.op_name for i in [ins, *body]):  # layers.attention's scope
         return "attention (non-matmul)"
     if "/objectives/" in files:
         return "loss"
@@ -181,14 +188,16 @@ def profile_row(name: str, steps: int, overrides: list[str], tmp: str) -> dict:
     data = jax.profiler.ProfileData.from_file(
         sorted(glob.glob(f"{trace_dir}/**/*.xplane.pb", recursive=True))[-1])
     per_op = collections.Counter()
-    first, last = float("inf"), 0.0
+    spans: dict = {}  # run id -> (first op start, last op end): one execution of the step
     for plane in data.planes:
         for line in plane.lines:
             for ev in line.events:
                 stats = dict(ev.stats)
                 if "hlo_op" in stats:
                     per_op[stats["hlo_op"]] += ev.duration_ns
-                    first, last = min(first, ev.start_ns), max(last, ev.start_ns + ev.duration_ns)
+                    first, last = spans.get(stats.get("run_id"), (float("inf"), 0.0))
+                    spans[stats.get("run_id")] = (min(first, ev.start_ns),
+                                                  max(last, ev.start_ns + ev.duration_ns))
     shares = collections.Counter()
     for op, ns in per_op.items():
         ins = by_name.get(op)
@@ -196,7 +205,7 @@ def profile_row(name: str, steps: int, overrides: list[str], tmp: str) -> dict:
     total = sum(per_op.values())
     step_s = statistics.median(wall)
     traced_s = statistics.median(traced)
-    span_s = (last - first) / 1e9 / steps  # XLA program wall time per step (incl. gaps)
+    span_s = statistics.median(end - start for start, end in spans.values()) / 1e9
     return {
         "step_s": step_s, "traced_step_s": traced_s, "op_thread_s": total / 1e9 / steps,
         "program_span_s": span_s, "host_overhead_s": max(0.0, traced_s - span_s),
