@@ -105,6 +105,7 @@ def rows(results: dict) -> list[dict]:
             calibrated = evals[f"dense_segmentation/{d}"]
             row[f"{m}_miou_fg"] = calibrated[f"{m}/miou_fg"]
             row[f"{m}_miou_bg_calibrated"] = calibrated[f"{m}/miou"]
+            row[f"{m}_miou_bg_learned"] = evals[f"dense_segmentation/{d}/learned"][f"{m}/miou"]
             row[f"{m}_miou_bg_prompts"] = evals[f"dense_segmentation/{d}/prompts"][f"{m}/miou"]
             row[f"{m}_roi_acc1"] = evals[f"region_classification/{d}"][f"{m}/acc1"]
         out.append(row)
@@ -114,17 +115,19 @@ def rows(results: dict) -> list[dict]:
 def markdown(table: list[dict], times: dict, dataset: str) -> str:
     pct = lambda v: f"{100 * v:.1f}"  # noqa: E731
     lines = ["| objective | steps | step (s) | zero-shot acc1 | " + " | ".join(
-        f"{m} mIoU fg / bg cal. / bg prompts" for m in METHODS) + " | region acc1 crop / " +
+        f"{m} mIoU fg / bg cal. / bg learned / bg prompts" for m in METHODS) +
+        " | region acc1 crop / " +
         " / ".join(f"RoI {m}" for m in METHODS) + " |",
         "|---" * (5 + len(METHODS)) + "|"]
     for r in table:
         dense = " | ".join(f"{pct(r[f'{m}_miou_fg'])} / {pct(r[f'{m}_miou_bg_calibrated'])} / "
-                           f"{pct(r[f'{m}_miou_bg_prompts'])}" for m in METHODS)
+                           f"{pct(r[f'{m}_miou_bg_learned'])} / {pct(r[f'{m}_miou_bg_prompts'])}"
+                           for m in METHODS)
         regions = " / ".join([pct(r["crop_acc1"])] + [pct(r[f"{m}_roi_acc1"]) for m in METHODS])
         lines.append(f"| {r['objective']} | {r['steps']} | {times[r['objective']]:.3f} | "
                      f"{pct(r['acc1'])} | {dense} | {regions} |")
-    lines += ["", f"Survey layout: zero-shot segmentation mIoU (%, background calibrated on "
-              f"held-out canvases), methods x datasets", "",
+    lines += ["", "Survey layout: zero-shot segmentation mIoU (%, background calibrated on "
+              "held-out canvases), methods x datasets", "",
               f"| method | {dataset} (with background) | {dataset} (foreground only) |",
               "|---|---|---|"]
     for r in table:

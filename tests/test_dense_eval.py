@@ -46,32 +46,42 @@ def data_dir(tmp_path_factory) -> str:
     return d
 
 
+def _classes(pixels: jax.Array) -> jax.Array:
+    """The class a brightness names (CONFUSED swapped), 10 for background."""
+    value = pixels * 255.0
+    k = jnp.clip(jnp.round((value - 40) / 20), 0, 9).astype(jnp.int32)
+    for true, wrong in CONFUSED.items():
+        k = jnp.where(k == true, wrong, k)
+    return jnp.where(value > 20, k, 10)
+
+
 class Tower(nnx.Module):
-    """A stand-in image tower (dense methods need one)."""
+    """Each patch's token names the class of its mean brightness (the background its own)."""
+
+    def __call__(self, images: jax.Array) -> dict:
+        b, h, w, _ = images.shape
+        cells = images[..., 0].reshape(b, h // PATCH, PATCH, w // PATCH, PATCH).mean((2, 4))
+        return {"tokens": jax.nn.one_hot(_classes(cells).reshape(b, -1), 11)}
+
+
+class Identity(nnx.Module):
+    def __call__(self, x: jax.Array) -> jax.Array:
+        return x
 
 
 class PlantedDense(nnx.Module):
-    """Each patch's embedding names the class of its mean brightness (CONFUSED swapped), the
-    background its own direction; texts embed the class the tokenizer found."""
+    """A two-tower stand-in: patch tokens name classes (Tower), the image embedding the class
+    of the centre pixel, texts the class the tokenizer found."""
 
     def __init__(self):
-        self.image = Tower()
-
-    def _classes(self, pixels: jax.Array) -> jax.Array:
-        value = pixels * 255.0
-        k = jnp.clip(jnp.round((value - 40) / 20), 0, 9).astype(jnp.int32)
-        for true, wrong in CONFUSED.items():
-            k = jnp.where(k == true, wrong, k)
-        return jnp.where(value > 20, k, 10)
+        self.image, self.image_proj = Tower(), Identity()
 
     def encode_image_tokens(self, images: jax.Array) -> jax.Array:
-        b, h, w, _ = images.shape
-        cells = images[..., 0].reshape(b, h // PATCH, PATCH, w // PATCH, PATCH).mean((2, 4))
-        return jax.nn.one_hot(self._classes(cells).reshape(b, -1), 11)
+        return self.image_proj(self.image(images)["tokens"])
 
     def encode_image(self, images: jax.Array) -> jax.Array:
-        centre = images[:, images.shape[1] // 2, images.shape[2] // 2, 0]
-        return jax.nn.one_hot(self._classes(centre), 11)
+        return jax.nn.one_hot(_classes(images[:, images.shape[1] // 2, images.shape[2] // 2, 0]),
+                              11)
 
     def encode_text(self, ids: jax.Array, mask: jax.Array) -> jax.Array:
         return jax.nn.one_hot(ids[:, 0], 11)

@@ -7,8 +7,8 @@ region classification of the ground-truth boxes (crops vs RoI-pooled patch token
 - "patch_phrase" (default): CLIP plus the local patch-to-phrase term (objectives.patch_phrase);
 - "clip", "siglip": the global objectives only;
 - "filip": token-wise late interaction (FILIP), scored token-wise.
-Background pixels: a threshold on the best class score calibrated on held-out canvases (the
-scenes' "val" split), never on the test canvases.
+Background pixels: a logistic rule on (best class score, patch norm, background-prompt margin)
+fit on held-out canvases (the scenes' "val" split), never on the test canvases.
 The CLIP demo's widths, patch 7 (an 8x8 grid), batch 128, sized for about 13 minutes of
 training and evaluation on 2 CPU cores; `:grid` uses the 2x2-grid scenes of 1-3 items.
 """
@@ -73,7 +73,7 @@ def get_config(arg: str = "patch_phrase") -> ml_collections.ConfigDict:
     c.evals.dense = ml_collections.ConfigDict(dict(
         kind="dense_segmentation", dataset=dataset, split="test", num_images=1000,
         methods=("tokens", "maskclip", "sclip"),
-        background="calibrated"))
+        background="learned"))
     c.evals.regions = ml_collections.ConfigDict(dict(
         kind="region_classification", dataset=dataset, split="test", num_images=1000,
         methods=("crop", "tokens", "maskclip", "sclip")))

@@ -5,19 +5,14 @@ correlative attention) the canvas is covered by windows of the model's image siz
 when they are equal; else `stride` apart, SCLIP's sliding-window inference), each window's
 per-patch class scores (`evaluators.dense_scoring`) are upsampled bilinearly to its pixels and
 overlapping windows averaged. A pixel's object class is its best-scoring class; whether it is
-background is decided (`background`) by
-- "none": never (datasets without a background class);
-- "threshold": its best score is below `threshold` (MaskCLIP's bg_thresh); the score
-  (`score`) is the cosine, the softmax probability at `softmax_scale`, or the "logit": the
-  patch embedding before L2 normalisation times the class embedding (an average-pooled
-  tower's patch contributes that much to its image's logit: background patches learn small
-  norms);
-- "prompts": a background prompt (the dataset's) outscores every class (MaskCLIP's extra
-  background categories);
-- "calibrated": a threshold chosen to maximise mIoU on `calibration_split` (the scenes'
-  held-out "val" canvases), never on the split evaluated;
-- "model": the family's own sigmoid decision, p = sigmoid(exp(logit_scale) cos + logit_bias)
-  < 1/2 for every class (SigLIP and the patch-phrase objective learn the bias in pre-training).
+background is decided by a rule (`background`, `evaluators.dense_background`): never ("none"),
+its best score (cosine, softmax probability at `softmax_scale`, or "logit": the patch
+embedding before normalisation times the class embedding) below `threshold` (MaskCLIP's
+bg_thresh), a background prompt outscoring every class ("prompts", MaskCLIP's extra
+background categories), the model's own sigmoid at 1/2 ("model": SigLIP's learned bias), a
+threshold calibrated to maximise mIoU on `calibration_split` ("calibrated": the scenes'
+held-out "val" canvases, never the split evaluated), or a logistic rule on the best score, the
+patch norm and the prompt margin fit on that split ("learned").
 `image_top_k` > 0 keeps, per window, only the classes its image-level zero-shot ranks in the
 top k (MaskCLIP's prompt denoising with its class-token predictions). Reports per method mIoU
 and pixel accuracy with background and foreground only
@@ -41,13 +36,8 @@ from tqdm import tqdm
 from vlmjax.data.prefetch import process_rows, to_global
 from vlmjax.errors import ConfigError, DataError
 from vlmjax.evaluators.context import EvalContext, EvalFacts
-from vlmjax.evaluators.dense_metrics import (
-    IGNORE,
-    confusion,
-    foreground_labels,
-    iou_per_class,
-    segmentation_metrics,
-)
+from vlmjax.evaluators.dense_background import FEATURES, BackgroundRule, fit_rule
+from vlmjax.evaluators.dense_metrics import IGNORE, confusion, foreground_labels, segmentation_metrics
 from vlmjax.evaluators.dense_scoring import DensePrompts, patch_scores
 from vlmjax.evaluators.global_batches import replicate
 from vlmjax.evaluators.scoring import TOKEN_DIRECTIONS
@@ -57,9 +47,9 @@ from vlmjax.options import fail
 from vlmjax.parallel.mesh import replicated
 
 log = logging.getLogger(__name__)
-BACKGROUNDS = ("none", "threshold", "prompts", "calibrated", "model")
+BACKGROUNDS = ("none", "threshold", "prompts", "calibrated", "model", "learned")
+FITTED = ("calibrated", "learned")  # rules fit on the calibration split
 SCORES = ("cosine", "probability", "logit")
-CALIBRATION_CANDIDATES = 101
 SUPPRESSED = -1e4  # the score of a class prompt denoising removed (finite: windows average it)
 
 
@@ -116,7 +106,7 @@ def check(name: str, options: Options, facts: EvalFacts) -> None:
     if o.overlays and not o.overlay_dir:
         fail(f"evals.{name}.overlay_dir", "is empty but overlays > 0", "name a directory")
     facts.check_dense_source(name, o.dataset, o.split, o.data_dir)
-    if o.background == "calibrated":
+    if o.background in FITTED:
         facts.check_dense_source(name, o.dataset, o.calibration_split, o.data_dir)
 
 
@@ -171,7 +161,7 @@ class DenseSegmentation:
         if o.background != "none" and background < 0:
             raise ConfigError(f"evals background={o.background!r} but {o.dataset} has no "
                               "background class; use background='none'")
-        extra = self.source.background_prompts if o.background == "prompts" else []
+        extra = self.source.background_prompts if o.background in ("prompts", "learned") else []
         if o.background == "prompts" and not extra:
             raise DataError(f"{o.dataset} has no background prompts; use another background")
         self.prompts = DensePrompts(ctx, [classnames[i] for i in self.objects],
@@ -182,15 +172,15 @@ class DenseSegmentation:
                               "normalised tokens: use score='cosine'")
         self.source.rows(np.arange(min(1, self.source.num_rows)))  # masks checked before compiling
         self.calibration = None
-        if o.background == "calibrated":
+        if o.background in FITTED:
             self.calibration = ctx.open_dense_source(o.dataset, o.calibration_split, o.data_dir,
                                                      o.calibration_images, o.classnames_file,
                                                      o.templates_file, o.short_side, o.canvas)
         self._predict = {m: self._build(m) for m in o.methods}
 
     def _build(self, method: str) -> Any:
-        """The jitted (params, uint8 canvases, classifier) -> per pixel (best object class, the
-        score thresholds compare (`score`), its cosine, the best background prompt's cosine)."""
+        """The jitted (params, uint8 canvases, classifier) -> per pixel the best object class
+        and the decision features [..., 3] (`dense_background.FEATURES`)."""
         o, ctx = self.options, self.ctx
         size, num_objects = ctx.image_size, len(self.objects)
         corners = windows(self.source.canvas, size, o.stride or max(size // 2, 1))
@@ -202,8 +192,9 @@ class DenseSegmentation:
             b, h, w = x.shape[:3]
             crops = jnp.stack([x[:, y:y + size, c:c + size] for y, c in corners], axis=1)
             crops = crops.reshape(b * len(corners), size, size, x.shape[-1])
-            features = dense_embeddings(model, crops, method, normalize=o.score != "logit")
-            scores = patch_scores(scoring, features, classifier)
+            raw = dense_embeddings(model, crops, method, normalize=False)
+            norm = jnp.sqrt(jnp.maximum(jnp.sum(raw * raw, axis=-1, keepdims=True), 1e-24))
+            scores = patch_scores(scoring, raw if o.score == "logit" else raw / norm, classifier)
             if o.image_top_k:  # classes outside the window's top k cannot win (nor average in)
                 present = scoring.class_scores(scoring.image_features(model, crops), classifier)
                 present = present[:, :num_objects]
@@ -211,6 +202,7 @@ class DenseSegmentation:
                 kept = jnp.concatenate([kept, jnp.ones((kept.shape[0], scores.shape[-1] -
                                                         num_objects), bool)], axis=1)
                 scores = jnp.where(kept[:, None, None, :], scores, SUPPRESSED)
+            scores = jnp.concatenate([scores, jnp.log(norm)], axis=-1)  # the norm rides along
             scores = jax.image.resize(scores, (*scores.shape[:1], size, size, scores.shape[-1]),
                                       "linear").reshape(b, len(corners), size, size, -1)
             total = jnp.zeros((b, h, w, scores.shape[-1]), scores.dtype)
@@ -218,15 +210,15 @@ class DenseSegmentation:
             for i, (y, c) in enumerate(corners):
                 total = total.at[:, y:y + size, c:c + size].add(scores[:, i])
                 count = count.at[:, y:y + size, c:c + size].add(1.0)
-            total = total / count
+            total, log_norm = total[..., :-1] / count, total[..., -1] / count[..., 0]
             objects = total[..., :num_objects]
             best = jnp.argmax(objects, axis=-1).astype(jnp.int32)
-            cosine = objects.max(axis=-1)  # ("logit": before normalisation)
+            top = objects.max(axis=-1)  # (score="logit": before normalisation)
             score = (jax.nn.softmax(o.softmax_scale * objects, axis=-1).max(axis=-1)
-                     if o.score == "probability" else cosine)
+                     if o.score == "probability" else top)
             extra = total[..., num_objects:]
-            bg = extra.max(axis=-1) if extra.shape[-1] else jnp.full(cosine.shape, -jnp.inf)
-            return best, score, cosine, bg
+            margin = top - extra.max(axis=-1) if extra.shape[-1] else jnp.zeros_like(top)
+            return best, jnp.stack([score, log_norm, margin], axis=-1)
 
         return jax.jit(predict, out_shardings=replicated(ctx.mesh))
 
@@ -238,34 +230,28 @@ class DenseSegmentation:
                           leave=False, disable=jax.process_index() != 0):
             batch, real = loaded_dense_batch(source.rows, source.num_rows, start, batch_size,
                                              self.ctx.batch_sharding)
-            best, score, cosine, bg = (np.asarray(a)[:real] for a in self._predict[method](
+            best, features = (np.asarray(a)[:real] for a in self._predict[method](
                 params, batch["image"], classifier))
             labels = np.asarray(replicate(batch["mask"]))[:real]
             images = np.asarray(replicate(batch["image"]))[:real] if start == 0 else None
-            yield best, score, bg > cosine, labels, images
+            yield best, features, labels, images
 
-    def _threshold(self, method: str, params: dict, classifier: Any) -> float:
-        """The background threshold on the best score: given, the model's, or calibrated."""
+    def _rule(self, method: str, params: dict, classifier: Any) -> BackgroundRule:
+        """The background rule: given, the model's, or fit on the calibration split."""
         o = self.options
-        if o.background == "threshold":
-            return o.threshold
+        if o.background in ("threshold", "none", "prompts"):
+            return BackgroundRule(o.background, o.threshold if o.background == "threshold" else 0.0)
         if o.background == "model":
             if "logit_bias" not in params:
                 raise ConfigError(f"{self.name}: background='model' needs a model with a logit "
-                                  "bias (model.use_logit_bias, SigLIP or patch_phrase's sigmoid)")
+                                  "bias (model.use_logit_bias, e.g. SigLIP)")
             scale = float(np.exp(np.asarray(params["logit_scale"])))
-            return -float(np.asarray(params["logit_bias"])) / scale
-        if o.background != "calibrated":
-            return -np.inf
+            return BackgroundRule("threshold", -float(np.asarray(params["logit_bias"])) / scale)
         parts = list(self._predictions(self.calibration, method, params, classifier))
-        best, score, _, labels = (np.concatenate([p[i] for p in parts]) for i in range(4))
-        candidates = np.unique(np.quantile(score, np.linspace(0, 1, CALIBRATION_CANDIDATES)))
-        predicted = np.asarray(self.objects)[best]
-        background = self.source.background
-        mious = [np.nanmean(iou_per_class(confusion(
-            labels, np.where(score < t, background, predicted), len(self.source.classnames))))
-            for t in candidates]
-        return float(candidates[int(np.nanargmax(mious))])
+        best, features, labels = (np.concatenate([p[i] for p in parts]) for i in range(3))
+        return fit_rule(o.background, features.reshape(-1, len(FEATURES)),
+                        np.asarray(self.objects)[best].reshape(-1), labels.reshape(-1),
+                        self.source.background, len(self.source.classnames))
 
     def run(self, params: dict) -> dict[str, float]:
         """Per method: miou, pixel_acc (background decided), miou_fg, pixel_acc_fg, iou/<class>."""
@@ -277,14 +263,14 @@ class DenseSegmentation:
         objects = np.asarray(self.objects)
         out: dict[str, float] = {}
         for method in self.options.methods:
-            threshold = self._threshold(method, params, classifier)
+            rule = self._rule(method, params, classifier) if background >= 0 else None
             full = np.zeros((len(classnames),) * 2, np.int64)
             fg = np.zeros((len(objects),) * 2, np.int64)
-            for best, score, prompted, labels, images in self._predictions(
+            for best, features, labels, images in self._predictions(
                     self.source, method, params, classifier):
                 predicted = objects[best]
-                if background >= 0:
-                    predicted = np.where((score < threshold) | prompted, background, predicted)
+                if rule is not None:
+                    predicted = np.where(rule.background(features), background, predicted)
                     fg += confusion(foreground_labels(labels, background), best, len(objects))
                 full += confusion(labels, predicted, len(classnames))
                 if images is not None:
@@ -295,8 +281,8 @@ class DenseSegmentation:
                 fg_metrics = segmentation_metrics(fg, names, per_class=False)
                 out[f"{method}/miou_fg"], out[f"{method}/pixel_acc_fg"] = (
                     fg_metrics["miou"], fg_metrics["pixel_acc"])
-                if np.isfinite(threshold):
-                    out[f"{method}/background_threshold"] = threshold
+                if rule.kind in ("threshold", "calibrated"):
+                    out[f"{method}/background_threshold"] = rule.threshold
         return out
 
     def _overlays(self, method: str, images: np.ndarray, labels: np.ndarray,
