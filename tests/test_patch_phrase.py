@@ -153,3 +153,19 @@ def test_a_tiny_run_on_scenes_trains_evaluates_and_resumes(monkeypatch, syntheti
     config.data.phrases = False
     with pytest.raises(ConfigError, match="data.phrases"):
         train(config, str(tmp_path / "nophrases"))
+
+
+@pytest.mark.parametrize("arg", ["patch_phrase", "clip", "siglip", "filip", "patch_phrase:grid"])
+def test_the_dense_demo_config_validates(monkeypatch, synthetic_data_dir, arg):
+    _register(monkeypatch)
+    from vlmjax.config import load_config_file
+    from vlmjax.config.validate import validate
+    from vlmjax.data import registry as data_registry
+    from vlmjax.data.scenes_source import scenes_source
+    monkeypatch.setitem(data_registry.TRAIN_SOURCES._entries, "fashion_mnist_scenes_grid",
+                        scenes_source("fashion_mnist_scenes_grid"))
+    config = load_config_file(os.path.join(REPO, "configs", "demo", "dense_fashion_mnist.py") +
+                              f":{arg}")
+    config.data.dir = synthetic_data_dir
+    validate(config, 8)
+    assert config.data.phrases == arg.startswith("patch_phrase")

@@ -69,12 +69,12 @@ def get_config(arg: str = "patch_phrase") -> ml_collections.ConfigDict:
 
     # Image level: zero-shot classification of canvases holding one item each.
     c.evals.zeroshot = ml_collections.ConfigDict(dict(
-        kind="zeroshot", dataset=dataset, split="test_single", num_images=2000, batch_size=500))
+        kind="zeroshot", dataset=dataset, split="test_single", num_images=2000, batch_size=400))
     c.evals.dense = ml_collections.ConfigDict(dict(
-        kind="dense_segmentation", dataset=dataset, split="test", num_images=1000,
+        kind="dense_segmentation", dataset=dataset, split="test", num_images=1000, batch_size=40,
         methods=("tokens", "maskclip", "sclip"),
         background="learned"))
     c.evals.regions = ml_collections.ConfigDict(dict(
         kind="region_classification", dataset=dataset, split="test", num_images=1000,
-        methods=("crop", "tokens", "maskclip", "sclip")))
+        batch_size=40, methods=("crop", "tokens", "maskclip", "sclip")))
     return c

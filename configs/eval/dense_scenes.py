@@ -19,12 +19,12 @@ def get_config(arg: str = "fashion_mnist_scenes") -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
     c.evals = ml_collections.ConfigDict()
     c.evals.zeroshot = ml_collections.ConfigDict(dict(
-        kind="zeroshot", dataset=arg, split="test_single", num_images=2000, batch_size=500))
+        kind="zeroshot", dataset=arg, split="test_single", num_images=2000, batch_size=400))
     for background in ("calibrated", "learned", "prompts"):
         c.evals[f"dense_{background}"] = ml_collections.ConfigDict(dict(
-            kind="dense_segmentation", dataset=arg, split="test", num_images=1000,
+            kind="dense_segmentation", dataset=arg, split="test", num_images=1000, batch_size=40,
             methods=METHODS, background=background))
     c.evals.regions = ml_collections.ConfigDict(dict(
-        kind="region_classification", dataset=arg, split="test", num_images=1000,
+        kind="region_classification", dataset=arg, split="test", num_images=1000, batch_size=40,
         methods=("crop", *METHODS)))
     return c
