@@ -150,6 +150,8 @@ CONFIG_ARGS = {
     "configs/test/tiny_clip.py": ("", "clip", "siglip"),
     "configs/test/tiny_coca.py": ("", "paper", "open_clip"),
     "configs/test/tiny_filip.py": ("", "per_direction"),
+    "configs/demo/clip_resnet_fashion_mnist.py": ("", "clip", "siglip"),
+    "configs/test/tiny_resnet.py": ("", "clip", "siglip", "bert"),
     "configs/coca_base.py": ("", "paper", "open_clip"),
 }
 

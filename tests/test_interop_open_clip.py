@@ -210,7 +210,7 @@ def _write_config(tmp_path, name: str, edit) -> str:
 
 @pytest.mark.parametrize("section,key,value", [
     ("vision_cfg", "timm_model_name", "vit_base_patch16_224"),  # a timm image tower
-    ("vision_cfg", "layers", [3, 4, 6, 3]),  # a ModifiedResNet image tower
+    ("vision_cfg", "pos_embed_type", "sin_cos_2d"),  # fixed position embeddings
     ("text_cfg", "hf_model_name", "roberta-base"),  # a Hugging Face text tower
     ("text_cfg", "ls_init_value", 1e-5),  # LayerScale
     ("vision_cfg", "made_up_option", 1),  # not an open_clip key

@@ -79,40 +79,44 @@ class FineTune:
         self.trainable = rf"^(head|bias)$|^backbone/{ctx.model.towers['image'].lstrip('^')}"
         self._compiled: tuple | None = None
 
-    def _classifier(self, weights: dict) -> tuple[Any, dict]:
-        """(graph, parameters) of the backbone under a head that predicts what zero-shot does."""
+    def _classifier(self, weights: dict) -> tuple[Any, nnx.State, nnx.State]:
+        """(graph, parameters, model state: BatchNorm statistics, or empty) of the backbone
+        under a head that predicts what zero-shot does."""
         head = np.exp(np.asarray(weights["logit_scale"])) * self.setup.text_classifier(weights)
         classifier = ZeroShotHeadClassifier(nnx.merge(self.ctx.graphdef, weights), head)
-        graphdef, state = nnx.split(classifier, nnx.Param)
-        return graphdef, state
+        return nnx.split(classifier, nnx.Param, ...)
 
-    def _compile(self, graphdef: Any, state: nnx.State) -> tuple:
+    def _compile(self, graphdef: Any, state: nnx.State, model_state: nnx.State) -> tuple:
         """(init, step, top classes) of this classifier, built once per evaluator."""
         if self._compiled is None:
             ctx, k = self.ctx, min(5, self.setup.num_classes)
             init, step = ctx.train_classifier(graphdef, state, self.trainable,
-                                              dataclasses.asdict(self.options))
+                                              dataclasses.asdict(self.options),
+                                              model_state=model_state)
 
-            def top_classes(params: Any, images: jax.Array) -> jax.Array:
+            def top_classes(params: Any, stats: Any, images: jax.Array) -> jax.Array:
                 with axis_rules(ctx.mesh, ctx.rules):
-                    logits = nnx.merge(graphdef, params)({"image": ctx.normalize(images)})["logits"]
+                    logits = nnx.merge(graphdef, params, stats)(
+                        {"image": ctx.normalize(images)})["logits"]
                 return jax.lax.top_k(logits, k)[1]
 
             top = jax.jit(top_classes, out_shardings=mesh_lib.replicated(ctx.mesh))
             self._compiled = (init, step, top)
         return self._compiled
 
-    def _accuracy(self, top: Any, params: dict) -> dict[str, float]:
+    def _accuracy(self, top: Any, state: dict) -> dict[str, float]:
         n, load = self.test_source.num_rows, self.test_source.rows
+        params, stats = state["params"], state.get("model_state", {})
         return classify_rows(n, load, self.setup.num_classes, self.options.batch_size,
-                             self.ctx.batch_sharding, lambda b: top(params, b["image"]), self.name)
+                             self.ctx.batch_sharding, lambda b: top(params, stats, b["image"]),
+                             self.name)
 
     def run(self, weights: dict) -> dict[str, float]:
         o, sharding = self.options, self.ctx.batch_sharding
-        graphdef, params = self._classifier(weights)
-        init, step, top = self._compile(graphdef, params)
-        state = init(nnx.to_pure_dict(params))
-        zeroshot = self._accuracy(top, state["params"])["acc1"]
+        graphdef, params, model_state = self._classifier(weights)
+        init, step, top = self._compile(graphdef, params, model_state)
+        state = init(nnx.to_pure_dict(params), nnx.to_pure_dict(model_state))
+        zeroshot = self._accuracy(top, state)["acc1"]
         n, load = self.train_source.num_rows, self.train_source.rows
         batch_size = o.train_batch_size
         rng = np.random.default_rng(o.seed)
@@ -126,7 +130,7 @@ class FineTune:
             batch, _ = loaded_global_batch(lambda idx, rows=rows: load(rows[idx]), batch_size, 0,
                                            batch_size, sharding)
             state, metrics = step(state, batch)
-        out = self._accuracy(top, state["params"])
+        out = self._accuracy(top, state)
         return {**out, "zeroshot_head/acc1": zeroshot, "gain": out["acc1"] - zeroshot,
                 **({"train_loss": float(metrics["loss"])} if metrics else {})}
 

@@ -9,6 +9,7 @@ import numpy as np
 
 from vlmjax.errors import CheckpointError
 from vlmjax.interop import hf_clip_layout as layout
+from vlmjax.interop.hf_bert_import import import_bert
 from vlmjax.interop import hf_files
 from vlmjax.interop.hf_clip_config import OPENAI_MEAN, OPENAI_STD, vlmjax_config
 from vlmjax.interop.torch_layout import take_tensors
@@ -44,7 +45,6 @@ def import_hf(source: str, workdir: str, image_from: str = "", config: str = "")
     vlmjax config file `config` (`hf_bert_import`)."""
     hf = hf_files.read_json(source, "config.json")
     if hf.get("model_type") == "bert":
-        from vlmjax.interop.hf_bert_import import import_bert
         import_bert(source, workdir, image_from=image_from, config=config)
         return
     if image_from or config:

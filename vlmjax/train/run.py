@@ -135,7 +135,8 @@ def _fill_params(abstract_params: dict, values: Mapping[str, np.ndarray], source
 
 def write_run(config: ml_collections.ConfigDict, values: Mapping[str, np.ndarray],
               vocab_size: int, workdir: str, source: str) -> None:
-    """config.json and checkpoint 0 (params from `values`, {path: array}, a fresh optimizer,
+    """config.json and checkpoint 0 (params and model state, e.g. BatchNorm statistics, from
+    `values`, {path: array}, a fresh optimizer,
     no data position) of the model `config` describes: an imported run. The tokenizer is the
     caller's to save into workdir/tokenizer."""
     ckpt_dir = os.path.join(workdir, CHECKPOINT_DIR)
@@ -146,7 +147,10 @@ def write_run(config: ml_collections.ConfigDict, values: Mapping[str, np.ndarray
     # their own layout), and a replicated state would make orbax slice every array per replica.
     mesh = make_mesh({"data": 1, "fsdp": 1, "tensor": 1}, jax.devices()[:1])
     layout = state_layout(cfg, vocab_size, cfg["tokenizer"]["context_length"], mesh)
-    state = layout.from_params(_fill_params(layout.abstract["params"], values, source))
+    params = _fill_params(layout.abstract["params"], values, source)
+    model_state = (_fill_params(layout.abstract["model_state"], values, source)
+                   if layout.has_model_state else None)  # BatchNorm statistics
+    state = layout.from_params(params, model_state)
     with Checkpointer(ckpt_dir, keep=1, async_save=False) as ckpt:
         ckpt.save(0, state, {})
     save_config(config, workdir)

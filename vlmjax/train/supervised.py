@@ -33,8 +33,8 @@ def classifier_trainer(mesh: Mesh, rules: Rules, normalization: Normalization, n
 
 
 def _build(graphdef: Any, abstract_params: nnx.State, trainable: str, options: Mapping, *, mesh: Mesh,
-           rules: Rules, normalization: Normalization, no_decay: str, seed: int
-           ) -> tuple[Callable, Callable]:
+           rules: Rules, normalization: Normalization, no_decay: str, seed: int,
+           model_state: nnx.State | None = None) -> tuple[Callable, Callable]:
     params = nnx.to_pure_dict(abstract_params)
     param_sharding = mesh_lib.param_shardings(mesh_lib.logical_axes_of(abstract_params), mesh, rules)
     train = matches(trainable, params)
@@ -49,6 +49,11 @@ def _build(graphdef: Any, abstract_params: nnx.State, trainable: str, options: M
     abstract_tree = {"step": jax.ShapeDtypeStruct((), jnp.int32), "params": params,
                      "opt_state": jax.eval_shape(tx.init, params)}
     state_sharding = mesh_lib.state_shardings(abstract_tree, param_sharding, mesh)
+    # Non-parameter variables (BatchNorm statistics) ride along, updated by training steps.
+    with_state = model_state is not None and bool(jax.tree.leaves(nnx.to_pure_dict(model_state)))
+    if with_state:
+        state_sharding["model_state"] = mesh_lib.param_shardings(
+            mesh_lib.logical_axes_of(model_state), mesh, rules)
     spec = StepSpec(graphdef=graphdef, objective=CLASSIFICATION,
                     objective_options={"label_smoothing": options["label_smoothing"]}, tx=tx,
                     schedule=schedule, post_update=lambda p: p, locked=locked,
@@ -56,11 +61,16 @@ def _build(graphdef: Any, abstract_params: nnx.State, trainable: str, options: M
     step = jit_train_step(spec, state_sharding, mesh_lib.batch_sharding(mesh, rules),
                           mesh_lib.replicated(mesh))
 
-    def init(initial_params: Any) -> dict:
-        """Step 0: copies of the parameters (the step donates them) and a fresh optimizer."""
-        copied = jax.jit(lambda t: jax.tree.map(jnp.copy, t), out_shardings=param_sharding)(
-            initial_params)
+    def init(initial_params: Any, initial_model_state: Any = None) -> dict:
+        """Step 0: copies of the parameters and model state (the step donates them) and a
+        fresh optimizer."""
+        copy = lambda t: jax.tree.map(jnp.copy, t)  # noqa: E731
+        copied = jax.jit(copy, out_shardings=param_sharding)(initial_params)
         opt_state = jax.jit(tx.init, out_shardings=state_sharding["opt_state"])(copied)
-        return {"step": jnp.zeros((), jnp.int32), "params": copied, "opt_state": opt_state}
+        state = {"step": jnp.zeros((), jnp.int32), "params": copied, "opt_state": opt_state}
+        if with_state:
+            state["model_state"] = jax.jit(copy, out_shardings=state_sharding["model_state"])(
+                initial_model_state)
+        return state
 
     return init, step
