@@ -27,8 +27,8 @@ from vlmjax.interop import hf_files
 from vlmjax.interop import hf_tokenizer_export as tokenizer_export
 from vlmjax.interop.hf_clip_config import hf_config
 from vlmjax.interop.torch_layout import to_torch
-from vlmjax.tokenizers import Tokenizer
 from vlmjax.models.sizes import resolve_vit
+from vlmjax.tokenizers import Tokenizer
 from vlmjax.train.run import flat_params, load_run, load_saved_config
 
 log = logging.getLogger(__name__)

@@ -9,8 +9,8 @@ import numpy as np
 
 from vlmjax.errors import CheckpointError
 from vlmjax.interop import hf_clip_layout as layout
-from vlmjax.interop.hf_bert_import import import_bert
 from vlmjax.interop import hf_files
+from vlmjax.interop.hf_bert_import import import_bert
 from vlmjax.interop.hf_clip_config import OPENAI_MEAN, OPENAI_STD, vlmjax_config
 from vlmjax.interop.torch_layout import take_tensors
 from vlmjax.interop.workdir_writer import param_shapes, write_workdir
