@@ -1,7 +1,6 @@
 """The patch-to-phrase objective against NumPy (pooling, positives with duplicates, both
 directions of the multiple-instance contrast), the patch_phrase model's outputs, and a tiny run
-on scenes (the scenes source and the objective registered with monkeypatch, as the lead's
-registry lines will) that trains and evaluates dense."""
+on scenes that trains and evaluates dense."""
 
 import json
 import os
@@ -97,19 +96,7 @@ def test_loss_is_the_global_loss_plus_the_weighted_local_term():
     assert float(metrics["local_loss"]) == pytest.approx(float(local), rel=1e-6)
 
 
-def _register(monkeypatch):
-    """The lead's registry lines (data.registry, objectives.registry), as monkeypatches."""
-    from vlmjax.data import registry as data_registry
-    from vlmjax.data.scenes_source import scenes_source
-    from vlmjax.objectives import registry as objective_registry
-    monkeypatch.setitem(data_registry.TRAIN_SOURCES._entries, "fashion_mnist_scenes",
-                        scenes_source("fashion_mnist_scenes"))
-    monkeypatch.setitem(objective_registry.OBJECTIVES._entries, "patch_phrase",
-                        objective.PATCH_PHRASE)
-
-
-def test_model_outputs_patches_and_phrases(monkeypatch):
-    _register(monkeypatch)
+def test_model_outputs_patches_and_phrases():
     from vlmjax.config import load_config_file
     from vlmjax.models.patch_phrase import PatchPhrase
     cfg = load_config_file(TINY).to_dict()
@@ -128,9 +115,8 @@ def test_model_outputs_patches_and_phrases(monkeypatch):
         model({k: v for k, v in batch.items() if not k.startswith("phrase")})
 
 
-def test_a_tiny_run_on_scenes_trains_and_evaluates(monkeypatch, synthetic_data_dir, tmp_path):
+def test_a_tiny_run_on_scenes_trains_and_evaluates(synthetic_data_dir, tmp_path):
     """(The scenes iterator's exact resume is tested in test_scenes.)"""
-    _register(monkeypatch)
     from vlmjax.config import load_config_file
     from vlmjax.errors import ConfigError
     from vlmjax.train.loop import train
@@ -150,14 +136,9 @@ def test_a_tiny_run_on_scenes_trains_and_evaluates(monkeypatch, synthetic_data_d
 
 
 @pytest.mark.parametrize("arg", ["patch_phrase", "clip", "siglip", "filip", "patch_phrase:grid"])
-def test_the_dense_demo_config_validates(monkeypatch, synthetic_data_dir, arg):
-    _register(monkeypatch)
+def test_the_dense_demo_config_validates(synthetic_data_dir, arg):
     from vlmjax.config import load_config_file
     from vlmjax.config.validate import validate
-    from vlmjax.data import registry as data_registry
-    from vlmjax.data.scenes_source import scenes_source
-    monkeypatch.setitem(data_registry.TRAIN_SOURCES._entries, "fashion_mnist_scenes_grid",
-                        scenes_source("fashion_mnist_scenes_grid"))
     config = load_config_file(os.path.join(REPO, "configs", "demo", "dense_fashion_mnist.py") +
                               f":{arg}")
     config.data.dir = synthetic_data_dir

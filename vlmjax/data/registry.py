@@ -8,6 +8,7 @@ from collections.abc import Mapping
 
 from vlmjax.data import image_text_config
 from vlmjax.data.labelled_source import labelled_captions
+from vlmjax.data.scenes_source import scenes_source
 from vlmjax.data.train_source import TrainSource
 from vlmjax.options import fail
 from vlmjax.registry import Registry
@@ -19,6 +20,10 @@ TRAIN_SOURCES: Registry[TrainSource] = Registry("data.name", {
     # tokenizer also learns the 10 classes' prompts (their names, never seen with an image).
     "fashion_mnist_coarse": labelled_captions("fashion_mnist_coarse", learn_prompts="fashion_mnist"),
     "image_text": image_text_config.IMAGE_TEXT,
+    # Canvases of 1-4 Fashion-MNIST items with captions naming them (data/scenes.py); the
+    # canvas side is model.image.image_size; data.phrases adds each item's phrase.
+    "fashion_mnist_scenes": scenes_source("fashion_mnist_scenes"),
+    "fashion_mnist_scenes_grid": scenes_source("fashion_mnist_scenes_grid"),
 })
 # Keys of `data` every source has (each source adds its own options).
 DATA_OPTIONS = {

@@ -14,6 +14,8 @@ TASKS = {
     "caption_zeroshot": "zeroshot_classification",
     "retrieval": "zeroshot_retrieval",
     "captioning": "captioning",
+    "dense_segmentation": "zeroshot_segmentation",
+    "region_classification": "zeroshot_region_classification",
 }
 # The tables a report shows per evaluator kind: (metric, title); R@1 both ways for retrieval,
 # as the survey's retrieval tables.
@@ -25,6 +27,12 @@ HEADLINES = {
     "captioning": (("cider_d", "captioning CIDEr-D (x100)"),),
     "linear_probe": (("acc1", "linear probe top-1 (%)"),),
     "finetune": (("acc1", "fine-tuned top-1 (%)"),),
+    "dense_segmentation": (("tokens/miou", "zero-shot segmentation mIoU, projected tokens (%)"),
+                           ("maskclip/miou", "zero-shot segmentation mIoU, MaskCLIP (%)"),
+                           ("sclip/miou", "zero-shot segmentation mIoU, SCLIP (%)"),
+                           ("tokens/miou_fg", "zero-shot segmentation mIoU, foreground only (%)")),
+    "region_classification": (("crop/acc1", "region classification top-1, crops (%)"),
+                              ("tokens/acc1", "region classification top-1, RoI pooling (%)")),
 }
 FEWSHOT_METHODS = ("linear_probe", "closed_form", "tip_adapter", "tip_adapter_f", "coop")
 _FEWSHOT = re.compile(r"^(?P<method>\w+)/(?P<k>\d+)shot/acc1$")

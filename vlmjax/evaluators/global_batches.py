@@ -43,7 +43,7 @@ def loaded_global_batch(load_rows: RowLoader, num_rows: int, start: int, batch_s
     pad = len(mine) - len(labels)
     if pad:
         images = np.concatenate([images, np.zeros((pad, *images.shape[1:]), images.dtype)])
-        labels = np.concatenate([labels, np.zeros((pad,), labels.dtype)])
+        labels = np.concatenate([labels, np.zeros((pad, *labels.shape[1:]), labels.dtype)])
     return to_global({"image": images, "label": labels.astype(np.int32)}, sharding), real
 
 

@@ -1,6 +1,6 @@
 """The objective registry: `config.objective.name` -> an Objective (one line per objective)."""
 
-from vlmjax.objectives import coca, contrastive, filip, sigmoid
+from vlmjax.objectives import coca, contrastive, filip, patch_phrase, sigmoid
 from vlmjax.objectives.objective import Objective
 from vlmjax.registry import Registry
 
@@ -9,6 +9,8 @@ OBJECTIVES: Registry[Objective] = Registry("objective.name", {
     "siglip": sigmoid.SIGLIP,
     "coca": coca.COCA,
     "filip": filip.FILIP,
+    # CLIP plus a patch-to-phrase contrast (region-word matching from captions alone).
+    "patch_phrase": patch_phrase.PATCH_PHRASE,
 })
 
 
