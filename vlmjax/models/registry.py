@@ -6,12 +6,25 @@ Adding a family is one module (its nnx.Module, options and check) and one line h
 import math
 from collections.abc import Mapping
 
-from vlmjax.models import coca, filip, layers, patch_phrase, stacked, two_tower
+from flax import nnx
+
+from vlmjax.models import coca, distill, filip, layers, patch_phrase, stacked, two_tower
 from vlmjax.models.family import ModelFamily
 from vlmjax.models.projection import check_projection
 from vlmjax.models.towers import SIDES, tower_schema, tower_spec, tower_width
 from vlmjax.options import require_choice, require_positive
 from vlmjax.registry import Registry
+
+
+def _teacher_family(section: Mapping) -> ModelFamily:
+    return FAMILIES.get_or_fail(section["name"], "model.distill.teacher_model.name")
+
+
+def _build_distill(model: Mapping, vocab_size: int, context_length: int, *,
+                   rngs: nnx.Rngs) -> distill.Distill:
+    return distill.Distill(model, vocab_size, context_length, rngs=rngs,
+                           teacher_family=_teacher_family)
+
 
 FAMILIES: Registry[ModelFamily] = Registry("model.name", {
     "two_tower": ModelFamily(build=two_tower.TwoTower, towers=two_tower.TOWER_PATTERNS,
@@ -32,7 +45,16 @@ FAMILIES: Registry[ModelFamily] = Registry("model.name", {
                                 outputs=frozenset({"embeddings", "phrases"}),
                                 options=patch_phrase.OPTIONS, check=patch_phrase.check_patch_phrase,
                                 temperatures=("logit_scale", "phrase_logit_scale")),
+    # A two-tower student beside a frozen teacher run (objectives.distill); evaluated as the
+    # student alone.
+    "distill": ModelFamily(build=_build_distill, towers=two_tower.TOWER_PATTERNS,
+                           capabilities=frozenset({"embedding", "image_tokens"}),
+                           outputs=frozenset({"embeddings", "teacher"}), options=distill.OPTIONS,
+                           check=lambda cfg: distill.check_distill(cfg, FAMILIES)),
 })
+# family -> (section, key) of a model section nested in its options (a teacher's): its schema
+# is the model schema of the family it names.
+NESTED_MODELS = {"distill": ("distill", "teacher_model")}
 DTYPES = ("float32", "bfloat16")
 # Keys of `model` every family has (each family adds its own sections, each tower its keys).
 MODEL_OPTIONS = {
@@ -55,8 +77,15 @@ MODEL_OPTIONS = {
 def model_schema(model: Mapping) -> dict:
     """Every key of the `model` section with its default, for the family and towers it names."""
     name = model.get("name", MODEL_OPTIONS["name"])
-    return {**MODEL_OPTIONS, "name": name, **family_options(name),
-            **{side: tower_schema(side, model.get(side, {})) for side in SIDES}}
+    schema = {**MODEL_OPTIONS, "name": name, **family_options(name),
+              **{side: tower_schema(side, model.get(side, {})) for side in SIDES}}
+    if name in NESTED_MODELS:
+        section, key = NESTED_MODELS[name]
+        nested = model.get(section, {})
+        nested = nested.get(key, {}) if isinstance(nested, Mapping) else {}
+        if isinstance(nested, Mapping) and nested:
+            schema[section] = {**schema[section], key: model_schema(nested)}
+    return schema
 
 
 def get_family(model: Mapping) -> ModelFamily:

@@ -1,6 +1,6 @@
 """The objective registry: `config.objective.name` -> an Objective (one line per objective)."""
 
-from vlmjax.objectives import coca, contrastive, filip, patch_phrase, sigmoid
+from vlmjax.objectives import coca, contrastive, distill, filip, patch_phrase, sigmoid
 from vlmjax.objectives.objective import Objective
 from vlmjax.registry import Registry
 
@@ -11,6 +11,9 @@ OBJECTIVES: Registry[Objective] = Registry("objective.name", {
     "filip": filip.FILIP,
     # CLIP plus a patch-to-phrase contrast (region-word matching from captions alone).
     "patch_phrase": patch_phrase.PATCH_PHRASE,
+    # The student's CLIP / SigLIP loss plus feature, affinity and interactive terms from a
+    # frozen teacher (model.name='distill').
+    "distill": distill.DISTILL,
 })
 
 

@@ -24,6 +24,7 @@ from vlmjax.evaluators.report import print_results, write_results
 from vlmjax.objectives.registry import get_objective
 from vlmjax.parallel.mesh import batch_sharding, make_mesh, replicated
 from vlmjax.train.checkpoint import Checkpointer, checkpoint_bytes
+from vlmjax.train.distill_teacher import adopt_teacher_tokenizer, attach_teacher, resolve_teacher
 from vlmjax.train.eval_context import eval_context
 from vlmjax.train.metrics_writer import MetricsWriter, plot_curves
 from vlmjax.train.preemption import StopRequests
@@ -77,6 +78,7 @@ def _step_spec(cfg: Mapping, layout: StateLayout, mesh: jax.sharding.Mesh) -> St
 def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
     """Trains (resuming from the latest checkpoint in `workdir`), evaluates, returns results."""
     config = complete(ml_collections.ConfigDict(config.to_dict()))
+    config = complete(resolve_teacher(config, workdir))  # distillation: the pinned teacher
     validate(config, jax.device_count(), jax.process_count())
     check_writable(workdir)
     with WorkdirLock(workdir, enabled=is_main_process()):
@@ -94,6 +96,7 @@ def _train(config: ml_collections.ConfigDict, workdir: str, keep_config: bool) -
     log.info("mesh %s over %d devices (%s)", dict(mesh.shape), jax.device_count(),
              jax.devices()[0].platform)
 
+    adopt_teacher_tokenizer(cfg, workdir)
     tokenizer = tokenizer_for_run(cfg, workdir)
     context_length = cfg["tokenizer"]["context_length"]
     layout = state_layout(cfg, tokenizer.vocab_size, context_length, mesh)
@@ -131,6 +134,7 @@ def _train(config: ml_collections.ConfigDict, workdir: str, keep_config: bool) -
         else:
             state, start = layout.init(cfg["seed"], model_builder(
                 cfg, tokenizer.vocab_size, context_length)), 0
+            state = attach_teacher(cfg, state, layout)
             writer.truncate_after(0)  # rows of a run killed before its first checkpoint
         if not keep_config:  # written only once the checkpoint (if any) matched the config
             save_config(config, workdir)
