@@ -19,6 +19,7 @@ from vlmjax.evaluators import (
     fewshot,
     finetune,
     linear_probe,
+    ov_detection,
     region_classification,
     retrieval,
     unsupervised,
@@ -69,6 +70,8 @@ EVALUATORS: Registry[EvaluatorSpec] = Registry("evals.<name>.kind", {
                                     dense_segmentation.Options, dense_segmentation.check),
     "region_classification": evaluator(region_classification.RegionClassification,
                                        region_classification.Options, region_classification.check),
+    # Box AP of an open-vocabulary detector (models.ov_detector) on novel / base / all classes.
+    "ov_detection": evaluator(ov_detection.OVDetection, ov_detection.Options, ov_detection.check),
 })
 
 
