@@ -7,6 +7,7 @@ labelled on-disk dataset (`data.datasets`) trains through `labelled_captions(nam
 from collections.abc import Mapping
 
 from vlmjax.data import image_text_config
+from vlmjax.data.detection_source import detection_source
 from vlmjax.data.labelled_source import labelled_captions
 from vlmjax.data.scenes_source import scenes_source
 from vlmjax.data.train_source import TrainSource
@@ -24,6 +25,9 @@ TRAIN_SOURCES: Registry[TrainSource] = Registry("data.name", {
     # canvas side is model.image.image_size; data.phrases adds each item's phrase.
     "fashion_mnist_scenes": scenes_source("fashion_mnist_scenes"),
     "fashion_mnist_scenes_grid": scenes_source("fashion_mnist_scenes_grid"),
+    # The same canvases with the boxes of their base-class items and a teacher's targets
+    # (open-vocabulary detection; data.targets from python -m vlmjax.train.teacher_targets).
+    "fashion_mnist_scenes_detection": detection_source("fashion_mnist_scenes"),
 })
 # Keys of `data` every source has (each source adds its own options).
 DATA_OPTIONS = {

@@ -23,6 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from vlmjax.data.detection_source import NOVEL_CLASSES
 from vlmjax.errors import ConfigError, DataError
 from vlmjax.evaluators.box_ap import box_ap, coco_ground_truth
 from vlmjax.evaluators.context import EvalContext, EvalFacts
@@ -33,9 +34,6 @@ from vlmjax.options import fail
 from vlmjax.parallel.mesh import batch_shards, replicated
 
 SCORINGS = ("softmax", "sigmoid")
-# The scenes' default held-out classes: one garment, one shoe, the bag (each of the first two
-# has visual neighbours among the base classes; the bag has none).
-NOVEL_CLASSES = ("trousers", "sandal", "bag")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -46,7 +44,7 @@ class Options:
     split: str = "test"
     data_dir: str = ""
     class_embeddings: str = ""  # .npz: classnames, class_embed [K, e] (teacher_targets)
-    novel_classes: tuple[str, ...] = NOVEL_CLASSES
+    novel_classes: tuple[str, ...] = NOVEL_CLASSES  # the training source's default split
     batch_size: int = 100
     num_images: int = 1000  # 0: the whole split
     top_k: int = 100  # detections per image (COCO's maxDets)
