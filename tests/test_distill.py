@@ -296,3 +296,14 @@ def test_unusable_teachers_are_refused_before_compiling(teacher_run, synthetic_d
         train(config, str(tmp_path / "student"))
     assert "\n" not in str(info.value)
     assert not os.path.exists(tmp_path / "student" / "checkpoints")
+
+
+@pytest.mark.parametrize("arg", ["distill", "alone"])
+def test_the_demo_config_validates(synthetic_data_dir, arg):
+    from vlmjax.config import load_config_file
+    from vlmjax.config.validate import validate
+    config = load_config_file(os.path.join(REPO, "configs", "demo", "distill_fashion_mnist.py")
+                              + f":{arg}")
+    config.data.dir = synthetic_data_dir
+    validate(config, 8)  # the teacher's own checks run when training resolves it
+    assert config.model.name == ("distill" if arg == "distill" else "two_tower")
