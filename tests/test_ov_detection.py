@@ -3,12 +3,16 @@ the matching cost and every loss against NumPy, box AP against a hand-computed c
 base / novel split of the detection source, the teacher-target cache keys, a tiny end-to-end
 run and the one-line errors."""
 
+import json
+import os
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 from scipy.optimize import linear_sum_assignment
 
+from tests.conftest import REPO, TINY_CONFIG
 from vlmjax.objectives import ov_detection as objective
 from vlmjax.objectives.hungarian import hungarian_match
 
@@ -228,3 +232,277 @@ def test_box_ap_against_a_hand_computed_case():
     iou = 100 / (100 / 0.68)
     hits = np.sum(np.linspace(0.5, 0.95, 10) <= iou + 1e-12)
     assert got["zero/ap"] == pytest.approx(hits / 10 * 51 / 101)
+
+
+# ---------------------------------------------------------------------------- runs and data
+
+TINY = os.path.join(REPO, "configs", "test", "tiny_ov_detection.py")
+CANVAS = 32
+
+
+def register(patch: pytest.MonkeyPatch) -> None:
+    """The registry lines of the family and the objective (models/objectives registries)."""
+    from vlmjax.models import ov_detector
+    from vlmjax.models import registry as models
+    from vlmjax.models.family import ModelFamily
+    from vlmjax.objectives import registry as objectives
+    patch.setitem(models.FAMILIES._entries, "ov_detector", ModelFamily(
+        build=ov_detector.OVDetector, towers=ov_detector.TOWER_PATTERNS,
+        capabilities=frozenset({"detection"}), outputs=frozenset({"detections"}),
+        options=ov_detector.OPTIONS, check=ov_detector.check_ov_detector))
+    patch.setitem(objectives.OBJECTIVES._entries, "ov_detection", objective.OV_DETECTION)
+
+
+@pytest.fixture(scope="module")
+def registered():
+    with pytest.MonkeyPatch.context() as patch:
+        register(patch)
+        yield
+
+
+@pytest.fixture(scope="module")
+def teacher(tmp_path_factory, synthetic_data_dir):
+    """A tiny CLIP trained 4 steps, checkpoints at steps 2 and 4."""
+    from vlmjax.config import load_config_file
+    from vlmjax.train.loop import train
+    config = load_config_file(TINY_CONFIG)
+    config.data.dir = synthetic_data_dir
+    config.train.update(num_steps=4, checkpoint_every=2, keep_checkpoints=3)
+    config.evals = {}
+    workdir = str(tmp_path_factory.mktemp("teacher"))
+    train(config, workdir)
+    return workdir
+
+
+@pytest.fixture(scope="module")
+def targets(teacher, synthetic_data_dir):
+    from vlmjax.train.run import load_run
+    from vlmjax.train.teacher_targets import scene_targets
+    run = load_run(teacher)
+    return scene_targets(run, dataset="fashion_mnist_scenes", data_dir=synthetic_data_dir,
+                         canvas=CANVAS, seed=0, num_scenes=40)
+
+
+def test_targets_are_the_teachers_crop_and_prompt_embeddings(teacher, targets, synthetic_data_dir):
+    from vlmjax.data.datasets import load_split
+    from vlmjax.data.detection_source import read_targets
+    from vlmjax.data.normalization import Normalization
+    from vlmjax.data.scenes import get_scene_set, scene, scene_vocabulary, split_pool
+    from vlmjax.evaluators.region_classification import square_crop
+    from vlmjax.train.run import load_run
+    run = load_run(teacher)
+    got = read_targets(targets)
+    assert got["meta"]["step"] == 4 and got["meta"]["teacher"] == os.path.abspath(teacher)
+    model, normalize = run.model(), Normalization.from_config(run.config["data"])
+    images, labels = load_split("fashion_mnist", synthetic_data_dir, "train")
+    s = scene(get_scene_set("fashion_mnist_scenes"), split_pool(images, labels, "train"),
+              "train", CANVAS, 3, 0)
+    np.testing.assert_array_equal(got["labels"][3, :len(s.labels)], s.labels)
+    assert np.all(got["labels"][3, len(s.labels):] == -1)
+    for i, box in enumerate(s.boxes):  # ViLD: 1x and 1.5x crops, normalised, averaged, renormalised
+        crops = np.stack([square_crop(s.image[..., None], box, scale, 28) for scale in (1.0, 1.5)])
+        emb = np.asarray(model.encode_image(normalize(jnp.asarray(crops))), np.float64)
+        want = emb.mean(0) / np.linalg.norm(emb.mean(0))
+        np.testing.assert_allclose(got["box_targets"][3, i], want, rtol=1e-4, atol=1e-5)
+    vocab = scene_vocabulary()
+    ids, mask = run.tokenizer.encode([t.format(c="sandal") for t in vocab["templates"]], 12)
+    text = np.asarray(model.encode_text(jnp.asarray(ids), jnp.asarray(mask)), np.float64)
+    want = text.mean(0) / np.linalg.norm(text.mean(0))
+    np.testing.assert_allclose(got["class_embed"][got["classnames"].index("sandal")], want,
+                               rtol=1e-4, atol=1e-5)
+
+
+def test_the_cache_is_keyed_by_teacher_step_and_data(teacher, targets, synthetic_data_dir):
+    from vlmjax.train.run import load_run
+    from vlmjax.train.teacher_targets import scene_targets
+    kwargs = dict(dataset="fashion_mnist_scenes", data_dir=synthetic_data_dir, canvas=CANVAS,
+                  seed=0, num_scenes=40)
+    mtime = os.path.getmtime(targets)
+    assert scene_targets(load_run(teacher), **kwargs) == targets  # read back, not recomputed
+    assert os.path.getmtime(targets) == mtime
+    earlier = scene_targets(load_run(teacher, 2), **kwargs)
+    assert earlier != targets
+    a, b = np.load(earlier), np.load(targets)
+    np.testing.assert_array_equal(a["labels"], b["labels"])
+    assert not np.allclose(a["box_targets"], b["box_targets"])  # another step's weights
+    other = scene_targets(load_run(teacher), **{**kwargs, "seed": 1, "num_scenes": 8})
+    assert other not in (targets, earlier)
+
+
+def _source_config(targets, data_dir, **data):
+    from vlmjax.config import load_config_file
+    from vlmjax.config.schema import complete
+    config = load_config_file(f"{TINY}:{targets}")
+    config.data.dir = data_dir
+    config.data.update(data)
+    return complete(config)
+
+
+def test_the_source_labels_base_classes_only_and_resumes(registered, targets, synthetic_data_dir):
+    from vlmjax.config.validate import validate
+    from vlmjax.data.datasets import load_split
+    from vlmjax.data.detection_source import NOVEL_CLASSES, read_targets
+    from vlmjax.data.registry import get_train_source
+    from vlmjax.data.scenes import get_scene_set, scene, split_pool
+    config = _source_config(targets, synthetic_data_dir)
+    validate(config, 8)
+    cfg = config.to_dict()
+    source = get_train_source(cfg["data"])
+    it = source.build(cfg, None, slice(None), 0, 1)
+    cached = read_targets(targets)
+    names = cached["classnames"]
+    novel = [names.index(c) for c in NOVEL_CLASSES]
+    base = [k for k in range(10) if k not in novel]
+    images, labels = load_split("fashion_mnist", synthetic_data_dir, "train")
+    pool, spec = split_pool(images, labels, "train"), get_scene_set("fashion_mnist_scenes")
+    novel_items = 0
+    for k in range(3):  # 48 canvases: past the 40 of the file, which then repeat
+        batch = next(it)
+        np.testing.assert_allclose(batch["class_embed"][0], cached["class_embed"][base])
+        for row in range(16):
+            position = (k * 16 + row) % 40
+            s = scene(spec, pool, "train", CANVAS, position, 0)
+            np.testing.assert_array_equal(batch["image"][row, ..., 0], s.image)
+            keep = [i for i, c in enumerate(s.labels) if c not in novel]
+            novel_items += len(s.labels) - len(keep)
+            got = batch["box_labels"][row]
+            np.testing.assert_array_equal(got[:len(keep)], [base.index(c) for c in s.labels[keep]])
+            assert np.all(got[len(keep):] == -1)
+            np.testing.assert_allclose(batch["boxes"][row, :len(keep)], s.boxes[keep] / CANVAS)
+            np.testing.assert_allclose(batch["box_targets"][row, :len(keep)],
+                                       cached["box_targets"][position, keep])
+    assert novel_items > 0  # novel items are in the images, unlabelled
+    state = it.get_state()
+    want = next(it)
+    again = source.build(cfg, None, slice(None), 0, 1)
+    again.set_state(state)
+    got = next(again)
+    for key in want:
+        np.testing.assert_array_equal(got[key], want[key])
+
+
+def test_a_tiny_run_trains_and_evaluates_novel_base_and_all(registered, targets,
+                                                            synthetic_data_dir, tmp_path):
+    from vlmjax.config import load_config_file
+    from vlmjax.train.loop import train
+    config = load_config_file(f"{TINY}:{targets}")
+    config.data.dir = synthetic_data_dir
+    results = train(config, str(tmp_path / "run"))
+    ap = results["evals"]["ov_detection/fashion_mnist_scenes"]
+    assert set(ap) == {f"{s}/{m}" for s in ("novel", "base", "all") for m in ("ap", "ap50")}
+    assert all(0 <= v <= 1 for v in ap.values())
+    with open(tmp_path / "run" / "metrics.jsonl") as f:
+        logged = [json.loads(line) for line in f if '"image_loss"' in line]
+    assert logged and all(np.isfinite(r["loss"]) and r["image_loss"] > 0 for r in logged)
+
+
+def test_bad_input_fails_in_one_line(registered, targets, synthetic_data_dir, tmp_path):
+    from types import SimpleNamespace
+
+    from vlmjax.config import load_config_file
+    from vlmjax.config.validate import validate
+    from vlmjax.errors import ConfigError, DataError
+    from vlmjax.evaluators.ov_detection import load_class_embeddings, novel_indices
+    from vlmjax.train.teacher_targets import TeacherEmbedder
+
+    def fails(error, match, config):
+        with pytest.raises(error, match=match) as info:
+            validate(config, 8)
+        assert "\n" not in str(info.value)
+
+    fails(ConfigError, "data.novel_classes", _source_config(
+        targets, synthetic_data_dir, novel_classes=("sandal", "hat")))
+    fails(ConfigError, "holds every class", _source_config(
+        targets, synthetic_data_dir, novel_classes=tuple(np.load(targets)["classnames"])))
+    config = _source_config(targets, synthetic_data_dir)
+    config.model.embed_dim = 24
+    fails(ConfigError, "model.embed_dim=24|embed_dim is 24", config)
+    config = _source_config(targets, synthetic_data_dir)
+    config.model.image.update(image_size=48)
+    fails(ConfigError, "canvases of side 32", config)
+    fails(ConfigError, "data.teacher_step", _source_config(targets, synthetic_data_dir,
+                                                           teacher_step=2))
+    fails(DataError, "python -m vlmjax.train.teacher_targets", _source_config(
+        str(tmp_path / "absent.npz"), synthetic_data_dir))
+    clip = load_config_file(TINY_CONFIG)
+    clip.data.dir = synthetic_data_dir
+    clip.evals.detect = {"kind": "ov_detection", "class_embeddings": targets, "batch_size": 8}
+    fails(ConfigError, "predicts no boxes", clip)
+    with pytest.raises(ConfigError, match="without pooled"):
+        TeacherEmbedder(SimpleNamespace(config={"model": {"name": "filip"}}, workdir="t"))
+    with pytest.raises(ConfigError, match=r"\['hat'\]"):
+        novel_indices(["sandal", "bag"], ("hat",), "evals.x.novel_classes")
+    with pytest.raises(DataError, match="embeds the classes"):
+        load_class_embeddings(targets, ["person", "dog"], "evals.x.class_embeddings")
+
+
+def _picture(path, h, w, value):
+    from PIL import Image
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(np.full((h, w, 3), value, np.uint8)).save(path, format="PNG")
+
+
+@pytest.fixture(scope="module")
+def box_benchmarks(tmp_path_factory):
+    """Mock COCO (a dog and a crowd) and LVIS (one box of class 1203) prepared as in
+    test_dense_benchmarks."""
+    from vlmjax.data.dense_benchmarks import dense_benchmark
+    from vlmjax.data.dense_builders import prepare
+    root = tmp_path_factory.mktemp("box_manual")
+    data_dir = str(root / "tfds")
+    coco = root / "coco"
+    _picture(coco / "val2017" / "000000000785.jpg", 20, 40, 30)
+    names = dense_benchmark("coco_boxes")["classnames"]
+    ids = [i for i in range(1, 91) if i not in (12, 26, 29, 30, 45, 66, 68, 69, 71, 83)][:80]
+    (coco / "annotations").mkdir(parents=True)
+    (coco / "annotations" / "instances_val2017.json").write_text(json.dumps({
+        "categories": [{"id": i, "name": n} for i, n in zip(ids, names, strict=True)],
+        "images": [{"id": 785, "file_name": "000000000785.jpg"}],
+        "annotations": [{"image_id": 785, "category_id": 18, "bbox": [2, 4, 10, 6], "iscrowd": 0},
+                        {"image_id": 785, "category_id": 1, "bbox": [0, 0, 40, 20], "iscrowd": 1}]}))
+    prepare("coco_boxes", str(coco), data_dir)
+    lvis = root / "lvis"
+    _picture(lvis / "train2017" / "000000000009.jpg", 10, 10, 7)
+    (lvis / "lvis_v1_val.json").write_text(json.dumps({
+        "categories": [{"id": i + 1, "name": f"thing_{i}"} for i in range(1203)],
+        "images": [{"id": 9, "coco_url": "http://x/train2017/000000000009.jpg"}],
+        "annotations": [{"image_id": 9, "category_id": 1203, "bbox": [1, 1, 3, 3]}]}))
+    prepare("lvis_boxes", str(lvis), data_dir)
+    return data_dir
+
+
+@pytest.mark.parametrize("dataset", ["coco_boxes", "lvis_boxes"])
+def test_the_evaluator_reads_coco_and_lvis_boxes(registered, teacher, box_benchmarks, dataset,
+                                                 tmp_path):
+    """Item 5: the same detector and evaluator on the registry's box benchmarks (mock data),
+    with the teacher's class embeddings of the benchmark's class list."""
+    from flax import nnx
+
+    from tests.eval_contexts import make_eval_context
+    from vlmjax.config import load_config_file
+    from vlmjax.config.schema import complete
+    from vlmjax.evaluators.ov_detection import COCO_NOVEL_CLASSES, OVDetection
+    from vlmjax.models.ov_detector import OVDetector
+    from vlmjax.parallel.mesh import make_mesh
+    from vlmjax.train.run import load_run
+    from vlmjax.train.teacher_targets import dataset_class_embeddings
+    classes = dataset_class_embeddings(load_run(teacher), dataset, box_benchmarks,
+                                       str(tmp_path / "classes.npz"))
+    config = complete(load_config_file(f"{TINY}:{classes}")).to_dict()
+    config["model"]["image"].update(image_size=16, channels=3)
+    model = OVDetector(config["model"], 600, 12, rngs=nnx.Rngs(0))
+    graphdef, params = nnx.split(model)
+    ctx = make_eval_context({"data": {"dir": "", "image_mean": 0.5, "image_std": 0.5},
+                             "model": {"name": "ov_detector", "image": config["model"]["image"]}},
+                            graphdef=graphdef, tokenizer=None, context_length=12,
+                            mesh=make_mesh({"data": -1, "fsdp": 1, "tensor": 1}),
+                            rules=(("batch", ("data", "fsdp")),))
+    novel = COCO_NOVEL_CLASSES if dataset == "coco_boxes" else ("thing 1202",)
+    evaluator = OVDetection({"dataset": dataset, "data_dir": box_benchmarks, "batch_size": 8,
+                             "short_side": 16, "canvas": 32, "class_embeddings": classes,
+                             "novel_classes": novel}, ctx)
+    got = evaluator.run(params)
+    assert set(got) == {f"{s}/{m}" for s in ("novel", "base", "all") for m in ("ap", "ap50")}
+    # COCO: the dog (novel) is the only box that counts (crowds do not); LVIS: its one box.
+    assert 0 <= got["novel/ap"] <= 1 and np.isnan(got["base/ap"])
+    assert got["all/ap"] == pytest.approx(got["novel/ap"])

@@ -34,6 +34,11 @@ from vlmjax.options import fail
 from vlmjax.parallel.mesh import batch_shards, replicated
 
 SCORINGS = ("softmax", "sigmoid")
+# COCO's open-vocabulary split (OVR-CNN, ViLD): 17 novel classes. Those papers evaluate 48 base
+# classes and leave 15 out; here "base" is the other 63 of the 80.
+COCO_NOVEL_CLASSES = ("airplane", "bus", "cat", "dog", "cow", "elephant", "umbrella", "tie",
+                      "snowboard", "skateboard", "cup", "knife", "cake", "couch", "keyboard",
+                      "sink", "scissors")
 
 
 @dataclasses.dataclass(frozen=True)
