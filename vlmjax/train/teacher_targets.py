@@ -34,6 +34,7 @@ import jax
 import numpy as np
 from flax import nnx
 
+from vlmjax.config import config_from_args
 from vlmjax.data.datasets import load_split
 from vlmjax.data.dense_sources import open_dense_source
 from vlmjax.data.detection_source import read_targets
@@ -226,7 +227,6 @@ def main(argv: Sequence[str] | None = None) -> int:
                                       "dataset": args.classes_of}, "class_embeddings")
         print(dataset_class_embeddings(run, args.classes_of, args.data_dir, out))
         return 0
-    from vlmjax.config import config_from_args
     overrides = [a[len("--config."):] for a in rest if a.startswith("--config.")]
     if len(overrides) != len(rest):
         parser.error(f"unknown arguments {[a for a in rest if not a.startswith('--config.')]}")
