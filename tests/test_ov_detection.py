@@ -506,3 +506,18 @@ def test_the_evaluator_reads_coco_and_lvis_boxes(registered, teacher, box_benchm
     # COCO: the dog (novel) is the only box that counts (crowds do not); LVIS: its one box.
     assert 0 <= got["novel/ap"] <= 1 and np.isnan(got["base/ap"])
     assert got["all/ap"] == pytest.approx(got["novel/ap"])
+
+
+@pytest.mark.parametrize("variant", ["", "vild:", "text:"])
+def test_the_demo_config_validates(registered, targets, variant):
+    from vlmjax.config import load_config_file
+    from vlmjax.config.validate import validate
+    from vlmjax.errors import ConfigError
+    config = load_config_file(os.path.join(REPO, "configs", "demo",
+                                           "ov_detection_fashion_mnist.py") + f":{variant}{targets}")
+    validate(config, 8, training=False)  # not the source: these tiny targets are 16 wide, not 96
+    assert config.data.targets == targets == config.evals.detect.class_embeddings
+    assert config.objective.image_weight == (0.0 if variant == "text:" else 1.0)
+    with pytest.raises(ConfigError, match="unknown variant"):
+        load_config_file(os.path.join(REPO, "configs", "demo", "ov_detection_fashion_mnist.py")
+                         + ":mask:x.npz")
