@@ -212,6 +212,19 @@ def test_the_run_trains_evaluates_and_keeps_the_teacher_frozen(student_run):
     assert model.teacher.encode_image(images).shape == (2, 16)
 
 
+def test_evaluate_needs_only_the_run_not_the_teacher(student_run):
+    """`python -m vlmjax.evaluate --workdir RUN`: config.json rebuilds student and teacher."""
+    from vlmjax.evaluate import evaluate
+    from vlmjax.train.workdir import load_saved_config
+    teacher, workdir, results = student_run
+    os.rename(teacher, teacher + ".away")
+    try:
+        again = evaluate(load_saved_config(workdir), workdir)
+    finally:
+        os.rename(teacher + ".away", teacher)
+    assert again["evals"] == results["evals"]
+
+
 def _write_later_teacher_checkpoint(teacher: str) -> None:
     """Another (different) checkpoint of the teacher, step 20, as a resumed teacher would."""
     from vlmjax.train.checkpoint import Checkpointer
