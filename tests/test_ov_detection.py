@@ -521,3 +521,38 @@ def test_the_demo_config_validates(registered, targets, variant):
     with pytest.raises(ConfigError, match="unknown variant"):
         load_config_file(os.path.join(REPO, "configs", "demo", "ov_detection_fashion_mnist.py")
                          + ":mask:x.npz")
+
+
+@pytest.mark.parametrize("tower", ["vit", "resnet"])
+def test_the_detector_starts_with_one_box_per_cell_on_vit_and_resnet(registered, tower):
+    """OWL-ViT's box bias: before training, token (r, c) of a g x g grid predicts its own cell."""
+    import ml_collections
+    from flax import nnx
+
+    from vlmjax.config import load_config_file
+    from vlmjax.config.schema import complete
+    from vlmjax.models.ov_detector import OVDetector
+    config = load_config_file(f"{TINY}:x.npz")
+    if tower == "resnet":  # 32 -> 16 (stem) -> 8 (stage 1) -> 8: an 8 x 8 grid of tokens
+        config.model.image = ml_collections.ConfigDict(dict(kind="resnet", image_size=32,
+                                                            channels=1))
+        complete(config)
+        config.model.image.update(layers=(1, 1), width=8, stem_stride=2, strides=(2, 1),
+                                  head_width=16, output_dim=16, proj="none")
+    cfg = complete(config).to_dict()
+    model = OVDetector(cfg["model"], 600, 12, rngs=nnx.Rngs(0))
+    images = jnp.asarray(np.random.default_rng(0).normal(size=(2, 32, 32, 1)), jnp.float32)
+    queries = np.eye(16, dtype=np.float32)[:5]
+    out = model.detect(images, jnp.asarray(queries))
+    g = {"vit": 4, "resnet": 8}[tower]
+    cells = np.array([[c / g, r / g, (c + 1) / g, (r + 1) / g] for r in range(g) for c in range(g)])
+    np.testing.assert_allclose(out["boxes"][0], cells, atol=2e-4)
+    assert out["class_logits"].shape == (2, g * g, 5)
+    tokens = model.token_outputs(images)
+    cos = np.einsum("bne,ke->bnk", np.asarray(tokens["class_embed"]), queries)
+    np.testing.assert_allclose(np.linalg.norm(tokens["class_embed"], axis=-1), 1, rtol=1e-5)
+    # Untrained shift 0 and scale elu(0) + 1 = 1: logits are exp(logit_scale) * cosines.
+    np.testing.assert_allclose(out["class_logits"], cos * np.exp(cfg["model"]["logit_scale_init"]),
+                               rtol=1e-4, atol=1e-5)
+    with pytest.raises(ValueError, match="class embeddings"):
+        model({"image": images})
