@@ -556,3 +556,50 @@ def test_the_detector_starts_with_one_box_per_cell_on_vit_and_resnet(registered,
                                rtol=1e-4, atol=1e-5)
     with pytest.raises(ValueError, match="class embeddings"):
         model({"image": images})
+
+
+def test_evaluator_detections_are_the_models_top_scores_in_canvas_pixels(registered, targets,
+                                                                          synthetic_data_dir):
+    from flax import nnx
+
+    from tests.eval_contexts import make_eval_context
+    from vlmjax.config import load_config_file
+    from vlmjax.config.schema import complete
+    from vlmjax.data.normalization import Normalization
+    from vlmjax.evaluators import ov_detection as evaluation
+    from vlmjax.models.ov_detector import OVDetector
+    from vlmjax.parallel.mesh import make_mesh
+    cfg = complete(load_config_file(f"{TINY}:{targets}")).to_dict()
+    model = OVDetector(cfg["model"], 600, 12, rngs=nnx.Rngs(1))
+    graphdef, params = nnx.split(model)
+    ctx = make_eval_context({"data": {**cfg["data"], "dir": synthetic_data_dir},
+                             "model": {"name": "ov_detector", "image": cfg["model"]["image"]}},
+                            graphdef=graphdef, tokenizer=None, context_length=12,
+                            mesh=make_mesh({"data": -1, "fsdp": 1, "tensor": 1}),
+                            rules=(("batch", ("data", "fsdp")),))
+    ev = evaluation.OVDetection({"num_images": 12, "batch_size": 8, "top_k": 5,
+                                 "class_embeddings": targets}, ctx)
+    rows = np.arange(12)
+    dets = ev.detections(params, rows)
+    images, _ = ev.source.rows(rows)
+    out = model.detect(Normalization.from_config(cfg["data"])(jnp.asarray(images)),
+                       jnp.asarray(np.load(targets)["class_embed"]))
+    scores = np.asarray(evaluation.detection_scores(out, "softmax", True))
+    for row in rows:
+        mine = dets[dets[:, 0] == row]
+        flat = scores[row].reshape(-1)
+        best = np.argsort(-flat, kind="stable")[:5]
+        np.testing.assert_allclose(mine[:, 5], flat[best], rtol=1e-5)
+        np.testing.assert_array_equal(mine[:, 6], best % 10)
+        boxes = np.clip(np.asarray(out["boxes"][row])[best // 10] * CANVAS, 0, CANVAS)
+        np.testing.assert_allclose(mine[:, 1:5], boxes, rtol=1e-5, atol=1e-4)
+    # Detections equal to the ground truth score AP 1 on every subset the rows hold.
+    truth = [(row, box, lab - 1) for row, (boxes, labels) in zip(rows, ev.source.boxes(rows),
+                                                                  strict=True)
+             for box, lab in zip(boxes, labels, strict=True)]
+    ev.detections = lambda params, chunk: np.array(
+        [[r, *b, 1.0, k] for r, b, k in truth if r in chunk]).reshape(-1, 7)
+    got = ev.run(params)
+    for key, value in got.items():
+        assert np.isnan(value) or value == pytest.approx(1.0), key
+    assert got["all/ap"] == pytest.approx(1.0)
