@@ -7,7 +7,8 @@ dataset: novel / base / all box AP50 and AP), configs/demo/ov_detection_fashion_
 
 T.npz: `python -m vlmjax.train.teacher_targets --teacher RUN --config <the demo config>`.
 Rows: "vild": the student trained with ViLD-text + ViLD-image (+ DETR box losses);
-"text": the same without ViLD-image; "oracle": no student at all, the teacher classifying
+"text": the same without ViLD-image; "regions": ViLD-image on every item's box (novel items
+unlabelled: idealised class-agnostic proposals); "oracle": no student at all, the teacher classifying
 the ground-truth boxes' 1x + 1.5x crops (ViLD's crop baseline given perfect boxes: every box
 scored for every class by the teacher's softmax over the 10 class embeddings at its own
 temperature), an upper reference for the classification part. Every row is evaluated on the
@@ -25,6 +26,7 @@ REPO = os.path.dirname(BENCH)
 CONFIG = os.path.join(REPO, "configs", "demo", "ov_detection_fashion_mnist.py")
 EVAL = "ov_detection/fashion_mnist_scenes"
 LABELS = {"vild": "ViLD-text + ViLD-image", "text": "ViLD-text only",
+          "regions": "ViLD-text + ViLD-image on all items' boxes",
           "oracle": "teacher crops on GT boxes"}
 
 
@@ -100,7 +102,7 @@ def table(results: dict[str, dict], teacher: str) -> str:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--targets", required=True)
-    parser.add_argument("--rows", default="vild,text,oracle")
+    parser.add_argument("--rows", default="vild,text,regions,oracle")
     parser.add_argument("--steps", type=int, default=1500)
     parser.add_argument("--num_images", type=int, default=1000, help="oracle row's canvases")
     parser.add_argument("--workdir", default="/tmp/ov_detection_table")

@@ -189,6 +189,41 @@ def test_cost_matching_and_losses_match_numpy(case, class_loss):
     assert float(loss) == pytest.approx(want["loss"], rel=1e-4)
 
 
+def test_image_distillation_on_unlabelled_regions_matches_numpy(case):
+    """distill_boxes: ViLD-image over class-agnostic regions matched on box costs alone."""
+    outputs, boxes, labels, targets = case
+    rng = np.random.default_rng(11)
+    regions = np.array([[[0.1, 0.2, 0.5, 0.6], [0.5, 0.4, 0.9, 0.95], [0.6, 0.0, 0.9, 0.3]],
+                        [[0.3, 0.3, 0.7, 0.6], [0.0, 0.5, 0.4, 0.9], [0, 0, 0, 0]]])
+    valid = np.array([[True, True, True], [True, True, False]])
+    region_targets = rng.normal(size=(2, 3, 5))
+    o = {**objective.OPTIONS, "image_weight": 0.7}
+    jx = {key: jnp.asarray(v, jnp.float32) for key, v in outputs.items()}
+    batch = {"boxes": jnp.asarray(boxes, jnp.float32), "box_labels": jnp.asarray(labels),
+             "box_targets": jnp.asarray(targets, jnp.float32),
+             "distill_boxes": jnp.asarray(regions, jnp.float32),
+             "distill_valid": jnp.asarray(valid),
+             "distill_targets": jnp.asarray(region_targets, jnp.float32)}
+    loss, metrics = objective.ov_detection_loss(jx, o, batch)
+    total, count = 0.0, 0
+    for i in range(2):
+        cost = np.zeros((valid[i].sum(), 6))
+        for m, g in enumerate(regions[i][valid[i]]):
+            gc = np.array([(g[0] + g[2]) / 2, (g[1] + g[3]) / 2, g[2] - g[0], g[3] - g[1]])
+            for t in range(6):
+                pred = outputs["pred_boxes"][i, t]
+                cost[m, t] = (o["match_l1"] * np.abs(pred - gc).sum()
+                              - o["match_giou"] * _iou_giou(g, _corners(pred))[1])
+        rows, cols = linear_sum_assignment(cost)
+        for m, t in zip(rows, cols, strict=True):
+            total += np.abs(outputs["class_embed"][i, t] - region_targets[i][valid[i]][m]).sum()
+            count += 1
+    assert float(metrics["image_loss"]) == pytest.approx(total / count, rel=1e-4)
+    without, rest = objective.ov_detection_loss(jx, {**o, "image_weight": 0.0}, batch)
+    assert float(loss) == pytest.approx(float(without) + 0.7 * total / count, rel=1e-4)
+    assert float(rest["class_loss"]) == pytest.approx(float(metrics["class_loss"]))
+
+
 def test_losses_are_differentiable_and_image_weight_zero_drops_the_teacher(case):
     outputs, boxes, labels, targets = case
     jx = {key: jnp.asarray(v, jnp.float32) for key, v in outputs.items()}
@@ -344,7 +379,7 @@ def test_the_source_labels_base_classes_only_and_resumes(registered, targets, sy
     from vlmjax.data.detection_source import NOVEL_CLASSES, read_targets
     from vlmjax.data.registry import get_train_source
     from vlmjax.data.scenes import get_scene_set, scene, split_pool
-    config = _source_config(targets, synthetic_data_dir)
+    config = _source_config(targets, synthetic_data_dir, distill_boxes="all")
     validate(config, 8)
     cfg = config.to_dict()
     source = get_train_source(cfg["data"])
@@ -371,6 +406,12 @@ def test_the_source_labels_base_classes_only_and_resumes(registered, targets, sy
             np.testing.assert_allclose(batch["boxes"][row, :len(keep)], s.boxes[keep] / CANVAS)
             np.testing.assert_allclose(batch["box_targets"][row, :len(keep)],
                                        cached["box_targets"][position, keep])
+            # Unlabelled regions for ViLD-image: every item, novel ones included.
+            items = len(s.labels)
+            np.testing.assert_allclose(batch["distill_boxes"][row, :items], s.boxes / CANVAS)
+            np.testing.assert_array_equal(batch["distill_valid"][row], np.arange(4) < items)
+            np.testing.assert_allclose(batch["distill_targets"][row, :items],
+                                       cached["box_targets"][position, :items])
     assert novel_items > 0  # novel items are in the images, unlabelled
     state = it.get_state()
     want = next(it)
@@ -422,6 +463,8 @@ def test_bad_input_fails_in_one_line(registered, targets, synthetic_data_dir, tm
     fails(ConfigError, "canvases of side 32", config)
     fails(ConfigError, "data.teacher_step", _source_config(targets, synthetic_data_dir,
                                                            teacher_step=2))
+    fails(ConfigError, "data.distill_boxes", _source_config(targets, synthetic_data_dir,
+                                                            distill_boxes="proposals"))
     fails(DataError, "python -m vlmjax.train.teacher_targets", _source_config(
         str(tmp_path / "absent.npz"), synthetic_data_dir))
     clip = load_config_file(TINY_CONFIG)
@@ -508,7 +551,7 @@ def test_the_evaluator_reads_coco_and_lvis_boxes(registered, teacher, box_benchm
     assert got["all/ap"] == pytest.approx(got["novel/ap"])
 
 
-@pytest.mark.parametrize("variant", ["", "vild:", "text:"])
+@pytest.mark.parametrize("variant", ["", "vild:", "text:", "regions:"])
 def test_the_demo_config_validates(registered, targets, variant):
     from vlmjax.config import load_config_file
     from vlmjax.config.validate import validate
@@ -518,6 +561,7 @@ def test_the_demo_config_validates(registered, targets, variant):
     validate(config, 8, training=False)  # not the source: these tiny targets are 16 wide, not 96
     assert config.data.targets == targets == config.evals.detect.class_embeddings
     assert config.objective.image_weight == (0.0 if variant == "text:" else 1.0)
+    assert config.data.distill_boxes == ("all" if variant == "regions:" else "base")
     with pytest.raises(ConfigError, match="unknown variant"):
         load_config_file(os.path.join(REPO, "configs", "demo", "ov_detection_fashion_mnist.py")
                          + ":mask:x.npz")

@@ -13,6 +13,11 @@ each process generating only its rows). A batch:
 - "boxes" float32 [b, M, 4] (x0, y0, x1, y1 as fractions of the canvas), "box_labels" int32
   [b, M] (index into the base classes, -1 for padding), "box_targets" float32 [b, M, e];
 - "class_embed" float32 [b, K_base, e]: the base classes' text embeddings (the same per row).
+With `distill_boxes`="all" a batch also holds every item's box as a class-agnostic region for
+ViLD-image: "distill_boxes" [b, M, 4], "distill_valid" bool [b, M], "distill_targets"
+[b, M, e] (no labels). ViLD distils the teacher on an RPN's proposals, which find novel objects
+too; here the items' own boxes stand in for such proposals: an idealised proposal generator
+(it knows where every item is, never what it is), reported as its own variant.
 """
 
 import dataclasses
@@ -29,7 +34,7 @@ from vlmjax.data.datasets import check_dataset, load_split
 from vlmjax.data.scenes import ItemPool, SceneSet, get_scene_set, scene, scene_texts, split_pool
 from vlmjax.data.train_source import TrainSource
 from vlmjax.errors import DataError
-from vlmjax.options import fail
+from vlmjax.options import fail, require_choice
 from vlmjax.tokenizers import Tokenizer
 
 log = logging.getLogger(__name__)
@@ -44,6 +49,8 @@ OPTIONS = {
     "teacher": "",
     "teacher_step": -1,
     "novel_classes": NOVEL_CLASSES,  # never labelled in training
+    # Regions of ViLD-image: "base" (the labelled boxes) or "all" (every item's box, unlabelled).
+    "distill_boxes": "base",
     "num_threads": 1,
 }
 NUM_BATCHES = 2 ** 40
@@ -93,6 +100,7 @@ class DetectionBatch(grain.transforms.MapWithIndex):
     seed: int
     targets: Mapping[str, Any]
     base: Sequence[int]  # class ids of the base classes, in base-index order
+    all_regions: bool = False  # distill_boxes="all"
 
     def map_with_index(self, index: int, element: Any) -> dict:
         del element
@@ -105,6 +113,9 @@ class DetectionBatch(grain.transforms.MapWithIndex):
         boxes = np.zeros((len(positions), m, 4), np.float32)
         labels = np.full((len(positions), m), -1, np.int32)
         targets = np.zeros((len(positions), m, e), np.float32)
+        regions = np.zeros((len(positions), m, 4), np.float32)
+        region_valid = np.zeros((len(positions), m), bool)
+        region_targets = np.zeros((len(positions), m, e), np.float32)
         for row, p in enumerate(positions):
             s = scene(self.spec, self.pool, "train", self.size, int(p), self.seed)
             k = len(s.labels)
@@ -117,12 +128,19 @@ class DetectionBatch(grain.transforms.MapWithIndex):
             boxes[row, :len(keep)] = s.boxes[keep] / self.size
             labels[row, :len(keep)] = base_index[s.labels[keep]]
             targets[row, :len(keep)] = self.targets["box_targets"][p, keep]
+            regions[row, :k], region_valid[row, :k] = s.boxes / self.size, True
+            region_targets[row, :k] = self.targets["box_targets"][p, :k]
             images.append(s.image)
         class_embed = np.asarray(self.targets["class_embed"], np.float32)[list(self.base)]
-        return {"image": np.stack(images)[..., None], "label": np.full(len(positions), -1, np.int32),
-                "boxes": boxes, "box_labels": labels, "box_targets": targets,
-                "class_embed": np.broadcast_to(class_embed, (len(positions), *class_embed.shape)
-                                               ).copy()}
+        batch = {"image": np.stack(images)[..., None],
+                 "label": np.full(len(positions), -1, np.int32), "boxes": boxes,
+                 "box_labels": labels, "box_targets": targets,
+                 "class_embed": np.broadcast_to(class_embed, (len(positions), *class_embed.shape)
+                                                ).copy()}
+        if self.all_regions:
+            batch.update(distill_boxes=regions, distill_valid=region_valid,
+                         distill_targets=region_targets)
+        return batch
 
 
 @dataclasses.dataclass(frozen=True)
@@ -142,6 +160,7 @@ class ScenesDetection:
         if image["image_size"] < MIN_CANVAS:
             fail("model.image.image_size", f"is {image['image_size']}; canvases have the "
                  "model's size", f"use at least {MIN_CANVAS}")
+        require_choice(data, "data", "distill_boxes", ("base", "all"))
         check_dataset("fashion_mnist", data["dir"], key="data.dir", split="train")
         targets = read_targets(data["targets"])
         meta = targets["meta"]
@@ -178,7 +197,8 @@ class ScenesDetection:
         images, labels = load_split("fashion_mnist", data["dir"], "train")
         maker = DetectionBatch(get_scene_set(self.name), split_pool(images, labels, "train"),
                                cfg["model"]["image"]["image_size"], cfg["train"]["batch_size"],
-                               rows, meta["seed"], targets, base)
+                               rows, meta["seed"], targets, base,
+                               all_regions=data["distill_boxes"] == "all")
         ds = grain.MapDataset.range(NUM_BATCHES).map_with_index(maker)
         options = grain.ReadOptions(num_threads=data["num_threads"],
                                     prefetch_buffer_size=max(data["prefetch"], 1))

@@ -13,7 +13,10 @@ focal cost of Deformable DETR / OWL-ViT ("focal"). Losses, summed with their wei
   "focal": OWL-ViT's sigmoid focal loss per class (unmatched tokens: all zero), / boxes;
 - l1, giou: DETR's box losses on matched pairs, / boxes;
 - image (ViLD-image): L1 between a matched token's class embedding and the teacher's embedding
-  of the box's crops (batch["box_targets"]), summed over dimensions, / boxes;
+  of the box's crops (batch["box_targets"]), summed over dimensions, / boxes; with
+  batch["distill_boxes"] / "distill_valid" / "distill_targets" (class-agnostic regions, e.g.
+  every item's box as ViLD's proposals would find them, novel items included, never labelled)
+  the term is over those instead, matched to tokens on the box costs alone;
 - objectness: binary cross-entropy of "matched or not", mean over tokens (OWLv2's objectness).
 Batch: "boxes" [b, M, 4] (x0, y0, x1, y1 in [0, 1]), "box_labels" int32 [b, M] (base-class index,
 -1 for padding), "box_targets" [b, M, e].
@@ -72,17 +75,36 @@ def match_cost(outputs: Mapping[str, jax.Array], boxes: jax.Array, labels: jax.A
         per_class = positive - negative
     class_cost = jnp.take_along_axis(per_class, gt[:, None, :], axis=-1)  # [b, n, M]
     class_cost = jnp.swapaxes(class_cost, 1, 2)
+    valid = labels >= 0
+    return (jnp.where(valid[..., None], o["match_class"] * class_cost, 0.0)
+            + box_cost(outputs, boxes, valid, o))
+
+
+def box_cost(outputs: Mapping[str, jax.Array], boxes: jax.Array, valid: jax.Array,
+             options: Mapping) -> jax.Array:
+    """[b, M, n]: match_l1 * L1 - match_giou * GIoU of region m and token n; invalid rows 0."""
+    o = {**OPTIONS, **options}
     pred = outputs["pred_boxes"].astype(jnp.float32)
     l1 = jnp.abs(corners_to_center(boxes)[:, :, None, :] - pred[:, None, :, :]).sum(-1)
     _, giou = pairwise_iou_giou(boxes, center_to_corners(pred))
-    cost = o["match_class"] * class_cost + o["match_l1"] * l1 - o["match_giou"] * giou
-    return jnp.where((labels >= 0)[..., None], cost, 0.0)
+    return jnp.where(valid[..., None], o["match_l1"] * l1 - o["match_giou"] * giou, 0.0)
+
+
+def image_distillation(outputs: Mapping[str, jax.Array], targets: jax.Array, valid: jax.Array,
+                       columns: jax.Array) -> jax.Array:
+    """ViLD-image: mean over valid regions of the L1 distance (summed over dimensions) between
+    the class embedding of the region's token (`columns` [b, M]) and its target [b, M, e]."""
+    embed = jnp.take_along_axis(outputs["class_embed"].astype(jnp.float32), columns[..., None],
+                                axis=1)
+    l1 = jnp.abs(embed - targets.astype(jnp.float32)).sum(-1)
+    return jnp.sum(jnp.where(valid, l1, 0.0)) / jnp.maximum(valid.sum(), 1).astype(jnp.float32)
 
 
 def detection_losses(outputs: Mapping[str, jax.Array], boxes: jax.Array, labels: jax.Array,
                      targets: jax.Array | None, columns: jax.Array, options: Mapping
                      ) -> dict[str, jax.Array]:
-    """Every loss term (module doc) given the matched token `columns` [b, M] of each box."""
+    """Every loss term (module doc) given the matched token `columns` [b, M] of each box; the
+    image term on the labelled boxes' `targets` (None: left to the caller, 0 here)."""
     o = {**OPTIONS, **options}
     valid = labels >= 0
     n = outputs["pred_boxes"].shape[1]
@@ -116,9 +138,7 @@ def detection_losses(outputs: Mapping[str, jax.Array], boxes: jax.Array, labels:
     out["objectness_loss"] = jnp.mean(-jnp.where(matched, jax.nn.log_sigmoid(objectness),
                                                  jax.nn.log_sigmoid(-objectness)))
     if targets is not None:
-        embed = jnp.take_along_axis(outputs["class_embed"].astype(jnp.float32),
-                                    columns[..., None], axis=1)
-        out["image_loss"] = masked(jnp.abs(embed - targets.astype(jnp.float32)).sum(-1))
+        out["image_loss"] = image_distillation(outputs, targets, valid, columns)
     else:
         out["image_loss"] = jnp.zeros((), jnp.float32)
     best = jnp.argmax(jnp.take_along_axis(logits, columns[..., None], axis=1), axis=-1)
@@ -141,8 +161,16 @@ def ov_detection_loss(outputs: Mapping[str, jax.Array], options: Mapping,
         raise ValueError(f"{labels.shape[1]} boxes per image but only "
                          f"{outputs['pred_boxes'].shape[1]} tokens to match them to")
     columns = hungarian_match(match_cost(outputs, boxes, labels, o))
-    targets = batch.get("box_targets") if o["image_weight"] > 0 else None
+    regions = "distill_boxes" in batch
+    targets = batch.get("box_targets") if o["image_weight"] > 0 and not regions else None
     metrics = detection_losses(outputs, boxes, labels, targets, columns, o)
+    if regions and o["image_weight"] > 0:
+        valid = batch["distill_valid"]
+        region_columns = hungarian_match(box_cost(outputs, batch["distill_boxes"].astype(
+            jnp.float32), valid, o))
+        metrics["image_loss"] = image_distillation(outputs, batch["distill_targets"], valid,
+                                                   region_columns)
+        metrics["loss"] = metrics["loss"] + o["image_weight"] * metrics["image_loss"]
     if "logit_scale" in outputs:
         metrics["logit_scale"] = jnp.mean(outputs["logit_scale"])
     return metrics["loss"], metrics
