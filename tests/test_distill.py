@@ -225,6 +225,20 @@ def test_evaluate_needs_only_the_run_not_the_teacher(student_run):
     assert again["evals"] == results["evals"]
 
 
+def test_evaluate_with_the_experiment_config_takes_the_recorded_teacher(student_run,
+                                                                        synthetic_data_dir):
+    """`vlmjax.evaluate --workdir RUN --config EXPERIMENT.py` (teacher_step -1, no teacher model
+    section): the run's recorded teacher is used, the teacher directory is not read."""
+    from vlmjax.evaluate import evaluate
+    teacher, workdir, results = student_run
+    os.rename(teacher, teacher + ".away")
+    try:
+        again = evaluate(_student_config(teacher, synthetic_data_dir), workdir)
+    finally:
+        os.rename(teacher + ".away", teacher)
+    assert again["evals"] == results["evals"]
+
+
 def _write_later_teacher_checkpoint(teacher: str) -> None:
     """Another (different) checkpoint of the teacher, step 20, as a resumed teacher would."""
     from vlmjax.train.checkpoint import Checkpointer

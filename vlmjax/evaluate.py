@@ -19,12 +19,14 @@ def evaluate(config, workdir: str, step: int | None = None) -> dict:
     from vlmjax.config.schema import complete
     from vlmjax.evaluators.registry import build_evaluators
     from vlmjax.evaluators.report import print_results
+    from vlmjax.train.distill_teacher import resolve_teacher
     from vlmjax.train.eval_context import eval_context
     from vlmjax.train.loop import run_evaluators
     from vlmjax.train.metrics_writer import MetricsWriter
     from vlmjax.train.run import load_run
 
-    config = complete(config)
+    # A distilled run's teacher (step, model section) as the run recorded it.
+    config = resolve_teacher(complete(config), workdir)
     validate(config, jax.device_count(), jax.process_count(), training=False)
     run = load_run(workdir, step, config=config)
     ctx = eval_context(run.config, run.graphdef, run.tokenizer, run.mesh,
