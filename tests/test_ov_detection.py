@@ -275,26 +275,6 @@ TINY = os.path.join(REPO, "configs", "test", "tiny_ov_detection.py")
 CANVAS = 32
 
 
-def register(patch: pytest.MonkeyPatch) -> None:
-    """The registry lines of the family and the objective (models/objectives registries)."""
-    from vlmjax.models import ov_detector
-    from vlmjax.models import registry as models
-    from vlmjax.models.family import ModelFamily
-    from vlmjax.objectives import registry as objectives
-    patch.setitem(models.FAMILIES._entries, "ov_detector", ModelFamily(
-        build=ov_detector.OVDetector, towers=ov_detector.TOWER_PATTERNS,
-        capabilities=frozenset({"detection"}), outputs=frozenset({"detections"}),
-        options=ov_detector.OPTIONS, check=ov_detector.check_ov_detector))
-    patch.setitem(objectives.OBJECTIVES._entries, "ov_detection", objective.OV_DETECTION)
-
-
-@pytest.fixture(scope="module")
-def registered():
-    with pytest.MonkeyPatch.context() as patch:
-        register(patch)
-        yield
-
-
 @pytest.fixture(scope="module")
 def teacher(tmp_path_factory, synthetic_data_dir):
     """A tiny CLIP trained 4 steps, checkpoints at steps 2 and 4."""
@@ -373,7 +353,7 @@ def _source_config(targets, data_dir, **data):
     return complete(config)
 
 
-def test_the_source_labels_base_classes_only_and_resumes(registered, targets, synthetic_data_dir):
+def test_the_source_labels_base_classes_only_and_resumes(targets, synthetic_data_dir):
     from vlmjax.config.validate import validate
     from vlmjax.data.datasets import load_split
     from vlmjax.data.detection_source import NOVEL_CLASSES, read_targets
@@ -422,7 +402,7 @@ def test_the_source_labels_base_classes_only_and_resumes(registered, targets, sy
         np.testing.assert_array_equal(got[key], want[key])
 
 
-def test_a_tiny_run_trains_and_evaluates_novel_base_and_all(registered, targets,
+def test_a_tiny_run_trains_and_evaluates_novel_base_and_all(targets,
                                                             synthetic_data_dir, tmp_path):
     from vlmjax.config import load_config_file
     from vlmjax.train.loop import train
@@ -437,7 +417,7 @@ def test_a_tiny_run_trains_and_evaluates_novel_base_and_all(registered, targets,
     assert logged and all(np.isfinite(r["loss"]) and r["image_loss"] > 0 for r in logged)
 
 
-def test_bad_input_fails_in_one_line(registered, targets, synthetic_data_dir, tmp_path):
+def test_bad_input_fails_in_one_line(targets, synthetic_data_dir, tmp_path):
     from types import SimpleNamespace
 
     from vlmjax.config import load_config_file
@@ -515,7 +495,7 @@ def box_benchmarks(tmp_path_factory):
 
 
 @pytest.mark.parametrize("dataset", ["coco_boxes", "lvis_boxes"])
-def test_the_evaluator_reads_coco_and_lvis_boxes(registered, teacher, box_benchmarks, dataset,
+def test_the_evaluator_reads_coco_and_lvis_boxes(teacher, box_benchmarks, dataset,
                                                  tmp_path):
     """Item 5: the same detector and evaluator on the registry's box benchmarks (mock data),
     with the teacher's class embeddings of the benchmark's class list."""
@@ -552,7 +532,7 @@ def test_the_evaluator_reads_coco_and_lvis_boxes(registered, teacher, box_benchm
 
 
 @pytest.mark.parametrize("variant", ["", "vild:", "text:", "regions:"])
-def test_the_demo_config_validates(registered, targets, variant):
+def test_the_demo_config_validates(targets, variant):
     from vlmjax.config import load_config_file
     from vlmjax.config.validate import validate
     from vlmjax.errors import ConfigError
@@ -568,7 +548,7 @@ def test_the_demo_config_validates(registered, targets, variant):
 
 
 @pytest.mark.parametrize("tower", ["vit", "resnet"])
-def test_the_detector_starts_with_one_box_per_cell_on_vit_and_resnet(registered, tower):
+def test_the_detector_starts_with_one_box_per_cell_on_vit_and_resnet(tower):
     """OWL-ViT's box bias: before training, token (r, c) of a g x g grid predicts its own cell."""
     import ml_collections
     from flax import nnx
@@ -602,7 +582,7 @@ def test_the_detector_starts_with_one_box_per_cell_on_vit_and_resnet(registered,
         model({"image": images})
 
 
-def test_evaluator_detections_are_the_models_top_scores_in_canvas_pixels(registered, targets,
+def test_evaluator_detections_are_the_models_top_scores_in_canvas_pixels(targets,
                                                                           synthetic_data_dir):
     from flax import nnx
 

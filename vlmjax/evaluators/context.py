@@ -45,7 +45,7 @@ class ModelView:
 
 
 _EXAMPLES = {"embedding": "two_tower, coca", "token_wise": "filip", "captions": "coca",
-             "image_tokens": "two_tower, filip, patch_phrase"}
+             "image_tokens": "two_tower, filip, patch_phrase", "detection": "ov_detector"}
 
 
 class ClassifierTrainer(Protocol):

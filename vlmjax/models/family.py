@@ -9,7 +9,9 @@ for a capability instead of testing a model's name:
   embeddings scored by late interaction (FILIP);
 - "image_tokens": `encode_image_tokens(images)` gives per-patch embeddings in the joint space
   (dense zero-shot prediction);
-- "captions": `image_features(images)` and `decode(caption_tokens, ids, mask)` (CoCa).
+- "captions": `image_features(images)` and `decode(caption_tokens, ids, mask)` (CoCa);
+- "detection": `detect(images, queries)` gives per-token boxes, objectness and class scores
+  against given class embeddings (the open-vocabulary detector).
 Every family is called on a batch: `model(batch, train=..., rng=...)` with batch["image"]
 normalised floats [b, H, W, c], batch["text"] / batch["text_mask"] [b, L] (`vlmjax.batch`),
 and returns the outputs its objectives consume.
@@ -22,7 +24,7 @@ from collections.abc import Callable, Mapping
 import jax.numpy as jnp
 from flax import nnx
 
-CAPABILITIES = ("embedding", "token_wise", "image_tokens", "captions")
+CAPABILITIES = ("embedding", "token_wise", "image_tokens", "captions", "detection")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -8,7 +8,16 @@ from collections.abc import Mapping
 
 from flax import nnx
 
-from vlmjax.models import coca, distill, filip, layers, patch_phrase, stacked, two_tower
+from vlmjax.models import (
+    coca,
+    distill,
+    filip,
+    layers,
+    ov_detector,
+    patch_phrase,
+    stacked,
+    two_tower,
+)
 from vlmjax.models.family import ModelFamily
 from vlmjax.models.projection import check_projection
 from vlmjax.models.towers import SIDES, tower_schema, tower_spec, tower_width
@@ -51,6 +60,12 @@ FAMILIES: Registry[ModelFamily] = Registry("model.name", {
                            capabilities=frozenset({"embedding", "image_tokens"}),
                            outputs=frozenset({"embeddings", "teacher"}), options=distill.OPTIONS,
                            check=lambda cfg: distill.check_distill(cfg, FAMILIES)),
+    # OWL-ViT's per-token box / class-embedding / objectness heads on an image tower, scored
+    # against given class embeddings (a teacher's); no text tower (objectives.ov_detection).
+    "ov_detector": ModelFamily(build=ov_detector.OVDetector, towers=ov_detector.TOWER_PATTERNS,
+                               capabilities=frozenset({"detection"}),
+                               outputs=frozenset({"detections"}),
+                               options=ov_detector.OPTIONS, check=ov_detector.check_ov_detector),
 })
 # family -> (section, key) of a model section nested in its options (a teacher's): its schema
 # is the model schema of the family it names.

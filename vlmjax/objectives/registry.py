@@ -1,6 +1,6 @@
 """The objective registry: `config.objective.name` -> an Objective (one line per objective)."""
 
-from vlmjax.objectives import coca, contrastive, distill, filip, patch_phrase, sigmoid
+from vlmjax.objectives import coca, contrastive, distill, filip, ov_detection, patch_phrase, sigmoid
 from vlmjax.objectives.objective import Objective
 from vlmjax.registry import Registry
 
@@ -14,6 +14,8 @@ OBJECTIVES: Registry[Objective] = Registry("objective.name", {
     # The student's CLIP / SigLIP loss plus feature, affinity and interactive terms from a
     # frozen teacher (model.name='distill').
     "distill": distill.DISTILL,
+    # Open-vocabulary detection: Hungarian matching, ViLD-text / ViLD-image, DETR box losses.
+    "ov_detection": ov_detection.OV_DETECTION,
 })
 
 
