@@ -66,6 +66,18 @@ def test_axes_expand_to_the_cross_product_with_deterministic_names():
         "objective=siglip,seed=1"]
 
 
+def test_only_a_numeric_data_sweep_is_its_own_x():
+    """A size preset that sets one number (embed_dim) is no model size: the model axis' x is
+    the parameter count (read later), and a data axis of presets needs its x given."""
+    sizes = {"small": {"model.embed_dim": 48, "model.image.width": 48}, "demo": {"model.embed_dim": 96}}
+    study = parse_study({"config": "a.py", "axes": {"size": sizes, "steps": {"train.num_steps": [10, 20]}},
+                         "scaling": {"model": "size", "data": "steps"}}, "inline")
+    assert study.scaling == {"model": {"axis": "size", "x": {}},
+                             "data": {"axis": "steps", "x": {"10": 10.0, "20": 20.0}}}
+    with pytest.raises(ConfigError, match="scaling.data: give x for small, demo"):
+        parse_study({"config": "a.py", "axes": {"size": sizes}, "scaling": {"data": "size"}}, "inline")
+
+
 def test_override_text_parses_back_to_the_value_it_came_from(tiny_config):
     values = {"train.num_steps": 7, "optimizer.lr": 0.25, "model.use_logit_bias": True,
               "objective.name": "siglip", "data.image_mean": (0.1, 0.2, 0.3), "optimizer.b1": 1e-3}

@@ -265,13 +265,16 @@ def _parse_scaling(raw: Any, axes: list[Axis], problems: list[str]) -> dict[str,
             continue
         axis = by_name[entry["axis"]]
         x = dict(entry.get("x", {}))
-        for label in axis.labels:
+        # A numeric sweep of the data axis (one key, one number per label) is its own x. Presets
+        # are not, even where one of them sets a single number (a "demo" size that only sets
+        # model.embed_dim), and the model axis' x is each run's parameter count unless given.
+        sweep = role == "data" and len(axis.keys) == 1 and all(len(s) == 1 for s in axis.settings)
+        for label in axis.labels if sweep else ():
             if label in x:
                 continue
-            setting = axis.settings[axis.labels.index(label)]
-            values = [v for k, v in setting.items() if k != CONFIG_KEY]
-            if len(values) == 1 and isinstance(values[0], (int, float)) and not isinstance(values[0], bool):
-                x[label] = float(values[0])  # a numeric sweep is its own x
+            value = axis.settings[axis.labels.index(label)][axis.keys[0]]
+            if isinstance(value, (int, float)) and not isinstance(value, bool):
+                x[label] = float(value)
         missing = [label for label in axis.labels if label not in x]
         if missing and role == "data":
             problems.append(f"scaling.data: give x for {', '.join(missing)} (e.g. 'x': {{label: "
