@@ -151,6 +151,15 @@ def test_a_directory_of_another_study_is_refused(tmp_path):
     (tmp_path / "plain" / "something").write_text("x")
     with pytest.raises(VlmjaxError, match="not empty and holds no study.json"):
         claim_directory(str(tmp_path / "plain"), record)
+    # The same runs read another way (the study file's scaling changed): the record follows it,
+    # except when only checking (--dry_run).
+    reread = dataclasses.replace(one, scaling={"data": {"axis": "seed", "x": {"0": 1.0, "1": 2.0}}})
+    claim_directory(directory, reread.record(one.runs()), write=False)
+    with open(os.path.join(directory, "study.json")) as f:
+        assert json.load(f)["scaling"] == json.loads(json.dumps(record["scaling"]))
+    claim_directory(directory, reread.record(one.runs()))
+    with open(os.path.join(directory, "study.json")) as f:
+        assert json.load(f)["scaling"] == {"data": {"axis": "seed", "x": {"0": 1.0, "1": 2.0}}}
 
 
 def test_one_local_runner_per_study_directory(tmp_path):

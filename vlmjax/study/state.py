@@ -44,7 +44,7 @@ def run_state(run_dir: str, num_steps: int, has_evals: bool) -> str:
 
 def claim_directory(directory: str, record: Mapping, write: bool = True) -> None:
     """Writes directory/study.json (unless `write` is false), or checks that the one there is this
-    study's (VlmjaxError if not)."""
+    study's (VlmjaxError if not: other runs) and refreshes it (same runs, e.g. new scaling x)."""
     path = os.path.join(directory, RECORD)
     if os.path.isfile(path):
         with open(path) as f:
@@ -55,8 +55,10 @@ def claim_directory(directory: str, record: Mapping, write: bool = True) -> None
         if existing.get("fingerprint") != record["fingerprint"]:
             raise VlmjaxError(f"{directory} holds another study ({_difference(existing, record)}); "
                               "use a new --workdir, or the study config and overrides that made it")
-        return
-    if os.path.isdir(directory) and os.listdir(directory):
+        if not write or existing == record:
+            return
+        # The same runs: the record follows the study file's current reading (e.g. its scaling).
+    elif os.path.isdir(directory) and os.listdir(directory):
         raise VlmjaxError(f"{directory} is not empty and holds no {RECORD}, so it is not a study "
                           "directory; pass an empty or new --workdir")
     if not write:
