@@ -165,6 +165,31 @@ def test_saturation_is_where_doubling_gains_less_than_half_a_point():
     assert flat.c == pytest.approx(C_MIN) and "no ceiling in sight" in describe_saturation(flat, 8e3)
 
 
+def test_a_fit_through_three_points_is_not_evidence_of_saturation(tmp_path):
+    """Three sizes, one seed: the law passes through the points; the report says so and does
+    not count the curve as saturated."""
+    import csv
+
+    from vlmjax.report import write_study_report
+    from vlmjax.study.spec import parse_study
+    from vlmjax.study.state import claim_directory
+    sizes = {"s1": 1000.0, "s2": 2000.0, "s4": 4000.0}
+    study = parse_study({"config": "configs/test/tiny_clip.py",
+                         "axes": {"data": {k: {"train.num_steps": int(x)} for k, x in sizes.items()}},
+                         "scaling": {"data": {"axis": "data", "x": sizes}}}, "three.py")
+    directory = tmp_path / "study"
+    claim_directory(str(directory), study.record(study.runs()))
+    for run in study.runs():
+        os.makedirs(directory / run.name)
+        (directory / run.name / "results.json").write_text(json.dumps({"step": 1, "evals": {
+            "zeroshot/cifar10": {"acc1": _law("clip", sizes[run.labels["data"]])}}}))
+    with open(write_study_report(str(directory), str(tmp_path / "out"))) as f:
+        report = f.read()
+    assert "exactly determined (3 points, 3 parameters" in report
+    with open(tmp_path / "out" / "scaling_fits.csv") as f:
+        assert [row["saturated"] for row in csv.DictReader(f)] == ["False"]
+
+
 def test_study_report_tables_fits_and_files(study_dir, tmp_path):
     import csv
     out = tmp_path / "out"

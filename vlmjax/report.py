@@ -181,11 +181,15 @@ def _scaling_sections(data, out: str) -> tuple[list[str], list[list], list[list]
                     continue
                 fit = fits[curve] = fit_power_law(all_x, all_y)
                 verdict = describe_saturation(fit, max(xs))
+                if len(all_x) == 3:  # three parameters through three points: no test of the law
+                    verdict = (f"exactly determined (3 points, 3 parameters: the curve passes "
+                               f"through them), so no evidence either way; by the fit: {verdict}. "
+                               "Add a point or seeds")
                 lines.append(f"| {curve} | {len(xs)} | {100 * fit.a:.1f} | {fit.b:.4g} | {fit.c:.3f} "
                              f"| {verdict} |")
                 fit_rows.append([role, kind, metric, curve, fit.a, fit.b, fit.c, fit.rmse, fit.points,
                                  fit.saturation_x(), 100 * fit.doubling_gain(max(xs)),
-                                 "saturated" in verdict and "not saturated" not in verdict])
+                                 verdict.startswith("saturated")])
             figure = f"scaling_{role}_{kind}_{metric.replace('@', '').replace('/', '_')}.png"
             _scaling_figure(curves, fits, title, xlabel, os.path.join(out, figure))
             sections.append("\n".join(lines) + f"\n\n![{title} against {role} size]({figure})\n")
