@@ -9,6 +9,7 @@ from collections.abc import Mapping
 from vlmjax.data import image_text_config
 from vlmjax.data.detection_source import detection_source
 from vlmjax.data.labelled_source import labelled_captions
+from vlmjax.data.pseudo_seg_source import pseudo_seg_source
 from vlmjax.data.scenes_source import scenes_source
 from vlmjax.data.train_source import TrainSource
 from vlmjax.options import fail
@@ -28,6 +29,9 @@ TRAIN_SOURCES: Registry[TrainSource] = Registry("data.name", {
     # The same canvases with the boxes of their base-class items and a teacher's targets
     # (open-vocabulary detection; data.targets from python -m vlmjax.train.teacher_targets).
     "fashion_mnist_scenes_detection": detection_source("fashion_mnist_scenes"),
+    # The same canvases with a teacher's dense pseudo-labels of every class (open-vocabulary
+    # segmentation, MaskCLIP+; data.pseudo_labels from python -m vlmjax.train.teacher_pseudo_labels).
+    "fashion_mnist_scenes_pseudo_seg": pseudo_seg_source("fashion_mnist_scenes"),
 })
 # Keys of `data` every source has (each source adds its own options).
 DATA_OPTIONS = {

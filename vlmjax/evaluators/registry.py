@@ -20,6 +20,7 @@ from vlmjax.evaluators import (
     finetune,
     linear_probe,
     ov_detection,
+    ov_segmentation,
     region_classification,
     retrieval,
     unsupervised,
@@ -72,6 +73,9 @@ EVALUATORS: Registry[EvaluatorSpec] = Registry("evals.<name>.kind", {
                                        region_classification.Options, region_classification.check),
     # Box AP of an open-vocabulary detector (models.ov_detector) on novel / base / all classes.
     "ov_detection": evaluator(ov_detection.OVDetection, ov_detection.Options, ov_detection.check),
+    # Novel / base / all mIoU of an open-vocabulary segmenter (models.ov_segmenter).
+    "ov_segmentation": evaluator(ov_segmentation.OVSegmentation, ov_segmentation.Options,
+                                 ov_segmentation.check),
 })
 
 

@@ -14,6 +14,7 @@ from vlmjax.models import (
     filip,
     layers,
     ov_detector,
+    ov_segmenter,
     patch_phrase,
     stacked,
     two_tower,
@@ -66,6 +67,11 @@ FAMILIES: Registry[ModelFamily] = Registry("model.name", {
                                capabilities=frozenset({"detection"}),
                                outputs=frozenset({"detections"}),
                                options=ov_detector.OPTIONS, check=ov_detector.check_ov_detector),
+    # MaskCLIP+'s student: a per-token class embedding on an image tower scored against given
+    # class embeddings (a teacher's), upsampled to pixels (objectives.pseudo_segmentation).
+    "ov_segmenter": ModelFamily(build=ov_segmenter.OVSegmenter, towers=ov_segmenter.TOWER_PATTERNS,
+                                capabilities=frozenset({"segmentation"}),
+                                outputs=frozenset({"segmentation"})),
 })
 # family -> (section, key) of a model section nested in its options (a teacher's): its schema
 # is the model schema of the family it names.

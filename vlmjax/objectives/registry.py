@@ -1,6 +1,15 @@
 """The objective registry: `config.objective.name` -> an Objective (one line per objective)."""
 
-from vlmjax.objectives import coca, contrastive, distill, filip, ov_detection, patch_phrase, sigmoid
+from vlmjax.objectives import (
+    coca,
+    contrastive,
+    distill,
+    filip,
+    ov_detection,
+    patch_phrase,
+    pseudo_segmentation,
+    sigmoid,
+)
 from vlmjax.objectives.objective import Objective
 from vlmjax.registry import Registry
 
@@ -16,6 +25,8 @@ OBJECTIVES: Registry[Objective] = Registry("objective.name", {
     "distill": distill.DISTILL,
     # Open-vocabulary detection: Hungarian matching, ViLD-text / ViLD-image, DETR box losses.
     "ov_detection": ov_detection.OV_DETECTION,
+    # Per-pixel cross-entropy on a teacher's dense pseudo-labels (MaskCLIP+), 255 ignored.
+    "pseudo_segmentation": pseudo_segmentation.PSEUDO_SEGMENTATION,
 })
 
 
