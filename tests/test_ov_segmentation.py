@@ -114,9 +114,12 @@ def test_pseudo_labels_are_the_teachers_dense_prediction(teacher, labels, synthe
     from vlmjax.data.scenes import get_scene_set, scene, scene_vocabulary, split_pool
     from vlmjax.models.dense import dense_embeddings
     from vlmjax.train.run import load_run
+    from vlmjax.train.teacher_pseudo_labels import stored_rule
     run = load_run(teacher)
     got = read_pseudo_labels(labels)
+    rule = stored_rule(labels)
     assert got["meta"]["step"] == 4 and got["meta"]["method"] == "maskclip"
+    assert rule.kind == "learned" and np.isfinite(rule.threshold)
     assert got["masks"].shape == (NUM_SCENES, CANVAS, CANVAS)
     model, normalize = run.model(), Normalization.from_config(run.config["data"])
     vocab = scene_vocabulary()
@@ -132,16 +135,23 @@ def test_pseudo_labels_are_the_teachers_dense_prediction(teacher, labels, synthe
     for index in range(6):
         s = scene(spec, pool, "train", CANVAS, index, 0)
         x = normalize(jnp.asarray(s.image[None, ..., None]))
-        score, count = np.zeros((CANVAS, CANVAS, 10)), np.zeros((CANVAS, CANVAS, 1))
+        score, count = np.zeros((CANVAS, CANVAS, 11)), np.zeros((CANVAS, CANVAS, 1))
         for y in (0, 4):
             for c in (0, 4):
-                emb = np.asarray(dense_embeddings(model, x[:, y:y + 28, c:c + 28], "maskclip"))
-                score[y:y + 28, c:c + 28] += _upsample(emb[0] @ classes.T, 28)
+                raw = np.asarray(dense_embeddings(model, x[:, y:y + 28, c:c + 28], "maskclip",
+                                                  normalize=False), np.float64)[0]
+                norm = np.linalg.norm(raw, axis=-1, keepdims=True)
+                both = np.concatenate([raw / norm @ classes.T, np.log(norm)], -1)
+                score[y:y + 28, c:c + 28] += _upsample(both, 28)
                 count[y:y + 28, c:c + 28] += 1
         score /= count
-        want = np.where(score.max(-1) < float(got["threshold"]), 0, score.argmax(-1) + 1)
+        log_norm, score = score[..., 10], score[..., :10]
+        # the learned rule: logistic on standardised (best cosine, log norm, margin 0)
+        features = np.stack([score.max(-1), log_norm, np.zeros_like(log_norm)], -1)
+        value = (features - rule.mean) / rule.std @ rule.weights[:-1] + rule.weights[-1]
+        want = np.where(value < rule.threshold, 0, score.argmax(-1) + 1)
         clear = np.sort(score, -1)[..., -1] - np.sort(score, -1)[..., -2] > 1e-4
-        clear &= np.abs(score.max(-1) - float(got["threshold"])) > 1e-4
+        clear &= np.abs(value - rule.threshold) > 1e-3
         agree += np.sum((got["masks"][index] == want) & clear)
         total += clear.sum()
         np.testing.assert_array_equal(got["labels"][index, :len(s.labels)], s.labels)
@@ -151,6 +161,7 @@ def test_pseudo_labels_are_the_teachers_dense_prediction(teacher, labels, synthe
 def test_the_segmenter_agrees_with_the_dense_evaluator(teacher, synthetic_data_dir):
     """On canvases of the teacher's size: the dense_segmentation evaluator's maskclip
     prediction with the same threshold (its own prompts, windows and upsampling)."""
+    from vlmjax.evaluators.dense_background import BackgroundRule
     from vlmjax.evaluators.dense_segmentation import DenseSegmentation
     from vlmjax.train.eval_context import eval_context
     from vlmjax.train.run import load_run
@@ -166,9 +177,10 @@ def test_the_segmenter_agrees_with_the_dense_evaluator(teacher, synthetic_data_d
                                                             run.weights, classifier))
     threshold = float(np.median(features[..., 0]))
     want = np.where(features[..., 0] < threshold, 0, best + 1)
-    got = segmenter.segment(images, threshold)
-    _, score = segmenter.best(images)
-    clear = np.abs(score - threshold) > 1e-4
+    got = segmenter.segment(images, BackgroundRule("threshold", threshold))
+    _, ours = segmenter.best(images)
+    np.testing.assert_allclose(ours[..., :2], features[..., :2], rtol=1e-4, atol=1e-4)
+    clear = np.abs(ours[..., 0] - threshold) > 1e-4
     assert clear.mean() > 0.9
     np.testing.assert_array_equal(got[clear], want[clear])
 
@@ -189,6 +201,9 @@ def test_the_cache_is_keyed_by_teacher_step(teacher, labels, synthetic_data_dir)
     fixed = scene_pseudo_labels(load_run(teacher), **kwargs, background="threshold",
                                 threshold=0.0)
     assert fixed not in (labels, earlier) and float(np.load(fixed)["threshold"]) == 0.0
+    calibrated = scene_pseudo_labels(load_run(teacher), **kwargs, background="calibrated")
+    assert calibrated not in (labels, earlier, fixed)
+    assert str(np.load(calibrated)["rule_kind"]) == "calibrated"
 
 
 def _source_config(labels, data_dir, **data):
@@ -276,17 +291,19 @@ def test_the_segmenter_scores_background_then_the_given_classes(labels, syntheti
 def test_teacher_baseline_is_scored_like_the_evaluator(teacher, synthetic_data_dir):
     from vlmjax.data.datasets import load_split
     from vlmjax.data.scenes import get_scene_set, scene, split_pool
+    from vlmjax.evaluators.dense_background import BackgroundRule
     from vlmjax.evaluators.dense_metrics import confusion, iou_per_class
     from vlmjax.train.run import load_run
     from vlmjax.train.teacher_pseudo_labels import TeacherSegmenter, teacher_baseline
     segmenter = TeacherSegmenter(load_run(teacher))
-    got = teacher_baseline(segmenter, 0.1, data_dir=synthetic_data_dir, canvas=CANVAS,
+    rule = BackgroundRule("threshold", 0.1)
+    got = teacher_baseline(segmenter, rule, data_dir=synthetic_data_dir, canvas=CANVAS,
                            num_images=10)
     images, item_labels = load_split("fashion_mnist", synthetic_data_dir, "test")
     pool = split_pool(images, item_labels, "test")
     scenes = [scene(get_scene_set("fashion_mnist_scenes"), pool, "test", CANVAS, i)
               for i in range(10)]
-    pred = segmenter.segment(np.stack([s.image for s in scenes])[..., None], 0.1)
+    pred = segmenter.segment(np.stack([s.image for s in scenes])[..., None], rule)
     iou = iou_per_class(confusion(np.stack([s.mask for s in scenes]), pred, 11))
     novel = [2, 6, 9]  # trousers, sandal, bag + 1
     np.testing.assert_allclose(got["novel/miou"], np.nanmean(iou[novel]))
@@ -298,7 +315,7 @@ def test_bad_input_fails_in_one_line(teacher, labels, synthetic_data_dir, tmp_pa
     from vlmjax.config.validate import validate
     from vlmjax.errors import ConfigError, DataError
     from vlmjax.train.run import load_run
-    from vlmjax.train.teacher_pseudo_labels import TeacherSegmenter, resolve_threshold
+    from vlmjax.train.teacher_pseudo_labels import TeacherSegmenter, resolve_rule
 
     def fails(error, match, config):
         with pytest.raises(error, match=match) as info:
@@ -328,4 +345,20 @@ def test_bad_input_fails_in_one_line(teacher, labels, synthetic_data_dir, tmp_pa
     with pytest.raises(ConfigError, match="--method 'dino'"):
         TeacherSegmenter(run, "dino")
     with pytest.raises(ConfigError, match="--background 'otsu'"):
-        resolve_threshold(None, "otsu", 0.0, synthetic_data_dir, CANVAS, 4)
+        resolve_rule(None, "otsu", 0.0, synthetic_data_dir, CANVAS, 4)
+
+
+def test_the_demo_config_validates(labels, synthetic_data_dir):
+    from vlmjax.config import load_config_file
+    from vlmjax.config.validate import validate
+    from vlmjax.errors import ConfigError
+    config = load_config_file(os.path.join(REPO, "configs", "demo",
+                                           "ov_segmentation_fashion_mnist.py") + f":{labels}")
+    config.data.dir = synthetic_data_dir
+    assert config.model.name == "ov_segmenter" and config.model.embed_dim == 96
+    # The tiny teacher's labels are for 32x32 canvases and 16 dimensions: refused in one line.
+    with pytest.raises(ConfigError, match="canvases of side 32"):
+        validate(config, 8)
+    config.model.image.update(image_size=CANVAS, patch_size=8)
+    config.model.embed_dim = 16
+    validate(config, 8)

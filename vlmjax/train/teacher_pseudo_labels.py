@@ -8,13 +8,17 @@ the teacher's training-free dense zero-shot (`TeacherSegmenter`): MaskCLIP's per
 embeddings (`models.dense`, or --method tokens / sclip) of windows of the teacher's input size
 `stride` apart (SCLIP's sliding window; one window when the canvas has the teacher's size),
 cosines with the ten classes' prompt-ensemble text embeddings upsampled bilinearly to pixels and
-overlapping windows averaged; a pixel takes its best class unless its best cosine is below the
-background threshold. The threshold is given (--background threshold --threshold T) or
-calibrated (default) on `--calibration_images` held-out "val" canvases to maximise the
-foreground / background IoU of their masks: class-agnostic, so no class label of any canvas is
-used. As MaskCLIP+ does, every class is pseudo-labelled, the novel ones included: their names
-are known at training time, their ground truth never is. The .npz holds "masks" uint8
-[N, S, S] (0 background, k + 1 class k), "class_embed" [10, e], "classnames", "threshold",
+overlapping windows averaged; a pixel takes its best class unless the background rule
+(`evaluators.dense_background`) calls it background: "learned" (default: a logistic rule on
+the best cosine and the log patch norm, which carries the objectness a pooled CLIP's cosines
+lack), "calibrated" (the best cosine against a threshold), both fitted on
+`--calibration_images` held-out "val" canvases to maximise the mean of foreground and
+background IoU of their masks reduced to foreground / background (class-agnostic: no class
+label of any canvas is used), or a given cosine threshold ("threshold", --threshold; MaskCLIP's
+bg_thresh) or "none". As MaskCLIP+ does, every class is pseudo-labelled, the novel ones
+included: their names are known at training time, their ground truth never is. The .npz holds "masks" uint8
+[N, S, S] (0 background, k + 1 class k), "class_embed" [10, e], "classnames", the rule
+("rule_kind", "threshold", "rule_mean" / "rule_std" / "rule_weights": `stored_rule`),
 the items' "labels" / "boxes" (only to check the canvases against when training: never in a
 batch) and "meta", the cache key (teacher directory and step, its preprocessing, the dense
 method, window stride, background rule, dataset, split, seed, canvas, count), written
@@ -26,6 +30,7 @@ reports.
 """
 
 import argparse
+import dataclasses
 import json
 import logging
 import os
@@ -44,7 +49,13 @@ from vlmjax.data.normalization import Normalization
 from vlmjax.data.pseudo_seg_source import read_pseudo_labels
 from vlmjax.data.scenes import BACKGROUND, get_scene_set, scene, scene_vocabulary, split_pool
 from vlmjax.errors import ConfigError
-from vlmjax.evaluators.dense_background import calibrated_threshold
+from vlmjax.evaluators.dense_background import (
+    FEATURES,
+    MAX_FIT_PIXELS,
+    BackgroundRule,
+    calibrated_threshold,
+    fit_logistic,
+)
 from vlmjax.evaluators.dense_metrics import confusion
 from vlmjax.evaluators.dense_segmentation import windows
 from vlmjax.evaluators.npz_cache import save_npz_atomically
@@ -56,7 +67,8 @@ from vlmjax.train.teacher_targets import TeacherEmbedder, cache_path, class_embe
 
 log = logging.getLogger(__name__)
 VERSION = 1
-RULES = ("calibrated", "threshold", "none")
+RULES = ("learned", "calibrated", "threshold", "none")
+FITTED = ("learned", "calibrated")
 
 
 class TeacherSegmenter:
@@ -91,7 +103,10 @@ class TeacherSegmenter:
             corners = windows((h, w), size, self.stride)
             crops = jnp.stack([x[:, y:y + size, c:c + size] for y, c in corners], axis=1)
             crops = crops.reshape(b * len(corners), size, size, x.shape[-1])
-            cos = jnp.einsum("bhwe,ke->bhwk", dense_embeddings(model, crops, method), classes)
+            raw = dense_embeddings(model, crops, method, normalize=False)
+            length = jnp.sqrt(jnp.maximum(jnp.sum(raw * raw, axis=-1, keepdims=True), 1e-24))
+            cos = jnp.einsum("bhwe,ke->bhwk", raw / length, classes)
+            cos = jnp.concatenate([cos, jnp.log(length)], axis=-1)  # the norm rides along
             cos = jax.image.resize(cos, (cos.shape[0], size, size, cos.shape[-1]), "linear")
             cos = cos.reshape(b, len(corners), size, size, -1)
             total = jnp.zeros((b, h, w, cos.shape[-1]), cos.dtype)
@@ -100,35 +115,47 @@ class TeacherSegmenter:
                 total = total.at[:, y:y + size, c:c + size].add(cos[:, i])
                 count = count.at[:, y:y + size, c:c + size].add(1.0)
             total = total / count
-            return jnp.argmax(total, axis=-1).astype(jnp.int32), total.max(axis=-1)
+            objects = total[..., :-1]
+            features = jnp.stack([objects.max(axis=-1), total[..., -1],
+                                  jnp.zeros_like(total[..., -1])], axis=-1)
+            return jnp.argmax(objects, axis=-1).astype(jnp.int32), features
 
         self._scores = jax.jit(scores)
 
     def best(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """uint8 canvases [n, H, W, c] -> per pixel the best class index [n, H, W] and its
-        cosine [n, H, W] (windows averaged)."""
-        classes, out_best, out_score = jnp.asarray(self.class_embed), [], []
+        """uint8 canvases [n, H, W, c] -> per pixel the best class index [n, H, W] and the
+        background rules' features [n, H, W, 3] (`dense_background.FEATURES`: best cosine, log
+        patch norm, 0 for the prompt margin: no background prompts), windows averaged."""
+        classes, out_best, out_features = jnp.asarray(self.class_embed), [], []
         for start in range(0, len(images), self.batch_size):
             part = images[start:start + self.batch_size]
             padded = np.concatenate([part, np.zeros((self.batch_size - len(part), *part.shape[1:]),
                                                     part.dtype)])
-            best, score = self._scores(padded, classes)
+            best, features = self._scores(padded, classes)
             out_best.append(np.asarray(best)[:len(part)])
-            out_score.append(np.asarray(score, np.float32)[:len(part)])
-        return np.concatenate(out_best), np.concatenate(out_score)
+            out_features.append(np.asarray(features, np.float32)[:len(part)])
+        return np.concatenate(out_best), np.concatenate(out_features)
 
-    def segment(self, images: np.ndarray, threshold: float) -> np.ndarray:
-        """uint8 [n, H, W] masks: BACKGROUND where the best cosine is below `threshold`, else
-        class + 1."""
-        best, score = self.best(images)
-        return np.where(score < threshold, BACKGROUND, best + 1).astype(np.uint8)
+    def segment(self, images: np.ndarray, rule: BackgroundRule) -> np.ndarray:
+        """uint8 [n, H, W] masks: BACKGROUND where `rule` says so, else best class + 1."""
+        best, features = self.best(images)
+        return np.where(rule.background(features), BACKGROUND, best + 1).astype(np.uint8)
 
-    def calibrate(self, images: np.ndarray, masks: np.ndarray) -> float:
-        """The threshold maximising the mean of foreground and background IoU on `masks`
-        reduced to foreground / background (class-agnostic: no class label is read)."""
-        _, score = self.best(images)
+    def fit(self, kind: str, images: np.ndarray, masks: np.ndarray) -> BackgroundRule:
+        """A "calibrated" (best cosine) or "learned" (logistic on cosine and log patch norm)
+        rule whose threshold maximises the mean of foreground and background IoU on `masks`
+        reduced to foreground / background: class-agnostic, no class label is read."""
+        _, features = self.best(images)
+        features = features.reshape(-1, features.shape[-1])
         foreground = (np.asarray(masks) != BACKGROUND).astype(np.int64).reshape(-1)
-        return calibrated_threshold(score.reshape(-1), np.ones_like(foreground), foreground, 0, 2)
+        if len(foreground) > MAX_FIT_PIXELS:  # a fixed subsample: the same rule on every run
+            keep = np.random.default_rng(0).choice(len(foreground), MAX_FIT_PIXELS, replace=False)
+            features, foreground = features[keep], foreground[keep]
+        rule = (fit_logistic(features, foreground) if kind == "learned"
+                else BackgroundRule("calibrated"))
+        threshold = calibrated_threshold(rule.value(features), np.ones_like(foreground),
+                                         foreground, 0, 2)
+        return dataclasses.replace(rule, threshold=threshold)
 
 
 def _canvases(split: str, data_dir: str, canvas: int, count: int, seed: int = 0) -> list:
@@ -138,18 +165,36 @@ def _canvases(split: str, data_dir: str, canvas: int, count: int, seed: int = 0)
     return [scene(spec, pool, split, canvas, i, seed) for i in range(count)]
 
 
-def resolve_threshold(segmenter: TeacherSegmenter, rule: str, threshold: float, data_dir: str,
-                      canvas: int, calibration_images: int) -> float:
-    """The background threshold of `rule` ("none": -inf)."""
-    if rule not in RULES:
-        raise ConfigError(f"--background {rule!r} is unknown; choose one of {', '.join(RULES)}")
-    if rule == "none":
-        return -np.inf
-    if rule == "threshold":
-        return float(threshold)
+def resolve_rule(segmenter: TeacherSegmenter, kind: str, threshold: float, data_dir: str,
+                 canvas: int, calibration_images: int) -> BackgroundRule:
+    """The background rule `kind` (module doc), fit on "val" canvases when it is fitted."""
+    if kind not in RULES:
+        raise ConfigError(f"--background {kind!r} is unknown; choose one of {', '.join(RULES)}")
+    if kind in ("none", "threshold"):
+        return BackgroundRule(kind, float(threshold))
     val = _canvases("val", data_dir, canvas, calibration_images)
-    return segmenter.calibrate(np.stack([s.image for s in val])[..., None],
-                               np.stack([s.mask for s in val]))
+    return segmenter.fit(kind, np.stack([s.image for s in val])[..., None],
+                         np.stack([s.mask for s in val]))
+
+
+def rule_arrays(rule: BackgroundRule) -> dict[str, np.ndarray]:
+    """A rule as the arrays of a pseudo-label file (`stored_rule` reads them back)."""
+    width = len(FEATURES)
+    return {"rule_kind": np.asarray(rule.kind), "threshold": np.asarray(rule.threshold, np.float64),
+            "rule_mean": np.zeros(width) if rule.mean is None else rule.mean,
+            "rule_std": np.ones(width) if rule.std is None else rule.std,
+            "rule_weights": np.zeros(width + 1) if rule.weights is None else rule.weights}
+
+
+def stored_rule(path: str) -> BackgroundRule:
+    """The background rule a pseudo-label file was made with."""
+    with np.load(path) as f:
+        kind = str(f["rule_kind"])
+        learned = kind == "learned"
+        return BackgroundRule(kind, float(f["threshold"]),
+                              f["rule_mean"] if learned else None,
+                              f["rule_std"] if learned else None,
+                              f["rule_weights"] if learned else None)
 
 
 def pseudo_label_meta(run: Run, *, method: str, stride: int, rule: str, threshold: float,
@@ -163,7 +208,7 @@ def pseudo_label_meta(run: Run, *, method: str, stride: int, rule: str, threshol
             "image_mean": run.config["data"]["image_mean"],
             "image_std": run.config["data"]["image_std"], "method": method, "stride": int(stride),
             "background": rule, "threshold": float(threshold) if rule == "threshold" else None,
-            "calibration_images": int(calibration_images) if rule == "calibrated" else 0,
+            "calibration_images": int(calibration_images) if rule in FITTED else 0,
             "dataset": "fashion_mnist_scenes", "split": "train", "seed": int(seed),
             "canvas": int(canvas), "num_scenes": int(num_scenes),
             "data_dir": os.path.abspath(data_dir), "classnames": list(vocab["classnames"][1:]),
@@ -171,7 +216,7 @@ def pseudo_label_meta(run: Run, *, method: str, stride: int, rule: str, threshol
 
 
 def scene_pseudo_labels(run: Run, *, data_dir: str, canvas: int, seed: int, num_scenes: int,
-                        method: str = "maskclip", stride: int = 0, background: str = "calibrated",
+                        method: str = "maskclip", stride: int = 0, background: str = "learned",
                         threshold: float = 0.0, calibration_images: int = 300,
                         cache_dir: str = "", chunk: int = 500) -> str:
     """The pseudo-label file of `num_scenes` training canvases (module doc), computed unless
@@ -185,9 +230,8 @@ def scene_pseudo_labels(run: Run, *, data_dir: str, canvas: int, seed: int, num_
         log.info("pseudo-labels cached in %s", path)
         return path
     segmenter = TeacherSegmenter(run, method, stride)
-    used = resolve_threshold(segmenter, background, threshold, data_dir, canvas,
-                             calibration_images)
-    log.info("pseudo-labels: background below cosine %.4f (%s)", used, background)
+    rule = resolve_rule(segmenter, background, threshold, data_dir, canvas, calibration_images)
+    log.info("pseudo-labels: background rule %s, threshold %.4f", rule.kind, rule.threshold)
     spec = get_scene_set("fashion_mnist_scenes")
     images, labels = load_split("fashion_mnist", data_dir, "train")
     pool = split_pool(images, labels, "train")
@@ -199,7 +243,7 @@ def scene_pseudo_labels(run: Run, *, data_dir: str, canvas: int, seed: int, num_
         scenes = [scene(spec, pool, "train", canvas, i, seed)
                   for i in range(start, min(start + chunk, num_scenes))]
         masks[start:start + len(scenes)] = segmenter.segment(
-            np.stack([s.image for s in scenes])[..., None], used)
+            np.stack([s.image for s in scenes])[..., None], rule)
         for offset, s in enumerate(scenes):
             k = len(s.labels)
             all_labels[start + offset, :k], all_boxes[start + offset, :k] = s.labels, s.boxes
@@ -207,12 +251,11 @@ def scene_pseudo_labels(run: Run, *, data_dir: str, canvas: int, seed: int, num_
     save_npz_atomically(path, {"meta": np.asarray(json.dumps(meta)),
                                "classnames": np.asarray(segmenter.classnames),
                                "class_embed": segmenter.class_embed, "masks": masks,
-                               "threshold": np.asarray(used, np.float32), "labels": all_labels,
-                               "boxes": all_boxes})
+                               "labels": all_labels, "boxes": all_boxes, **rule_arrays(rule)})
     return path
 
 
-def teacher_baseline(segmenter: TeacherSegmenter, threshold: float, *, data_dir: str, canvas: int,
+def teacher_baseline(segmenter: TeacherSegmenter, rule: BackgroundRule, *, data_dir: str, canvas: int,
                      num_images: int, novel: Sequence[str] = NOVEL_CLASSES) -> dict[str, float]:
     """The teacher's training-free segmentation of the first `num_images` "test" canvases,
     scored like the ov_segmentation evaluator (`split_metrics`)."""
@@ -220,7 +263,7 @@ def teacher_baseline(segmenter: TeacherSegmenter, threshold: float, *, data_dir:
     matrix = np.zeros((len(names),) * 2, np.int64)
     for start in range(0, num_images, 500):
         scenes = _canvases("test", data_dir, canvas, min(num_images, start + 500))[start:]
-        predicted = segmenter.segment(np.stack([s.image for s in scenes])[..., None], threshold)
+        predicted = segmenter.segment(np.stack([s.image for s in scenes])[..., None], rule)
         matrix += confusion(np.stack([s.mask for s in scenes]), predicted, len(names))
     return split_metrics(matrix, names, [names.index(c) for c in novel], BACKGROUND)
 
@@ -234,7 +277,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--num_scenes", type=int, default=20_000)
     parser.add_argument("--method", default="maskclip", choices=DENSE_METHODS)
     parser.add_argument("--stride", type=int, default=0, help="0: half the teacher's input size")
-    parser.add_argument("--background", default="calibrated", choices=RULES)
+    parser.add_argument("--background", default="learned", choices=RULES)
     parser.add_argument("--threshold", type=float, default=0.0, help="--background threshold")
     parser.add_argument("--calibration_images", type=int, default=300)
     parser.add_argument("--evaluate", type=int, default=0,
@@ -256,9 +299,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                                cache_dir=args.cache_dir)
     if args.evaluate:
         segmenter = TeacherSegmenter(run, args.method, args.stride)
-        threshold = float(read_pseudo_labels(path)["threshold"])
         novel = tuple(cfg["data"].get("novel_classes", NOVEL_CLASSES))
-        metrics = teacher_baseline(segmenter, threshold, data_dir=data_dir, canvas=canvas,
+        metrics = teacher_baseline(segmenter, stored_rule(path), data_dir=data_dir, canvas=canvas,
                                    num_images=args.evaluate, novel=novel)
         print("teacher_baseline " + json.dumps({"method": args.method, **metrics}))
     print(f"--config.data.pseudo_labels={path} --config.data.teacher="
