@@ -6,6 +6,7 @@ mIoU against a hand-computed case, a tiny end-to-end run and the one-line errors
 import json
 import os
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -362,3 +363,103 @@ def test_the_demo_config_validates(labels, synthetic_data_dir):
     config.model.image.update(image_size=CANVAS, patch_size=8)
     config.model.embed_dim = 16
     validate(config, 8)
+
+
+# ---------------------------------------------------------------------------- item 5: benchmarks
+
+
+def _save(path, array):
+    from PIL import Image
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(array.astype(np.uint8)).save(path, format="PNG")
+
+
+@pytest.fixture(scope="module")
+def mask_benchmarks(tmp_path_factory):
+    """Mock VOC 2012 (a person, background, a boundary) and ADE20K (no background class)
+    prepared as in test_dense_benchmarks."""
+    from PIL import Image
+
+    from vlmjax.data.dense_builders import prepare
+    root = tmp_path_factory.mktemp("mask_manual")
+    data_dir = str(root / "tfds")
+    voc = root / "VOCdevkit" / "VOC2012"
+    mask = np.zeros((12, 20), np.uint8)
+    mask[2:10, 4:12] = 15
+    mask[1, :] = 255
+    (voc / "ImageSets" / "Segmentation").mkdir(parents=True)
+    for split, ids in (("train", ["2007_000001"]), ("val", ["2007_000002", "2007_000003"])):
+        (voc / "ImageSets" / "Segmentation" / f"{split}.txt").write_text("\n".join(ids) + "\n")
+        for i, value in zip(ids, (60, 140), strict=False):
+            _save(voc / "JPEGImages" / f"{i}.jpg", np.random.default_rng(value).integers(
+                0, 255, (12, 20, 3)))
+            pil = Image.fromarray(mask, mode="P")
+            pil.putpalette([0, 0, 0] * 256)
+            (voc / "SegmentationClass").mkdir(parents=True, exist_ok=True)
+            pil.save(voc / "SegmentationClass" / f"{i}.png")
+    prepare("voc2012_segmentation", str(voc), data_dir)
+    ade = root / "ADEChallengeData2016"
+    ade_mask = np.zeros((10, 10), np.uint8)
+    ade_mask[:5] = 1
+    ade_mask[5:, :5] = 150
+    for split in ("training", "validation"):
+        _save(ade / "images" / split / "ADE_x_1.jpg", np.random.default_rng(3).integers(
+            0, 255, (10, 10, 3)))
+        _save(ade / "annotations" / split / "ADE_x_1.png", ade_mask)
+    prepare("ade20k_150", str(ade), data_dir)
+    return data_dir
+
+
+@pytest.mark.parametrize("dataset,novel", [
+    ("voc2012_segmentation", ("cow", "motorbike", "aeroplane", "sofa", "cat", "tv monitor")),
+    ("ade20k_150", ("wall", "sky"))])
+def test_the_evaluator_reads_voc_and_ade20k_masks(teacher, mask_benchmarks, dataset, novel,
+                                                  tmp_path):
+    """Item 5: the same segmenter and evaluator on the registry's mask benchmarks (mock data),
+    with the teacher's class embeddings of the benchmark's class list; the metrics are those of
+    the model's own per-pixel argmax (canvas resized to the model and the logits back)."""
+    from flax import nnx
+
+    from tests.eval_contexts import make_eval_context
+    from vlmjax.config import load_config_file
+    from vlmjax.config.schema import complete
+    from vlmjax.evaluators.dense_metrics import confusion
+    from vlmjax.evaluators.ov_segmentation import OVSegmentation, split_metrics
+    from vlmjax.models.ov_segmenter import OVSegmenter
+    from vlmjax.parallel.mesh import make_mesh
+    from vlmjax.train.run import load_run
+    from vlmjax.train.teacher_targets import dataset_class_embeddings
+    classes = dataset_class_embeddings(load_run(teacher), dataset, mask_benchmarks,
+                                       str(tmp_path / "classes.npz"))
+    config = complete(load_config_file(f"{TINY}:{classes}")).to_dict()
+    config["model"]["image"].update(image_size=16, channels=3)
+    model = OVSegmenter(config["model"], 600, 12, rngs=nnx.Rngs(0))
+    graphdef, params = nnx.split(model)
+    ctx = make_eval_context({"data": {"dir": "", "image_mean": 0.5, "image_std": 0.5},
+                             "model": {"name": "ov_segmenter", "image": config["model"]["image"]}},
+                            graphdef=graphdef, tokenizer=None, context_length=12,
+                            mesh=make_mesh({"data": -1, "fsdp": 1, "tensor": 1}),
+                            rules=(("batch", ("data", "fsdp")),))
+    evaluator = OVSegmentation({"dataset": dataset, "data_dir": mask_benchmarks, "batch_size": 8,
+                                "short_side": 16, "canvas": 32, "class_embeddings": classes,
+                                "novel_classes": novel}, ctx)
+    got = evaluator.run(params)
+    source = evaluator.source
+    images, masks = source.rows(np.arange(source.num_rows))
+    x = (jnp.asarray(images, jnp.float32) / 255 - 0.5) / 0.5
+    logits = model.segment(jax.image.resize(x, (len(x), 16, 16, 3), "linear"),
+                           jnp.asarray(np.load(classes)["class_embed"]))
+    logits = np.asarray(jax.image.resize(logits, (*x.shape[:3], logits.shape[-1]), "linear"))
+    names = source.classnames
+    if source.background >= 0:
+        predicted = np.asarray([source.background, *[i for i in range(len(names))
+                                                     if i != source.background]])[
+            logits.argmax(-1)]
+    else:
+        predicted = logits[..., 1:].argmax(-1)
+    want = split_metrics(confusion(masks, predicted, len(names)), names,
+                         [names.index(c) for c in novel], source.background)
+    assert got.keys() == want.keys()
+    for key in want:
+        np.testing.assert_allclose(got[key], want[key], err_msg=key)
+    assert ("background_iou" in got) == (dataset == "voc2012_segmentation")

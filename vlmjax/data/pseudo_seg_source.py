@@ -142,8 +142,8 @@ class ScenesPseudoSeg:
         data = cfg["data"]
         cached = read_pseudo_labels(data["pseudo_labels"])
         meta = cached["meta"]
-        log.info("pseudo-labels of teacher %s step %d (%s, background below %.4f): %d canvases",
-                 meta["teacher"], meta["step"], meta["method"], float(cached["threshold"]),
+        log.info("pseudo-labels of teacher %s step %d (%s, background rule %s): %d canvases",
+                 meta["teacher"], meta["step"], meta["method"], meta["background"],
                  len(cached["masks"]))
         images, labels = load_split("fashion_mnist", data["dir"], "train")
         maker = PseudoSegBatch(get_scene_set(self.name), split_pool(images, labels, "train"),

@@ -5,7 +5,10 @@ reported for the novel classes (never labelled in training), the base classes an
 The segmenter (`models.ov_segmenter`, capability "segmentation") scores each pixel against
 [background, the K classes of `class_embeddings`] (an .npz with "classnames" and "class_embed"
 [K, e]: the teacher's template-averaged text embeddings, e.g. the pseudo-label file of
-`python -m vlmjax.train.teacher_pseudo_labels`); a pixel's prediction is its best entry.
+`python -m vlmjax.train.teacher_pseudo_labels`, or `python -m vlmjax.train.teacher_targets
+--classes_of DATASET` for a benchmark); a pixel's prediction is its best entry (a dataset
+without a background class, ADE20K, is scored over its classes only). Canvases of another size
+than the model's are resized to it and the logits back.
 Against the ground-truth masks, over the whole split (`evaluators.dense_metrics`), metrics are
 (`split_metrics`): "novel/miou" and "base/miou" the mean IoU of the novel and base object
 classes, "hiou" their harmonic mean (ZS3Net / MaskCLIP+), "all/miou" the mean over every class
@@ -101,16 +104,16 @@ class OVSegmentation:
             raise DataError(f"{o.dataset} has boxes but no masks; evaluate it with kind "
                             "'ov_detection'")
         classnames, background = self.source.classnames, self.source.background
-        if background < 0:
-            raise DataError(f"{o.dataset} has no background class; the segmenter predicts one")
         self.objects = [i for i in range(len(classnames)) if i != background]
         names = [classnames[i] for i in self.objects]
         self.queries = load_class_embeddings(o.class_embeddings, names,
                                              f"evals.{o.dataset}.class_embeddings")
         novel = novel_indices(names, tuple(o.novel_classes), f"evals.{o.dataset}.novel_classes")
         self.novel = [self.objects[k] for k in novel]
-        # Logit v: background (v = 0), then the object classes in order -> dataset class ids.
-        self.to_class = np.asarray([background, *self.objects])
+        # Logit v: background (v = 0), then the object classes in order -> dataset class ids;
+        # a dataset without a background class (ADE20K) is scored over its classes only.
+        first = 0 if background >= 0 else 1
+        self.to_class = np.asarray([background, *self.objects][first:])
         graphdef, normalize, size = ctx.graphdef, ctx.normalize, ctx.image_size
 
         def predict(params: dict, images: jax.Array, queries: jax.Array) -> jax.Array:
@@ -122,7 +125,7 @@ class OVSegmentation:
             logits = model.segment(x, queries)
             if (h, w) != (size, size):
                 logits = jax.image.resize(logits, (x.shape[0], h, w, logits.shape[-1]), "linear")
-            return jnp.argmax(logits, axis=-1).astype(jnp.int32)
+            return jnp.argmax(logits[..., first:], axis=-1).astype(jnp.int32)
 
         self._predict = jax.jit(predict, out_shardings=replicated(ctx.mesh))
 
