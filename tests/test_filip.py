@@ -121,12 +121,26 @@ def _loss_and_grads(implementation: str, chunk_size: int = 4, selection: float =
     return jax.jit(jax.value_and_grad(loss, argnums=(0, 1, 3, 4), has_aux=True))
 
 
-def _assert_same(result, reference) -> None:
+def _slack(x, y, y_mask) -> float:
+    """How far two float32 programs may put the in-batch accuracies of these tokens apart: the
+    rows (either direction) whose best two similarities are closer than their rounding plus the
+    scale's (tests.tolerances). x's tokens are all valid, as the objective sees them."""
+    s_image, s_text = naive_similarities(x, np.ones(x.shape[:2], bool), y, y_mask)
+    atol = SIM_ATOL + 2 * gamma(1)
+    return max(accuracy_slack(s_image, atol), accuracy_slack(s_text.T, atol))
+
+
+def _assert_same(result, reference, slack: float) -> None:
+    """Loss, metrics and gradients equal; the accuracies (argmaxes of two different programs)
+    up to `slack` (_slack)."""
     (loss, metrics), grads = result
     (ref_loss, ref_metrics), ref_grads = reference
     np.testing.assert_allclose(float(loss), float(ref_loss), rtol=1e-5)
     for key in ref_metrics:
-        np.testing.assert_allclose(float(metrics[key]), float(ref_metrics[key]), rtol=1e-6)
+        if key.endswith("_accuracy"):
+            assert abs(float(metrics[key]) - float(ref_metrics[key])) <= slack + 1e-6, key
+        else:
+            np.testing.assert_allclose(float(metrics[key]), float(ref_metrics[key]), rtol=1e-6)
     for what, grad, ref in zip(("x", "y", "scale_i", "scale_t"), grads, ref_grads, strict=True):
         np.testing.assert_allclose(np.asarray(grad), np.asarray(ref), rtol=1e-4,
                                    atol=1e-5 * float(np.abs(ref).max()), err_msg=what)
@@ -154,7 +168,7 @@ def test_loss_matches_numpy():
 def test_chunked_gradients_match_dense(chunk_size):
     x, _, y, y_mask = _tokens(1)
     _assert_same(_loss_and_grads("chunked", chunk_size)(x, y, y_mask, *SCALES),
-                 _loss_and_grads("dense")(x, y, y_mask, *SCALES))
+                 _loss_and_grads("dense")(x, y, y_mask, *SCALES), _slack(x, y, y_mask))
 
 
 def test_gradients_are_finite_at_extreme_temperatures():
@@ -181,7 +195,8 @@ def _on_mesh(shape, implementation: str, *args, **kw):
 def test_mesh_of_8_devices_matches_dense(shape, implementation):
     x, _, y, y_mask = _tokens(3)
     reference = _loss_and_grads("dense")(x, y, y_mask, *SCALES)
-    _assert_same(_on_mesh(shape, implementation, x, y, y_mask, *SCALES, chunk_size=2), reference)
+    _assert_same(_on_mesh(shape, implementation, x, y, y_mask, *SCALES, chunk_size=2), reference,
+                 _slack(x, y, y_mask))
 
 
 def naive_selection(x, x_mask, y, y_mask, fraction, group):
@@ -222,12 +237,20 @@ def test_token_selection_matches_numpy_and_never_picks_padding():
 
 def test_token_selection_with_a_fixed_group_is_the_same_on_any_mesh():
     x, _, y, y_mask = _tokens(5)
+    all_x = np.ones(x.shape[:2], bool)
     kw = dict(chunk_size=2, selection=0.5, group=4)
     reference = _loss_and_grads("dense", **kw)(x, y, y_mask, *SCALES)
-    _assert_same(_on_mesh((4, 1, 2), "ring", x, y, y_mask, *SCALES, **kw), reference)
+    # The selection is decided at float32 precision on these tokens (naive_selection checks
+    # there is no near-tie), so both programs score the same tokens; the accuracies' slack is
+    # that of the selected tokens.
+    x4, _, y4, y4_mask = naive_selection(x, all_x, y, y_mask, 0.5, 4)
+    _assert_same(_on_mesh((4, 1, 2), "ring", x, y, y_mask, *SCALES, **kw), reference,
+                 _slack(x4, y4, y4_mask))
     # The default group is one device's batch shard: B / 8 examples on 8 batch shards.
     default = _on_mesh((8, 1, 1), "ring", x, y, y_mask, *SCALES, chunk_size=2, selection=0.5)
-    _assert_same(default, _loss_and_grads("dense", selection=0.5, group=B // 8)(x, y, y_mask, *SCALES))
+    x2, _, y2, y2_mask = naive_selection(x, all_x, y, y_mask, 0.5, B // 8)
+    _assert_same(default, _loss_and_grads("dense", selection=0.5, group=B // 8)(x, y, y_mask, *SCALES),
+                 _slack(x2, y2, y2_mask))
 
 
 def test_compiled_ring_holds_only_per_device_tiles():
