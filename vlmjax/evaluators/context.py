@@ -45,7 +45,8 @@ class ModelView:
 
 
 _EXAMPLES = {"embedding": "two_tower, coca", "token_wise": "filip", "captions": "coca",
-             "image_tokens": "two_tower, filip, patch_phrase", "detection": "ov_detector"}
+             "image_tokens": "two_tower, filip, patch_phrase", "detection": "ov_detector",
+             "segmentation": "ov_segmenter"}
 
 
 class ClassifierTrainer(Protocol):

@@ -11,7 +11,9 @@ for a capability instead of testing a model's name:
   (dense zero-shot prediction);
 - "captions": `image_features(images)` and `decode(caption_tokens, ids, mask)` (CoCa);
 - "detection": `detect(images, queries)` gives per-token boxes, objectness and class scores
-  against given class embeddings (the open-vocabulary detector).
+  against given class embeddings (the open-vocabulary detector);
+- "segmentation": `segment(images, queries)` gives per-pixel class logits against given class
+  embeddings and a learned background (the open-vocabulary segmenter).
 Every family is called on a batch: `model(batch, train=..., rng=...)` with batch["image"]
 normalised floats [b, H, W, c], batch["text"] / batch["text_mask"] [b, L] (`vlmjax.batch`),
 and returns the outputs its objectives consume.
@@ -24,7 +26,7 @@ from collections.abc import Callable, Mapping
 import jax.numpy as jnp
 from flax import nnx
 
-CAPABILITIES = ("embedding", "token_wise", "image_tokens", "captions", "detection")
+CAPABILITIES = ("embedding", "token_wise", "image_tokens", "captions", "detection", "segmentation")
 
 
 @dataclasses.dataclass(frozen=True)
