@@ -30,8 +30,9 @@ from typing import Any
 import grain
 import numpy as np
 
-from vlmjax.data.datasets import check_dataset, load_split
+from vlmjax.data.datasets import load_split
 from vlmjax.data.scenes import ItemPool, SceneSet, get_scene_set, scene, scene_texts, split_pool
+from vlmjax.data.teacher_file import batch_stream, check_teacher_file
 from vlmjax.data.train_source import TrainSource
 from vlmjax.errors import DataError
 from vlmjax.options import fail, require_choice
@@ -53,8 +54,6 @@ OPTIONS = {
     "distill_boxes": "base",
     "num_threads": 1,
 }
-NUM_BATCHES = 2 ** 40
-MIN_CANVAS = 16
 TARGET_KEYS = ("meta", "classnames", "class_embed", "labels", "boxes", "box_targets")
 
 
@@ -150,35 +149,12 @@ class ScenesDetection:
     name: str
 
     def check(self, cfg: Mapping) -> None:
-        data, image = cfg["data"], cfg["model"]["image"]
-        if data["split"] != "train":
-            fail("data.split", f"is {data['split']!r}; detection trains on the scenes' 'train' "
-                 "split", "set --config.data.split=train")
-        if image["channels"] != 1:
-            fail("model.image.channels", f"is {image['channels']} but scenes are grayscale",
-                 "set --config.model.image.channels=1")
-        if image["image_size"] < MIN_CANVAS:
-            fail("model.image.image_size", f"is {image['image_size']}; canvases have the "
-                 "model's size", f"use at least {MIN_CANVAS}")
+        data = cfg["data"]
         require_choice(data, "data", "distill_boxes", ("base", "all"))
-        check_dataset("fashion_mnist", data["dir"], key="data.dir", split="train")
         targets = read_targets(data["targets"])
-        meta = targets["meta"]
         split_classes(targets["classnames"], tuple(data["novel_classes"]))
-        if meta["dataset"] != self.name or meta["canvas"] != image["image_size"]:
-            fail("data.targets", f"was computed for {meta['dataset']} canvases of side "
-                 f"{meta['canvas']}, not {self.name} at model.image.image_size="
-                 f"{image['image_size']}", "compute the targets for this config")
-        e = targets["class_embed"].shape[1]
-        if cfg["model"]["embed_dim"] != e:
-            fail("model.embed_dim", f"is {cfg['model']['embed_dim']} but the teacher's "
-                 f"embeddings have {e} dimensions", f"set --config.model.embed_dim={e}")
-        if data["teacher"] and os.path.abspath(data["teacher"]) != meta["teacher"]:
-            fail("data.teacher", f"is {data['teacher']!r} but data.targets come from "
-                 f"{meta['teacher']!r}", "point data.targets at that teacher's targets")
-        if data["teacher_step"] >= 0 and data["teacher_step"] != meta["step"]:
-            fail("data.teacher_step", f"is {data['teacher_step']} but data.targets come from "
-                 f"step {meta['step']}", "compute the targets for the pinned step")
+        check_teacher_file(cfg, self.name, targets["meta"], targets["class_embed"].shape[1],
+                           "data.targets", "targets", "detection")
 
     def caption_texts(self, cfg: Mapping) -> list[str]:
         del cfg
@@ -199,10 +175,7 @@ class ScenesDetection:
                                cfg["model"]["image"]["image_size"], cfg["train"]["batch_size"],
                                rows, meta["seed"], targets, base,
                                all_regions=data["distill_boxes"] == "all")
-        ds = grain.MapDataset.range(NUM_BATCHES).map_with_index(maker)
-        options = grain.ReadOptions(num_threads=data["num_threads"],
-                                    prefetch_buffer_size=max(data["prefetch"], 1))
-        return iter(ds.to_iter_dataset(options))
+        return batch_stream(maker, data)
 
 
 def detection_source(name: str) -> TrainSource:

@@ -24,11 +24,11 @@ from typing import Any
 import grain
 import numpy as np
 
-from vlmjax.data.datasets import check_dataset, load_split
+from vlmjax.data.datasets import load_split
 from vlmjax.data.scenes import ItemPool, SceneSet, get_scene_set, scene, scene_texts, split_pool
+from vlmjax.data.teacher_file import batch_stream, check_teacher_file
 from vlmjax.data.train_source import TrainSource
 from vlmjax.errors import DataError
-from vlmjax.options import fail
 from vlmjax.tokenizers import Tokenizer
 
 log = logging.getLogger(__name__)
@@ -41,8 +41,6 @@ OPTIONS = {
     "teacher_step": -1,
     "num_threads": 1,
 }
-NUM_BATCHES = 2 ** 40
-MIN_CANVAS = 16
 KEYS = ("meta", "classnames", "class_embed", "masks", "threshold", "labels", "boxes")
 
 
@@ -104,33 +102,9 @@ class ScenesPseudoSeg:
     name: str
 
     def check(self, cfg: Mapping) -> None:
-        data, image = cfg["data"], cfg["model"]["image"]
-        if data["split"] != "train":
-            fail("data.split", f"is {data['split']!r}; pseudo-labels cover the scenes' 'train' "
-                 "split", "set --config.data.split=train")
-        if image["channels"] != 1:
-            fail("model.image.channels", f"is {image['channels']} but scenes are grayscale",
-                 "set --config.model.image.channels=1")
-        if image["image_size"] < MIN_CANVAS:
-            fail("model.image.image_size", f"is {image['image_size']}; canvases have the "
-                 "model's size", f"use at least {MIN_CANVAS}")
-        check_dataset("fashion_mnist", data["dir"], key="data.dir", split="train")
-        cached = read_pseudo_labels(data["pseudo_labels"])
-        meta = cached["meta"]
-        if meta["dataset"] != self.name or meta["canvas"] != image["image_size"]:
-            fail("data.pseudo_labels", f"were computed for {meta['dataset']} canvases of side "
-                 f"{meta['canvas']}, not {self.name} at model.image.image_size="
-                 f"{image['image_size']}", "compute the pseudo-labels for this config")
-        e = cached["class_embed"].shape[1]
-        if cfg["model"]["embed_dim"] != e:
-            fail("model.embed_dim", f"is {cfg['model']['embed_dim']} but the teacher's "
-                 f"embeddings have {e} dimensions", f"set --config.model.embed_dim={e}")
-        if data["teacher"] and os.path.abspath(data["teacher"]) != meta["teacher"]:
-            fail("data.teacher", f"is {data['teacher']!r} but data.pseudo_labels come from "
-                 f"{meta['teacher']!r}", "point data.pseudo_labels at that teacher's labels")
-        if data["teacher_step"] >= 0 and data["teacher_step"] != meta["step"]:
-            fail("data.teacher_step", f"is {data['teacher_step']} but data.pseudo_labels come "
-                 f"from step {meta['step']}", "compute the pseudo-labels for the pinned step")
+        cached = read_pseudo_labels(cfg["data"]["pseudo_labels"])
+        check_teacher_file(cfg, self.name, cached["meta"], cached["class_embed"].shape[1],
+                           "data.pseudo_labels", "pseudo-labels", "segmentation")
 
     def caption_texts(self, cfg: Mapping) -> list[str]:
         del cfg
@@ -149,10 +123,7 @@ class ScenesPseudoSeg:
         maker = PseudoSegBatch(get_scene_set(self.name), split_pool(images, labels, "train"),
                                cfg["model"]["image"]["image_size"], cfg["train"]["batch_size"],
                                rows, meta["seed"], cached)
-        ds = grain.MapDataset.range(NUM_BATCHES).map_with_index(maker)
-        options = grain.ReadOptions(num_threads=data["num_threads"],
-                                    prefetch_buffer_size=max(data["prefetch"], 1))
-        return iter(ds.to_iter_dataset(options))
+        return batch_stream(maker, data)
 
 
 def pseudo_seg_source(name: str) -> TrainSource:
