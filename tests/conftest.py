@@ -8,6 +8,9 @@ import os
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8 "
                                    "--xla_backend_optimization_level=0")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+# Command-line entry points called in-process (vlmjax.convert.main, ...) would otherwise point
+# this process at the user's persistent compilation cache for every later test.
+os.environ.setdefault("VLMJAX_NO_COMPILATION_CACHE", "1")
 
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402

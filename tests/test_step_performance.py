@@ -170,8 +170,15 @@ def test_compilation_cache_default_keeps_a_configured_cache_and_can_be_disabled(
         assert compilation_cache.enable_compilation_cache() is None
         assert not jax.config.jax_compilation_cache_dir
         monkeypatch.delenv(compilation_cache.DISABLE_ENV)
+        # Virtual CPU devices (these tests' 8): no persistent cache (see enable_compilation_cache).
+        monkeypatch.setenv("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
+        assert compilation_cache.enable_compilation_cache() is None
+        monkeypatch.setenv("XLA_FLAGS", "--xla_backend_optimization_level=0")
         path = compilation_cache.enable_compilation_cache()
-        assert path == os.path.join(str(tmp_path), "vlmjax", "jax_compilation_cache")
+        # One cache per host class: executables compiled for other CPU features never load.
+        assert path == os.path.join(str(tmp_path), "vlmjax", "jax_compilation_cache",
+                                    compilation_cache.host_key())
+        assert len(compilation_cache.host_key()) == 12
         assert os.path.isdir(path) and jax.config.jax_compilation_cache_dir == path
         # A cache configured by the user (JAX_COMPILATION_CACHE_DIR, jax.config) wins.
         jax.config.update("jax_compilation_cache_dir", str(tmp_path / "mine"))
