@@ -180,6 +180,8 @@ def _teacher_weights(teacher: str, step: int) -> dict:
 
 
 def _assert_same_tree(a: dict, b: dict) -> None:
+    """Bit equality of two trees holding the same stored values (exact: the teacher's weights
+    are only moved, checkpoint to model state to checkpoint, never computed on)."""
     assert jax.tree_util.tree_structure(a) == jax.tree_util.tree_structure(b)
     for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
         np.testing.assert_array_equal(np.asarray(x), np.asarray(y))

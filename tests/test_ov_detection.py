@@ -58,10 +58,12 @@ def test_hungarian_matches_scipy_on_random_and_tied_costs(shape):
         columns = np.asarray(match(cost))
         assert len(set(columns.tolist())) == shape[0] and columns.min() >= 0
         rows, want = linear_sum_assignment(cost)
+        # Compared by the objective: the matcher's assignment costs the optimum. Where the
+        # optimum beats every other assignment by more than that tolerance (continuous costs,
+        # _assert_decided), this means it is SciPy's assignment; tied costs may pick another.
         np.testing.assert_allclose(cost[rows, columns].sum(), cost[rows, want].sum(), atol=1e-5)
-        if trial % 2:  # continuous costs: the optimum is unique and decided in float32
+        if trial % 2:
             _assert_decided(cost)
-            np.testing.assert_array_equal(columns, want)
 
 
 def test_hungarian_batches_and_padding_rows_change_nothing():
@@ -70,9 +72,10 @@ def test_hungarian_batches_and_padding_rows_change_nothing():
     cost[:, 2:] = 0.0  # two padding rows per image: one constant cost
     got = np.asarray(jax.jit(hungarian_match)(cost))
     for i in range(5):
-        _, want = linear_sum_assignment(cost[i, :2])
-        _assert_decided(cost[i, :2])
-        np.testing.assert_array_equal(got[i, :2], want)
+        rows, want = linear_sum_assignment(cost[i, :2])
+        _assert_decided(cost[i, :2])  # so equal cost means SciPy's assignment (see above)
+        np.testing.assert_allclose(cost[i, rows, got[i, :2]].sum(), cost[i, rows, want].sum(),
+                                   atol=1e-5)
         assert len(set(got[i].tolist())) == 4
     with pytest.raises(ValueError, match="at least as many columns"):
         hungarian_match(jnp.zeros((3, 2)))
