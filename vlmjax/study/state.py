@@ -55,7 +55,7 @@ def claim_directory(directory: str, record: Mapping, write: bool = True) -> None
         if existing.get("fingerprint") != record["fingerprint"]:
             raise VlmjaxError(f"{directory} holds another study ({_difference(existing, record)}); "
                               "use a new --workdir, or the study config and overrides that made it")
-        if not write or existing == record:
+        if not write or existing == json.loads(json.dumps(record)):  # (tuples read back as lists)
             return
         # The same runs: the record follows the study file's current reading (e.g. its scaling).
     elif os.path.isdir(directory) and os.listdir(directory):

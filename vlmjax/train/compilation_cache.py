@@ -50,12 +50,12 @@ def enable_compilation_cache(directory: str | None = None) -> str | None:
         return current
     if os.environ.get(DISABLE_ENV, "") not in ("", "0"):
         return None
-    if _virtual_cpu_devices() > 1:
+    virtual = _virtual_cpu_devices()
+    if virtual > 1:
         # Seen on jax 0.10.2: some multi-device programs of the virtual CPU mesh (the
         # gradient-accumulation step of tests/test_sharding.py) abort when loaded back from the
         # persistent cache. Virtual devices are for tests and debugging: compile instead.
-        log.info("no persistent compilation cache with %d virtual CPU devices",
-                 _virtual_cpu_devices())
+        log.info("no persistent compilation cache with %d virtual CPU devices", virtual)
         return None
     path = os.path.abspath(os.path.expanduser(directory or default_cache_dir()))
     try:
