@@ -54,3 +54,16 @@ def test_fit_logistic_matches_the_newton_optimum():
     np.testing.assert_allclose(gradient, 0, atol=1e-6)  # the regularised optimum
     with pytest.raises(ValueError, match="all foreground or all background"):
         fit_logistic(x, np.ones(500, bool))
+
+
+def test_decision_features_add_the_score_and_norm_relative_to_their_canvas():
+    from vlmjax.evaluators.dense_background import FEATURES, decision_features
+    score = np.array([[[0.2, 0.5], [0.1, 0.3]], [[0.9, 0.8], [0.7, 0.6]]], np.float32)
+    log_norm = np.array([[[1.0, 2.0], [3.0, 0.5]], [[0.0, -1.0], [-2.0, -3.0]]], np.float32)
+    margin = np.zeros_like(score)
+    got = np.asarray(decision_features(score, log_norm, margin))
+    assert got.shape == (2, 2, 2, len(FEATURES))
+    np.testing.assert_array_equal(got[..., :3], np.stack([score, log_norm, margin], -1))
+    np.testing.assert_allclose(got[..., 3], score - score.max(axis=(1, 2), keepdims=True))
+    np.testing.assert_array_equal(got[..., 3].max(axis=(1, 2)), 0)
+    np.testing.assert_allclose(got[..., 4], log_norm - np.array([3.0, 0.0])[:, None, None])

@@ -2,6 +2,7 @@
 masks scored in NumPy with an independent bilinear upsampling) and region classification
 (crops and RoI pooling); the errors users can hit, each in one line before anything compiles."""
 
+import dataclasses
 import os
 
 import jax
@@ -171,6 +172,28 @@ def test_segmentation_of_a_planted_model_matches_numpy(ctx, data_dir, tmp_path):
     assert metrics["tokens/background_threshold"] == 0.5
     assert sorted(os.listdir(tmp_path)) == [f"fashion_mnist_scenes_grid_test_00{i}_tokens.png"
                                             for i in range(2)]
+
+
+def test_model_background_reads_the_sigmoid_the_family_names(ctx, data_dir):
+    """background="model": the threshold where the family's patch sigmoid is 1/2, from the
+    parameters its `patch_sigmoid` names (patch_phrase: the phrase scale and bias)."""
+    options = {"dataset": "fashion_mnist_scenes_grid", "num_images": 16, "batch_size": 8}
+    fixed = DenseSegmentation({**options, "background": "threshold", "threshold": 0.5},
+                              ctx).run({})
+    planted = PlantedDense()
+    planted.phrase_logit_scale = nnx.Param(jnp.log(4.0))
+    planted.phrase_logit_bias = nnx.Param(jnp.float32(-2.0))
+    graphdef, state = nnx.split(planted)
+    local = dataclasses.replace(ctx, model=dataclasses.replace(
+        ctx.model, graphdef=graphdef, patch_sigmoid=("phrase_logit_scale", "phrase_logit_bias")))
+    params = nnx.to_pure_dict(state)
+    metrics = DenseSegmentation({**options, "background": "model"}, local).run(params)
+    assert metrics["tokens/background_threshold"] == pytest.approx(0.5)
+    assert metrics["tokens/miou"] == pytest.approx(fixed["tokens/miou"])
+    plain = dataclasses.replace(local, model=dataclasses.replace(
+        local.model, patch_sigmoid=ctx.model.patch_sigmoid))
+    with pytest.raises(ConfigError, match="'logit_bias'"):
+        DenseSegmentation({**options, "background": "model"}, plain).run(params)
 
 
 def test_prompt_denoising_keeps_the_image_level_top_classes(ctx, data_dir):

@@ -147,8 +147,11 @@ def test_pseudo_labels_are_the_teachers_dense_prediction(teacher, labels, synthe
                 count[y:y + 28, c:c + 28] += 1
         score /= count
         log_norm, score = score[..., 10], score[..., :10]
-        # the learned rule: logistic on standardised (best cosine, log norm, margin 0)
-        features = np.stack([score.max(-1), log_norm, np.zeros_like(log_norm)], -1)
+        # the learned rule: logistic on standardised (best cosine, log norm, margin 0, and the
+        # cosine and log norm minus their canvas's highest)
+        best = score.max(-1)
+        features = np.stack([best, log_norm, np.zeros_like(log_norm), best - best.max(),
+                             log_norm - log_norm.max()], -1)
         value = (features - rule.mean) / rule.std @ rule.weights[:-1] + rule.weights[-1]
         want = np.where(value < rule.threshold, 0, score.argmax(-1) + 1)
         clear = np.sort(score, -1)[..., -1] - np.sort(score, -1)[..., -2] > 1e-4

@@ -77,6 +77,54 @@ def test_local_loss_is_both_directions_of_a_soft_cross_entropy():
     assert np.all(np.isfinite(grads)) and np.all(np.asarray(grads)[:, ~flat_valid] == 0)
 
 
+@pytest.mark.parametrize("balanced", [False, True])
+def test_local_sigmoid_loss_matches_numpy(balanced):
+    ids = np.array([[[5, 6], [7, 0]], [[5, 6], [8, 9]], [[4, 0], [0, 0]]])
+    valid = np.array([[True, True], [True, True], [True, False]])
+    positives = np.asarray(objective.phrase_positives(jnp.asarray(ids), jnp.asarray(valid)))
+    logits = np.random.default_rng(3).normal(size=(3, 6)) * 4 - 1
+    loss, metrics = objective.local_sigmoid_loss(jnp.asarray(logits), jnp.asarray(positives),
+                                                 jnp.asarray(valid), balanced=balanced)
+    flat_valid = valid.reshape(-1)
+    per_pair = np.log1p(np.exp(-np.where(positives, 1, -1) * logits))  # -log sigmoid(label z)
+    columns = []
+    for q in np.flatnonzero(flat_valid):
+        pos, neg = per_pair[positives[:, q], q], per_pair[~positives[:, q], q]
+        columns.append((pos.mean() + (neg.mean() if len(neg) else 0)) / 2 if balanced
+                       else per_pair[:, q].sum())
+    assert float(loss) == pytest.approx(np.mean(columns), rel=1e-5)
+    correct = ((logits > 0) == positives)[:, flat_valid]
+    assert float(metrics["phrase_pair_accuracy"]) == pytest.approx(correct.mean())
+    grads = jax.grad(lambda z: objective.local_sigmoid_loss(
+        z, jnp.asarray(positives), jnp.asarray(valid), balanced)[0])(jnp.asarray(logits))
+    assert np.all(np.asarray(grads)[:, ~flat_valid] == 0)
+
+
+def test_sigmoid_local_term_adds_the_phrase_bias_and_needs_one():
+    from vlmjax.config import config_from_args
+    from vlmjax.errors import ConfigError
+    rng = np.random.default_rng(4)
+    b, k, n, e = 4, 2, 3, 8
+    unit = lambda *s: l2_normalize(jnp.asarray(rng.normal(size=s)))  # noqa: E731
+    ids = jnp.asarray(rng.integers(1, 9, size=(b, k, 3)))
+    valid = jnp.ones((b, k), bool)
+    outputs = {"image_embed": unit(b, e), "text_embed": unit(b, e), "patch_embed": unit(b, n, e),
+               "phrase_embed": unit(b, k, e), "phrase_valid": valid,
+               "logit_scale": jnp.float32(10.0), "phrase_logit_scale": jnp.float32(5.0),
+               "phrase_logit_bias": jnp.float32(-2.0)}
+    loss, metrics = objective.patch_phrase_loss(outputs, {"local_loss": "sigmoid"},
+                                                {"phrases": ids})
+    pooled = objective.pooled_scores(outputs["patch_embed"], outputs["phrase_embed"].reshape(
+        b * k, e))
+    local = objective.local_sigmoid_loss(5.0 * pooled - 2.0, objective.phrase_positives(
+        ids, valid), valid)[0]
+    assert float(metrics["local_loss"]) == pytest.approx(float(local), rel=1e-6)
+    assert float(metrics["phrase_logit_bias"]) == -2.0
+    config = config_from_args(f"{TINY}", ["objective.local_loss=sigmoid"])
+    with pytest.raises(ConfigError, match="model.patch_phrase.logit_bias_init"):
+        objective.PATCH_PHRASE.check(config.to_dict())
+
+
 def test_loss_is_the_global_loss_plus_the_weighted_local_term():
     rng = np.random.default_rng(2)
     b, k, n, e = 4, 2, 3, 8
@@ -113,6 +161,10 @@ def test_model_outputs_patches_and_phrases():
         batch["phrases"][:, 0], batch["phrase_mask"][:, 0]), rtol=1e-6)
     with pytest.raises(ValueError, match="data.phrases=True"):
         model({k: v for k, v in batch.items() if not k.startswith("phrase")})
+    assert "phrase_logit_bias" not in out and not hasattr(model.phrase_logit_bias, "value")
+    cfg["model"]["patch_phrase"]["logit_bias_init"] = -3.0
+    biased = PatchPhrase(cfg["model"], vocab_size=50, context_length=24, rngs=nnx.Rngs(0))
+    assert float(biased(batch)["phrase_logit_bias"]) == -3.0
 
 
 def test_a_tiny_run_on_scenes_trains_and_evaluates(synthetic_data_dir, tmp_path):

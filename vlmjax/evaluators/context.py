@@ -35,6 +35,8 @@ class ModelView:
     scoring: str  # the capability its image-text scores use: "embedding" or "token_wise"
     towers: Mapping[str, str]  # tower name -> parameter path regex
     embed_dim: int
+    # (log temperature, bias) parameter names of its patch-prompt sigmoid (models.family)
+    patch_sigmoid: tuple[str, str] = ("logit_scale", "logit_bias")
 
     def require(self, capability: str, evaluator: str, fix: str) -> None:
         """ConfigError unless the model has `capability` (named in the message with `fix`)."""

@@ -1,10 +1,13 @@
 """Which pixels are background: the decision rules of zero-shot segmentation.
 
-Every pixel comes with three decision features (`FEATURES`): its best class score (`score` of
-the evaluator: cosine, probability or logit), the log of its patch embedding's norm before
-normalisation (bilinearly upsampled like the scores), and the margin of its best class over the
-best background prompt. A rule turns them into one foreground value and calls a pixel background
-when that value is below its threshold:
+Every pixel comes with five decision features (`FEATURES`, `decision_features`): its best class
+score (`score` of the evaluator: cosine, probability or logit), the log of its patch embedding's
+norm before normalisation (bilinearly upsampled like the scores), the margin of its best class
+over the best background prompt, and the score and log norm relative to the highest of its
+canvas (a patch of empty canvas scores low against its own canvas's items whatever the canvas's
+overall level; on the Fashion-MNIST grid scenes +0 to +2 points of mIoU with background for
+the "learned" rule, three patch-phrase runs). A rule turns them into one foreground value and calls a pixel
+background when that value is below its threshold:
 - "none": never background; "threshold" / "model": the score against a given threshold (the
   model's: -logit_bias / exp(logit_scale), where its sigmoid is 1/2);
 - "prompts": the margin against 0 (a background prompt outscores every class);
@@ -18,15 +21,25 @@ Both fitted rules see only the calibration split, never the split evaluated.
 
 import dataclasses
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 
 from vlmjax.evaluators.dense_metrics import confusion, iou_per_class
 
-FEATURES = ("score", "log_norm", "prompt_margin")
+FEATURES = ("score", "log_norm", "prompt_margin", "relative_score", "relative_log_norm")
 CANDIDATES = 101  # thresholds tried by calibration: quantiles of the value on held-out pixels
 MAX_FIT_PIXELS = 200_000
 NEWTON_STEPS = 25
 RIDGE = 1e-4
+
+
+def decision_features(score: jax.Array, log_norm: jax.Array, margin: jax.Array) -> jax.Array:
+    """Per pixel [b, H, W] each -> the decision features [b, H, W, 5] (`FEATURES`): the three
+    given and the score and log norm minus their canvas's highest."""
+    def relative(v: jax.Array) -> jax.Array:
+        return v - v.max(axis=(1, 2), keepdims=True)
+    return jnp.stack([score, log_norm, margin, relative(score), relative(log_norm)], axis=-1)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -40,7 +53,7 @@ class BackgroundRule:
     weights: np.ndarray | None = None  # learned: logistic weights, bias last
 
     def value(self, features: np.ndarray) -> np.ndarray:
-        """The foreground value of each pixel's features [..., 3]."""
+        """The foreground value of each pixel's features [..., len(FEATURES)]."""
         if self.kind == "none":
             return np.full(features.shape[:-1], np.inf)
         if self.kind == "prompts":
@@ -87,7 +100,7 @@ def calibrated_threshold(value: np.ndarray, predicted: np.ndarray, labels: np.nd
 
 def fit_rule(kind: str, features: np.ndarray, predicted: np.ndarray, labels: np.ndarray,
              background: int, num_classes: int) -> BackgroundRule:
-    """A "calibrated" or "learned" rule from held-out pixels: features [n, 3], predicted class
+    """A "calibrated" or "learned" rule from held-out pixels: features [n, F], predicted class
     ids [n] (before any background decision), labels [n] (IGNORE pixels are left out)."""
     counted = (labels >= 0) & (labels < num_classes)
     features, predicted, labels = features[counted], predicted[counted], labels[counted]

@@ -36,7 +36,12 @@ from tqdm import tqdm
 from vlmjax.data.prefetch import process_rows, to_global
 from vlmjax.errors import ConfigError, DataError
 from vlmjax.evaluators.context import EvalContext, EvalFacts
-from vlmjax.evaluators.dense_background import FEATURES, BackgroundRule, fit_rule
+from vlmjax.evaluators.dense_background import (
+    FEATURES,
+    BackgroundRule,
+    decision_features,
+    fit_rule,
+)
 from vlmjax.evaluators.dense_metrics import IGNORE, confusion, foreground_labels, segmentation_metrics
 from vlmjax.evaluators.dense_scoring import DensePrompts, patch_scores
 from vlmjax.evaluators.global_batches import replicate
@@ -180,7 +185,7 @@ class DenseSegmentation:
 
     def _build(self, method: str) -> Any:
         """The jitted (params, uint8 canvases, classifier) -> per pixel the best object class
-        and the decision features [..., 3] (`dense_background.FEATURES`)."""
+        and the decision features [..., F] (`dense_background.FEATURES`)."""
         o, ctx = self.options, self.ctx
         size, num_objects = ctx.image_size, len(self.objects)
         corners = windows(self.source.canvas, size, o.stride or max(size // 2, 1))
@@ -218,7 +223,7 @@ class DenseSegmentation:
                      if o.score == "probability" else top)
             extra = total[..., num_objects:]
             margin = top - extra.max(axis=-1) if extra.shape[-1] else jnp.zeros_like(top)
-            return best, jnp.stack([score, log_norm, margin], axis=-1)
+            return best, decision_features(score, log_norm, margin)
 
         return jax.jit(predict, out_shardings=replicated(ctx.mesh))
 
@@ -242,11 +247,14 @@ class DenseSegmentation:
         if o.background in ("threshold", "none", "prompts"):
             return BackgroundRule(o.background, o.threshold if o.background == "threshold" else 0.0)
         if o.background == "model":
-            if "logit_bias" not in params:
-                raise ConfigError(f"{self.name}: background='model' needs a model with a logit "
-                                  "bias (model.use_logit_bias, e.g. SigLIP)")
-            scale = float(np.exp(np.asarray(params["logit_scale"])))
-            return BackgroundRule("threshold", -float(np.asarray(params["logit_bias"])) / scale)
+            scale_name, bias_name = self.ctx.model.patch_sigmoid
+            if bias_name not in params:
+                raise ConfigError(f"{self.name}: background='model' needs a model whose patches "
+                                  f"meet prompts through a sigmoid with a bias ({bias_name!r}: "
+                                  "e.g. SigLIP's model.use_logit_bias, patch_phrase's "
+                                  "model.patch_phrase.logit_bias_init); choose another background")
+            scale = float(np.exp(np.asarray(params[scale_name])))
+            return BackgroundRule("threshold", -float(np.asarray(params[bias_name])) / scale)
         parts = list(self._predictions(self.calibration, method, params, classifier))
         best, features, labels = (np.concatenate([p[i] for p in parts]) for i in range(3))
         return fit_rule(o.background, features.reshape(-1, len(FEATURES)),

@@ -44,6 +44,10 @@ class ModelFamily:
     check: Callable[[Mapping], None] = lambda config: None  # raises ConfigError if unusable
     # The temperature parameters clamped after every update (exp(t) <= model.max_logit_scale).
     temperatures: tuple[str, ...] = ("logit_scale",)
+    # The (log temperature, bias) parameters of the sigmoid a patch token meets a prompt with:
+    # dense zero-shot's background="model" calls a patch background below its 1/2 for every
+    # class (SigLIP's global pair; patch_phrase's local pair).
+    patch_sigmoid: tuple[str, str] = ("logit_scale", "logit_bias")
 
     def post_update(self, params: dict, model_cfg: Mapping) -> dict:
         """Clamps each temperature t so that exp(t) <= max_logit_scale, after every update (as

@@ -2,10 +2,12 @@
 
 Same parameters as `TwoTower` (so LiT, sharding rules, checkpoints and every evaluator carry
 over) plus `phrase_logit_scale`, the temperature of the local patch-to-phrase term
-(`objectives.patch_phrase`). Called on a batch with "phrases" / "phrase_mask" ([b, k, l]: each
-example's item phrases tokenized alone, `data.scenes_source` with data.phrases), it returns the
-global embeddings and, in the joint space, every patch token ("patch_embed" [b, n, e]) and
-every phrase ("phrase_embed" [b, k, e], "phrase_valid" [b, k]).
+(`objectives.patch_phrase`), and `phrase_logit_bias` where model.patch_phrase.logit_bias_init is
+set (its sigmoid form; a patch scoring below the bias for every class is background). Called on
+a batch with "phrases" / "phrase_mask" ([b, k, l]: each example's item phrases tokenized alone,
+`data.scenes_source` with data.phrases), it returns the global embeddings and, in the joint
+space, every patch token ("patch_embed" [b, n, e]) and every phrase ("phrase_embed" [b, k, e],
+"phrase_valid" [b, k]).
 """
 
 from collections.abc import Mapping
@@ -24,7 +26,10 @@ class PatchPhrase(TwoTower):
 
     def __init__(self, model: Mapping, vocab_size: int, context_length: int, *, rngs: nnx.Rngs):
         super().__init__(model, vocab_size, context_length, rngs=rngs)
-        self.phrase_logit_scale = scalar(rngs, model["patch_phrase"]["logit_scale_init"])
+        own = model["patch_phrase"]
+        self.phrase_logit_scale = scalar(rngs, own["logit_scale_init"])
+        self.phrase_logit_bias = (None if own["logit_bias_init"] is None
+                                  else scalar(rngs, own["logit_bias_init"]))
 
     def __call__(self, batch: Mapping[str, jax.Array], *, train: bool = False,
                  rng: jax.Array | None = None) -> dict[str, jax.Array]:
@@ -51,10 +56,14 @@ class PatchPhrase(TwoTower):
         }
         if self.logit_bias is not None:
             out["logit_bias"] = self.logit_bias[...]
+        if self.phrase_logit_bias is not None:
+            out["phrase_logit_bias"] = self.phrase_logit_bias[...]
         return out
 
 
-OPTIONS = {"patch_phrase": {"logit_scale_init": 2.6592600369262695}}  # log(1 / 0.07)
+# logit_scale_init: log(1 / 0.07), CLIP's; logit_bias_init: None (no bias, the softmax local
+# term) or a float (the sigmoid local term, e.g. SigLIP's -10 with scale log 10).
+OPTIONS = {"patch_phrase": {"logit_scale_init": 2.6592600369262695, "logit_bias_init": None}}
 
 
 def check_patch_phrase(cfg: Mapping) -> None:

@@ -16,6 +16,19 @@ CLIP; softmax contrast then ranks every image holding the class above the others
 pushing them down (a sigmoid's independent labels would). The global term is CLIP's softmax
 (`global_loss`="softmax") or SigLIP's sigmoid over (image, caption) pairs.
 
+`local_loss`="sigmoid" replaces the local contrast by SigLIP's independent labels on the same
+pooled scores: z_iq = phrase_logit_scale * pooled_iq + phrase_logit_bias, label +1 where q is
+one of i's phrases (or a duplicate), -1 elsewhere, loss -sum log sigmoid(label z) over the
+valid phrases, divided by their number. A negative pushes down the patches of i that look most
+like q, whatever they hold, so patches of empty canvas learn to score below the bias for every
+class: the bias becomes a background threshold learned in pre-training (dense evaluation with
+background="model"), where the softmax contrast leaves background patches unconstrained.
+Duplicate phrases of other images are positives, not negatives, as above.
+"balanced_sigmoid" weighs each phrase's positives and negatives equally (the mean loss over its
+positive images plus the mean over its negative ones, halved): about one image in five holds a
+given class here, and the plain sum lets a bias that calls every pair negative win (SigLIP's
+-10 start suits batches of 32k, not 128).
+
 loss = global + local_weight * local.
 """
 
@@ -36,7 +49,9 @@ from vlmjax.objectives.sigmoid import sigmoid_contrastive
 POOLS = ("attention", "max", "mean")
 MASKED = -1e30  # a logit left out of a softmax (finite: no inf * 0 in the gradient)
 GLOBAL_LOSSES = ("softmax", "sigmoid")
-OPTIONS = {**CONTRASTIVE_OPTIONS, "global_loss": "softmax", "local_weight": 1.0,
+LOCAL_LOSSES = ("softmax", "sigmoid", "balanced_sigmoid")
+OPTIONS = {**CONTRASTIVE_OPTIONS, "global_loss": "softmax", "local_loss": "softmax",
+           "local_weight": 1.0,
            "pool": "attention", "pool_temperature": 0.1, "match_duplicates": True}
 
 
@@ -94,6 +109,27 @@ def local_loss(scores: jax.Array, positives: jax.Array, valid: jax.Array
     return (phrase_to_image + image_to_phrase) / 2, {"phrase_to_image_accuracy": accuracy}
 
 
+def local_sigmoid_loss(logits: jax.Array, positives: jax.Array, valid: jax.Array,
+                       balanced: bool = False) -> tuple[jax.Array, dict[str, jax.Array]]:
+    """SigLIP's pairwise loss on phrase logits [B, P] (with bias) against `positives` [B, P]:
+    summed over the valid phrases' columns (balanced: each column's positive and negative
+    means, halved) and divided by their number (module doc)."""
+    phrase_ok = valid.reshape(-1)
+    labels = jnp.where(positives, 1.0, -1.0)
+    per_pair = -jax.nn.log_sigmoid(labels * logits)
+    if balanced:
+        def column_mean(selected: jax.Array) -> jax.Array:
+            return (jnp.sum(jnp.where(selected, per_pair, 0.0), axis=0)
+                    / jnp.maximum(selected.sum(axis=0), 1))
+        per_pair = (column_mean(positives) + column_mean(~positives))[None, :] / 2
+    loss = jnp.sum(jnp.where(phrase_ok[None, :], per_pair, 0.0)) / jnp.maximum(
+        phrase_ok.sum(), 1)
+    correct = (logits > 0) == positives
+    accuracy = jnp.sum(jnp.where(phrase_ok[None, :], correct, False)) / jnp.maximum(
+        phrase_ok.sum() * logits.shape[0], 1)
+    return loss, {"phrase_pair_accuracy": accuracy}
+
+
 def patch_phrase_loss(outputs: Mapping[str, jax.Array], options: Mapping,
                       batch: Mapping[str, jax.Array] | None = None) -> tuple[jax.Array, dict]:
     """global + local_weight * local (module doc); phrase tokens from batch["phrases"]."""
@@ -115,29 +151,44 @@ def patch_phrase_loss(outputs: Mapping[str, jax.Array], options: Mapping,
     pooled = pooled_scores(outputs["patch_embed"], phrases.reshape(b * k, e), o["pool"],
                            o["pool_temperature"])
     positives = phrase_positives(batch["phrases"], valid, o["match_duplicates"])
-    local, local_metrics = local_loss(outputs["phrase_logit_scale"] * pooled, positives, valid)
+    logits = outputs["phrase_logit_scale"] * pooled
+    if o["local_loss"] != "softmax":
+        local, local_metrics = local_sigmoid_loss(logits + outputs["phrase_logit_bias"],
+                                                  positives, valid,
+                                                  balanced=o["local_loss"] == "balanced_sigmoid")
+    else:
+        local, local_metrics = local_loss(logits, positives, valid)
     loss = global_loss + o["local_weight"] * local
     metrics = {"loss": loss, "global_loss": global_loss, "local_loss": local,
                "logit_scale": scale, "phrase_logit_scale": outputs["phrase_logit_scale"],
                **accuracy, **local_metrics}
-    if "logit_bias" in outputs:
-        metrics["logit_bias"] = outputs["logit_bias"]
+    for bias in ("logit_bias", "phrase_logit_bias"):
+        if bias in outputs:
+            metrics[bias] = outputs[bias]
     return loss, metrics
 
 
 def _check(config: Mapping) -> None:
     check_contrastive_options(config, OPTIONS)
     o = {**OPTIONS, **config["objective"]}
-    if o["pool"] not in POOLS or o["global_loss"] not in GLOBAL_LOSSES:
+    if (o["pool"] not in POOLS or o["global_loss"] not in GLOBAL_LOSSES
+            or o["local_loss"] not in LOCAL_LOSSES):
         raise ConfigError(f"config.objective.pool={o['pool']!r} / global_loss="
-                          f"{o['global_loss']!r}: choose pool in {POOLS} and global_loss in "
-                          f"{GLOBAL_LOSSES}")
+                          f"{o['global_loss']!r} / local_loss={o['local_loss']!r}: choose pool "
+                          f"in {POOLS}, global_loss in {GLOBAL_LOSSES} and local_loss in "
+                          f"{LOCAL_LOSSES}")
     if o["pool_temperature"] <= 0 or o["local_weight"] < 0:
         raise ConfigError(f"config.objective.pool_temperature={o['pool_temperature']} must be "
                           f"positive and local_weight={o['local_weight']} non-negative")
     if o["global_loss"] == "sigmoid" and not config["model"]["use_logit_bias"]:
         raise ConfigError("config.objective.global_loss='sigmoid' needs a learnable bias; set "
                           "--config.model.use_logit_bias=true")
+    if o["local_loss"] != "softmax" and config["model"].get("patch_phrase", {}).get(
+            "logit_bias_init") is None:
+        raise ConfigError(f"config.objective.local_loss={o['local_loss']!r} needs a learnable "
+                          "phrase bias; "
+                          "set --config.model.patch_phrase.logit_bias_init=-10.0 (with "
+                          "model.patch_phrase.logit_scale_init=2.303, SigLIP's log 10)")
 
 
 PATCH_PHRASE = Objective(name="patch_phrase", loss=patch_phrase_loss, options=OPTIONS,

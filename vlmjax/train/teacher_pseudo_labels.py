@@ -54,6 +54,7 @@ from vlmjax.evaluators.dense_background import (
     MAX_FIT_PIXELS,
     BackgroundRule,
     calibrated_threshold,
+    decision_features,
     fit_logistic,
 )
 from vlmjax.evaluators.dense_metrics import confusion
@@ -116,16 +117,17 @@ class TeacherSegmenter:
                 count = count.at[:, y:y + size, c:c + size].add(1.0)
             total = total / count
             objects = total[..., :-1]
-            features = jnp.stack([objects.max(axis=-1), total[..., -1],
-                                  jnp.zeros_like(total[..., -1])], axis=-1)
+            features = decision_features(objects.max(axis=-1), total[..., -1],
+                                         jnp.zeros_like(total[..., -1]))
             return jnp.argmax(objects, axis=-1).astype(jnp.int32), features
 
         self._scores = jax.jit(scores)
 
     def best(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """uint8 canvases [n, H, W, c] -> per pixel the best class index [n, H, W] and the
-        background rules' features [n, H, W, 3] (`dense_background.FEATURES`: best cosine, log
-        patch norm, 0 for the prompt margin: no background prompts), windows averaged."""
+        background rules' features [n, H, W, F] (`dense_background.FEATURES`: best cosine, log
+        patch norm, 0 for the prompt margin: no background prompts, and the two relative to the
+        canvas), windows averaged."""
         classes, out_best, out_features = jnp.asarray(self.class_embed), [], []
         for start in range(0, len(images), self.batch_size):
             part = images[start:start + self.batch_size]
