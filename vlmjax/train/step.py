@@ -157,7 +157,8 @@ def train_step(spec: StepSpec, state: dict, batch: Mapping[str, jax.Array]
         old["model_state"] = state["model_state"]
 
     def update(old: dict, grads: dict, model_state: dict | None) -> dict:
-        updates, opt_state = spec.tx.update(grads, old["opt_state"], old["params"])
+        updates, opt_state = spec.tx.update(grads, old["opt_state"], old["params"],
+                                            grad_norm=grad_norm)
         new = {"params": spec.post_update(optax.apply_updates(old["params"], updates)),
                "opt_state": opt_state}
         if model_state is not None:
