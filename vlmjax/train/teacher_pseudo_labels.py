@@ -11,19 +11,20 @@ cosines with the ten classes' prompt-ensemble text embeddings upsampled bilinear
 overlapping windows averaged; a pixel takes its best class unless the background rule
 (`evaluators.dense_background`) calls it background: "learned" (default: a logistic rule on
 the best cosine and the log patch norm, which carries the objectness a pooled CLIP's cosines
-lack), "calibrated" (the best cosine against a threshold), both fitted on
-`--calibration_images` held-out "val" canvases to maximise the mean of foreground and
-background IoU of their masks reduced to foreground / background (class-agnostic: no class
-label of any canvas is used), or a given cosine threshold ("threshold", --threshold; MaskCLIP's
-bg_thresh) or "none". As MaskCLIP+ does, every class is pseudo-labelled, the novel ones
-included: their names are known at training time, their ground truth never is. The .npz holds "masks" uint8
-[N, S, S] (0 background, k + 1 class k), "class_embed" [10, e], "classnames", the rule
-("rule_kind", "threshold", "rule_mean" / "rule_std" / "rule_weights": `stored_rule`),
-the items' "labels" / "boxes" (only to check the canvases against when training: never in a
-batch) and "meta", the cache key (teacher directory and step, its preprocessing, the dense
-method, window stride, background rule, dataset, split, seed, canvas, count), written
-atomically under RUN/cache/ by default. The printed `--config.data.pseudo_labels=...
---config.data.teacher=... --config.data.teacher_step=...` land in the run's config.json.
+lack, and both relative to the canvas's highest), "calibrated" (the best cosine against a
+threshold), both fitted on `--calibration_images` held-out "val" canvases to maximise the
+mean of foreground and background IoU of their masks reduced to foreground / background
+(class-agnostic: no class label of any canvas is used), or a given cosine threshold
+("threshold", --threshold; MaskCLIP's bg_thresh) or "none". As MaskCLIP+ does, every class is
+pseudo-labelled, the novel ones included: their names are known at training time, their ground
+truth never is. The .npz holds "masks" uint8 [N, S, S] (0 background, k + 1 class k),
+"class_embed" [10, e], "classnames", the rule ("rule_kind", "threshold", "rule_mean" /
+"rule_std" / "rule_weights": `stored_rule`), the items' "labels" / "boxes" (only to check the
+canvases against when training: never in a batch) and "meta", the cache key (teacher directory
+and step, its preprocessing, the dense method, window stride, background rule, dataset,
+split, seed, canvas, count), written atomically under RUN/cache/ by default. The printed
+`--config.data.pseudo_labels=... --config.data.teacher=... --config.data.teacher_step=...` land
+in the run's config.json.
 `--evaluate N` also scores the teacher itself on N "test" canvases against their ground truth
 with the ov_segmentation evaluator's metrics (`teacher_baseline`): the comparison MaskCLIP+
 reports.
