@@ -25,7 +25,7 @@ BENCH = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(BENCH)
 CONFIG = os.path.join(REPO, "configs", "demo", "ov_segmentation_fashion_mnist.py")
 EVAL = "ov_segmentation/fashion_mnist_scenes"
-LABELS = {"teacher": "teacher, training-free (MaskCLIP)",
+LABELS = {"teacher": "teacher, training-free dense zero-shot",
           "student": "student on pseudo-labels (MaskCLIP+)",
           "supervised": "student on ground-truth masks (reference)"}
 
@@ -116,7 +116,7 @@ def main() -> int:
     sys.path.insert(0, REPO)
     from vlmjax.data.pseudo_seg_source import read_pseudo_labels
     meta = read_pseudo_labels(args.labels)["meta"]
-    teacher = f"{os.path.basename(meta['teacher'])} @ {meta['step']}"
+    teacher = f"{os.path.basename(meta['teacher'])} @ {meta['step']} ({meta['method']})"
     results = {}
     for row in args.rows.split(","):
         workdir = os.path.join(args.workdir, row)
