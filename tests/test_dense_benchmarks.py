@@ -19,7 +19,7 @@ from vlmjax.data.dense_benchmarks import (
     protocol_size,
 )
 from vlmjax.data.dense_builders import prepare, reduce_zero_label
-from vlmjax.data.dense_sources import check_dense_source
+from vlmjax.data.dense_sources import FederatedSource, check_dense_source
 from vlmjax.errors import DataError
 
 RGB = {"image_size": 16, "channels": 3}
@@ -218,19 +218,67 @@ def test_dense_evaluators_read_prepared_benchmarks_end_to_end(prepared):
                             "tokens/mean_per_class_recall"}
 
 
+def _lvis(root, images, annotations, categories=None):
+    """A mock LVIS manual directory: 10x10 images under train2017/ (id -> extra fields of its
+    entry) and, by default, 1203 categories with frequencies r, c, f, r, c, f..."""
+    for image_id in images:
+        _image(root / "train2017" / f"{image_id:012d}.jpg", 10, 10, 7)
+    if categories is None:
+        categories = [{"id": i + 1, "name": f"thing_{i}", "frequency": "rcf"[i % 3]}
+                      for i in range(1203)]
+    entries = [{"id": i, "coco_url": f"http://x/train2017/{i:012d}.jpg", **extra}
+               for i, extra in images.items()]
+    (root / "lvis_v1_val.json").write_text(json.dumps({
+        "categories": categories, "images": entries, "annotations": annotations}))
+
+
 def test_lvis_names_its_classes_from_the_annotation_file(tmp_path):
     root = tmp_path / "lvis"
-    _image(root / "train2017" / "000000000009.jpg", 10, 10, 7)
-    categories = [{"id": i + 1, "name": f"thing_{i}"} for i in range(1203)]
-    (root / "lvis_v1_val.json").write_text(json.dumps({
-        "categories": categories, "images": [{"id": 9, "coco_url": "http://x/train2017/000000000009.jpg"}],
-        "annotations": [{"image_id": 9, "category_id": 1203, "bbox": [1, 1, 3, 3]}]}))
+    _lvis(root, {9: {"neg_category_ids": [7, 3], "not_exhaustive_category_ids": [1203]},
+                 12: {"neg_category_ids": [], "not_exhaustive_category_ids": []}},
+          [{"image_id": 9, "category_id": 1203, "bbox": [1, 1, 3, 3]}])
     data_dir = str(tmp_path / "tfds")
     prepare("lvis_boxes", str(root), data_dir)
-    source = BenchmarkDenseSource("lvis_boxes", "test", data_dir, RGB)
+    source = FederatedSource("lvis_boxes", "test", data_dir, RGB)
     assert len(source.classnames) == 1203 and source.classnames[5] == "thing 5"
-    [(_, labels)] = source.boxes(np.array([0]))
-    assert source.classnames[labels[0]] == "thing 1202"
+    # TFDS shuffles the rows: image 9 is the one with a box.
+    rows = sorted(range(2), key=lambda r: -len(source.boxes(np.array([r]))[0][1]))
+    [(_, labels), (_, none)] = source.boxes(np.array(rows))
+    assert source.classnames[labels[0]] == "thing 1202" and len(none) == 0
+    # LVIS's federated fields, as label indices (category id - 1) and frequencies by label.
+    (neg, not_exhaustive), (neg12, not_exhaustive12) = source.federated(np.array(rows))
+    np.testing.assert_array_equal(neg, [2, 6])
+    np.testing.assert_array_equal(not_exhaustive, [1202])
+    assert len(neg12) == len(not_exhaustive12) == 0
+    assert source.frequencies[:4] == ["r", "c", "f", "r"] and len(source.frequencies) == 1203
+    # COCO has no federation; an annotation file that names an unknown category fails.
+    bad = tmp_path / "bad"
+    _lvis(bad, {9: {"neg_category_ids": [5000]}}, [])
+    with pytest.raises(DataError, match=r"image 9 lists neg_category_ids \[5000\]"):
+        prepare("lvis_boxes", str(bad), str(tmp_path / "tfds_bad"))
+
+
+def test_coco_boxes_have_no_federation(prepared):
+    _, data_dir = prepared
+    source = FederatedSource("coco_boxes", "test", data_dir, RGB)
+    assert source.frequencies is None and source.federated(np.array([0])) is None
+
+
+def test_an_older_lvis_file_builds_without_federated_fields(tmp_path, caplog):
+    """No neg / not-exhaustive lists and no frequencies (LVIS before v0.5): empty lists and
+    unknown ("") frequencies, each with a warning."""
+    root = tmp_path / "lvis_old"
+    _lvis(root, {9: {}}, [{"image_id": 9, "category_id": 2, "bbox": [1, 1, 3, 3]}],
+          [{"id": i + 1, "name": f"thing_{i}"} for i in range(1203)])
+    data_dir = str(tmp_path / "tfds")
+    with caplog.at_level("WARNING"):
+        prepare("lvis_boxes", str(root), data_dir)
+    assert "1203 of 1203 categories have no frequency" in caplog.text
+    assert "no neg_category_ids" in caplog.text and "no not_exhaustive_category_ids" in caplog.text
+    source = FederatedSource("lvis_boxes", "test", data_dir, RGB)
+    assert source.frequencies == [""] * 1203
+    [(neg, not_exhaustive)] = source.federated(np.array([0]))
+    assert len(neg) == len(not_exhaustive) == 0
 
 
 def test_a_source_refuses_a_mask_that_does_not_match_its_image(prepared):

@@ -18,11 +18,17 @@ or its objects (absolute [x0, y0, x1, y1] boxes, class labels, COCO's crowd flag
 - coco_boxes: DIR holds annotations/instances_val2017.json and val2017/*.jpg (the 80 classes in
   category-id order, which must be the registry's);
 - lvis_boxes: DIR holds lvis_v1_val.json and the COCO 2017 images it names (val2017/,
-  train2017/); its 1203 category names (in id order) become the label names.
+  train2017/); its 1203 category names (in id order) become the label names. For LVIS's
+  federated evaluation every example also holds `neg_labels` and `not_exhaustive_labels` (the
+  image's neg_category_ids and not_exhaustive_category_ids as label indices), and the dataset's
+  metadata `frequency` each label's "r" / "c" / "f". An older annotation file without them
+  still builds, with a warning: missing lists are empty (each class is then evaluated on its
+  positive images only) and a missing frequency is "" (APr / APc / APf come out NaN).
 """
 
 import io
 import json
+import logging
 import os
 from collections.abc import Iterator
 
@@ -34,6 +40,7 @@ from vlmjax.data.dense_benchmarks import IGNORE, dense_benchmark
 from vlmjax.data.manual_download import build_from_manual, prepare_cli
 from vlmjax.errors import DataError
 
+log = logging.getLogger(__name__)
 
 def _lines(path: str) -> list[str]:
     if not os.path.isfile(path):
@@ -196,17 +203,21 @@ class _BoxBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
         return [c["name"] for c in categories]
 
     def _annotations(self, root: str) -> dict:
+        """The annotation file, read once per builder (LVIS's is 200 MB)."""
         path = os.path.join(root, self.ANNOTATIONS)
-        if not os.path.isfile(path):
-            raise DataError(f"{path} is missing (module doc of vlmjax.data.dense_builders)")
-        with open(path) as f:
-            return json.load(f)
+        if getattr(self, "_loaded", (None,))[0] != path:
+            if not os.path.isfile(path):
+                raise DataError(f"{path} is missing (module doc of vlmjax.data.dense_builders)")
+            with open(path) as f:
+                self._loaded = (path, json.load(f))
+        return self._loaded[1]
 
     def _info(self) -> tfds.core.DatasetInfo:
         if not self.manual_root:
             raise DataError(f"{self.BENCHMARK} is built through vlmjax.data.dense_builders.prepare")
-        names = self.class_names(sorted(self._annotations(self.manual_root)["categories"],
-                                        key=lambda c: c["id"]))
+        categories = sorted(self._annotations(self.manual_root)["categories"],
+                            key=lambda c: c["id"])
+        names = self.class_names(categories)
         return self.dataset_info_from_configs(features=tfds.features.FeaturesDict({
             "image": tfds.features.Image(shape=(None, None, 3)),
             "file_name": tfds.features.Text(),
@@ -215,7 +226,20 @@ class _BoxBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
                 "label": tfds.features.ClassLabel(names=names),
                 "is_crowd": tfds.features.Tensor(shape=(), dtype=np.bool_),
             }),
-        }))
+            **self.image_features(),
+        }), metadata=self.metadata(categories))
+
+    def image_features(self) -> dict:
+        """Features of an example beyond its image and objects (none for COCO)."""
+        return {}
+
+    def image_fields(self, image: dict, order: dict[int, int]) -> dict:
+        """Values of `image_features` for an annotation file's image entry."""
+        return {}
+
+    def metadata(self, categories: list[dict]) -> tfds.core.MetadataDict | None:
+        """Dataset-level metadata from the categories in id order (none for COCO)."""
+        return None
 
     def image_path(self, root: str, image: dict) -> str:
         return f"val2017/{image['file_name']}"
@@ -238,7 +262,8 @@ class _BoxBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
                     "bbox": np.asarray([[x, y, x + w, y + h] for x, y, w, h in
                                         (a["bbox"] for a in boxes)], np.float32).reshape(-1, 4),
                     "label": [order[a["category_id"]] for a in boxes],
-                    "is_crowd": np.asarray([bool(a.get("iscrowd", 0)) for a in boxes], bool)}}
+                    "is_crowd": np.asarray([bool(a.get("iscrowd", 0)) for a in boxes], bool)},
+                **self.image_fields(image, order)}
 
 
 class CocoBoxes(_BoxBuilder):
@@ -262,6 +287,42 @@ class LvisBoxes(_BoxBuilder):
     BENCHMARK = "lvis_boxes"
     ANNOTATIONS = "lvis_v1_val.json"
     MANUAL_DOWNLOAD_INSTRUCTIONS = "lvis_v1_val.json with val2017/ and train2017/ in one folder."
+    FEDERATED = ("neg_category_ids", "not_exhaustive_category_ids")
+    FEATURES = ("neg_labels", "not_exhaustive_labels")
+
+    def image_features(self) -> dict:
+        return {name: tfds.features.Tensor(shape=(None,), dtype=np.int32)
+                for name in self.FEATURES}
+
+    def image_fields(self, image: dict, order: dict[int, int]) -> dict:
+        out = {}
+        for key, name in zip(self.FEDERATED, self.FEATURES, strict=True):
+            ids = image.get(key, [])
+            unknown = [i for i in ids if i not in order]
+            if unknown:
+                raise DataError(f"{self.ANNOTATIONS}: image {image['id']} lists {key} "
+                                f"{unknown[:3]}, which are not categories of the file")
+            out[name] = np.asarray(sorted(order[i] for i in ids), np.int32)
+        return out
+
+    def metadata(self, categories: list[dict]) -> tfds.core.MetadataDict:
+        frequency = [c.get("frequency", "") for c in categories]
+        bad = sorted({f for f in frequency if f not in ("r", "c", "f", "")})
+        if bad:
+            raise DataError(f"{self.ANNOTATIONS}: category frequencies {bad} are not r / c / f")
+        if not all(frequency):
+            log.warning("%s: %d of %d categories have no frequency; their APr / APc / APf "
+                        "groups are unknown", self.ANNOTATIONS, frequency.count(""),
+                        len(frequency))
+        return tfds.core.MetadataDict(frequency=frequency)
+
+    def _generate_examples(self, root: str) -> Iterator:
+        images = self._annotations(root)["images"]
+        for key in self.FEDERATED:
+            if not any(key in image for image in images):
+                log.warning("%s has no %s (an older LVIS version?): taken as empty, so the "
+                            "federated AP is not LVIS v1's", self.ANNOTATIONS, key)
+        yield from super()._generate_examples(root)
 
     def image_path(self, root: str, image: dict) -> str:
         name = image.get("file_name") or image["coco_url"].rsplit("/", 1)[-1]

@@ -7,7 +7,10 @@
 - `boxes(indices)` -> per row, int32 boxes [k, 4] (x0, y0, x1, y1 in canvas pixels, exclusive)
   and their int32 class ids;
 - `background`: the index of the background class in `classnames` (-1 where there is none),
-  which evaluators decide by a threshold or by `background_prompts` instead of its name.
+  which evaluators decide by a threshold or by `background_prompts` instead of its name;
+- `frequencies` and `federated(indices)`: LVIS's federated annotations (None for datasets
+  without them): per class "r" / "c" / "f" ("" unknown), per row the int32 class ids verified
+  absent from the image and those whose boxes are not exhaustive (`evaluators.lvis_ap`).
 Fashion-MNIST scenes (`data.scenes`) are generated at the model's image size; registered
 benchmarks with masks or boxes (`data.dense_benchmarks`) are resized to their protocol's size
 on a padded square canvas (evaluated with sliding windows).
@@ -26,6 +29,7 @@ from vlmjax.data.dense_benchmarks import (
     check_dense_benchmark,
     dense_benchmarks,
     is_dense_benchmark,
+    prepare_command,
 )
 from vlmjax.data.scenes import (
     BACKGROUND,
@@ -43,6 +47,9 @@ from vlmjax.errors import ConfigError, DataError
 SCENE_ROWS = {"train": 55_000, "val": 5_000, "test": 10_000, "test_single": 10_000}
 MIN_CANVAS = 16
 CACHED_SCENES = 20_000
+# Benchmarks whose boxes are federated (LVIS): their preparation must hold the fields below.
+FEDERATED_BENCHMARKS = ("lvis_boxes",)
+FEDERATED_FIELDS = ("neg_labels", "not_exhaustive_labels")
 
 
 class DenseSource(Protocol):
@@ -76,6 +83,13 @@ class DenseSource(Protocol):
         ...
 
     def boxes(self, indices: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:
+        ...
+
+    @property
+    def frequencies(self) -> list[str] | None:
+        ...
+
+    def federated(self, indices: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]] | None:
         ...
 
 
@@ -152,6 +166,56 @@ class ScenesSource:
     def captions(self, indices: np.ndarray) -> list[str]:
         return [self.scene(int(i)).caption for i in indices]
 
+    # Every class is annotated on every scene: no federation.
+    frequencies = None
+
+    def federated(self, indices: np.ndarray) -> None:
+        return None
+
+
+class FederatedSource(BenchmarkDenseSource):
+    """A registered dense benchmark that also serves LVIS's federated annotations where its
+    preparation holds them (`data.dense_builders`), None otherwise (module doc)."""
+
+    def _has_federation(self) -> bool:
+        features = self.source.dataset_info.features
+        if all(name in features for name in FEDERATED_FIELDS):
+            return True
+        if self.dataset in FEDERATED_BENCHMARKS:
+            raise DataError(f"{self.dataset} was prepared without LVIS's negative / "
+                            "not-exhaustive classes that its federated AP needs; prepare it "
+                            f"again: {prepare_command(self.dataset)}")
+        return False
+
+    @property
+    def frequencies(self) -> list[str] | None:
+        """Each class's "r" / "c" / "f" ("" unknown), None without federation."""
+        if not self._has_federation():
+            return None
+        metadata = self.source.dataset_info.metadata or {}
+        frequency = [str(f) for f in metadata.get("frequency", [""] * len(self.classnames))]
+        if len(frequency) != len(self.classnames):
+            raise DataError(f"{self.dataset}: {len(frequency)} class frequencies for "
+                            f"{len(self.classnames)} classes; prepare it again: "
+                            f"{prepare_command(self.dataset)}")
+        return frequency
+
+    def federated(self, indices: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]] | None:
+        """Per row, (negative, not-exhaustive) int32 class ids; None without federation."""
+        if not self._has_federation():
+            return None
+        out = []
+        for index in indices:
+            example = self.source[int(index)]
+            lists = tuple(np.asarray(example[name], np.int32).reshape(-1)
+                          for name in FEDERATED_FIELDS)
+            if any(np.any((ids < 0) | (ids >= len(self.classnames))) for ids in lists):
+                raise DataError(f"{self.dataset} {self.split} row {index}: a negative or "
+                                f"not-exhaustive class is not one of the {len(self.classnames)} "
+                                "classes")
+            out.append(lists)
+        return out
+
 
 def scene_prompts() -> tuple[list[str], list[str]]:
     """Class names (without background) and zero-shot templates of the scene sets."""
@@ -159,7 +223,8 @@ def scene_prompts() -> tuple[list[str], list[str]]:
     return list(vocab["classnames"][1:]), list(vocab["templates"])
 
 
-__all__ = ["IGNORE", "DenseSource", "ScenesSource", "check_scenes", "scene_prompts"]
+__all__ = ["IGNORE", "DenseSource", "FederatedSource", "ScenesSource", "check_scenes",
+           "scene_prompts"]
 
 
 def open_dense_source(dataset: str, split: str, data_dir: str, image: Mapping, limit: int = 0,
@@ -174,8 +239,8 @@ def open_dense_source(dataset: str, split: str, data_dir: str, image: Mapping, l
                             "templates_file empty")
         return ScenesSource(dataset, split, data_dir, image, limit)
     if is_dense_benchmark(dataset):
-        return BenchmarkDenseSource(dataset, split, data_dir, image, limit, classnames_file,
-                                    templates_file, short_side, canvas)
+        return FederatedSource(dataset, split, data_dir, image, limit, classnames_file,
+                               templates_file, short_side, canvas)
     raise _not_dense(dataset)
 
 

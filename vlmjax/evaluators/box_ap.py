@@ -5,6 +5,7 @@ AP is COCO's: the mean over IoU thresholds 0.50:0.05:0.95 and over the classes o
 image, all areas; AP50 the same at IoU 0.5 alone. Classes of the subset without any
 ground-truth box are left out of the mean (as COCOeval does); a subset with none is NaN.
 Open-vocabulary detection reports it separately for novel, base and all classes (ViLD).
+LVIS's federated variant is `evaluators.lvis_ap`.
 """
 
 import contextlib
@@ -16,7 +17,8 @@ import numpy as np
 from vlmjax.errors import ConfigError
 
 
-def _coco_modules():
+def coco_classes() -> tuple[type, type]:
+    """pycocotools' (COCO, COCOeval), or a ConfigError naming how to install it."""
     try:
         from pycocotools.coco import COCO
         from pycocotools.cocoeval import COCOeval
@@ -42,11 +44,11 @@ def coco_ground_truth(boxes: Sequence[np.ndarray], labels: Sequence[np.ndarray],
             "categories": [{"id": k} for k in range(num_classes)]}
 
 
-def box_ap(gt: dict, detections: np.ndarray, class_subsets: dict[str, Sequence[int]],
-           max_dets: int = 100) -> dict[str, float]:
-    """{"<subset>/ap", "<subset>/ap50"} per class subset, from COCO ground truth (`coco_ground_
-    truth`) and detections float [N, 7]: image id, x0, y0, x1, y1 (pixels), score, class."""
-    coco_cls, eval_cls = _coco_modules()
+def coco_results(gt: dict, detections: np.ndarray) -> tuple[object, object | None]:
+    """(ground truth, detections) as pycocotools COCO objects; detections None when empty.
+    `gt` is `coco_ground_truth`'s dict, detections float [N, 7]: image id, x0, y0, x1, y1
+    (pixels), score, class."""
+    coco_cls, _ = coco_classes()
     with contextlib.redirect_stdout(io.StringIO()):
         truth = coco_cls()
         truth.dataset = gt
@@ -55,6 +57,15 @@ def box_ap(gt: dict, detections: np.ndarray, class_subsets: dict[str, Sequence[i
         # loadRes takes [image, x, y, w, h, score, class] rows.
         rows = np.concatenate([dets[:, :3], dets[:, 3:5] - dets[:, 1:3], dets[:, 5:7]], axis=1)
         results = truth.loadRes(rows) if len(rows) else None
+    return truth, results
+
+
+def box_ap(gt: dict, detections: np.ndarray, class_subsets: dict[str, Sequence[int]],
+           max_dets: int = 100) -> dict[str, float]:
+    """{"<subset>/ap", "<subset>/ap50"} per class subset, from COCO ground truth (`coco_ground_
+    truth`) and detections float [N, 7]: image id, x0, y0, x1, y1 (pixels), score, class."""
+    _, eval_cls = coco_classes()
+    truth, results = coco_results(gt, detections)
     out = {}
     for name, classes in class_subsets.items():
         if results is None or not len(classes):
@@ -69,11 +80,12 @@ def box_ap(gt: dict, detections: np.ndarray, class_subsets: dict[str, Sequence[i
             evaluator.accumulate()
         # precision [iou, recall, class, area, max_dets]; -1 where a class has no ground truth.
         precision = evaluator.eval["precision"][:, :, :, 0, -1]
-        out[f"{name}/ap"] = _mean_valid(precision)
-        out[f"{name}/ap50"] = _mean_valid(precision[0])
+        out[f"{name}/ap"] = mean_valid(precision)
+        out[f"{name}/ap50"] = mean_valid(precision[0])
     return out
 
 
-def _mean_valid(precision: np.ndarray) -> float:
+def mean_valid(precision: np.ndarray) -> float:
+    """The mean of the precisions that are not -1 (COCOeval's "no ground truth"); NaN if none."""
     valid = precision[precision > -1]
     return float(valid.mean()) if valid.size else float("nan")
