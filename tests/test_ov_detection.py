@@ -503,8 +503,8 @@ def _picture(path, h, w, value):
 
 @pytest.fixture(scope="module")
 def box_benchmarks(tmp_path_factory):
-    """Mock COCO (a dog and a crowd) and LVIS (one box of class 1203) prepared as in
-    test_dense_benchmarks."""
+    """Mock COCO (a dog and a crowd) and LVIS (two images, two boxes, with LVIS's federated
+    fields) prepared as in test_dense_benchmarks."""
     from vlmjax.data.dense_benchmarks import dense_benchmark
     from vlmjax.data.dense_builders import prepare
     root = tmp_path_factory.mktemp("box_manual")
@@ -520,12 +520,21 @@ def box_benchmarks(tmp_path_factory):
         "annotations": [{"image_id": 785, "category_id": 18, "bbox": [2, 4, 10, 6], "iscrowd": 0},
                         {"image_id": 785, "category_id": 1, "bbox": [0, 0, 40, 20], "iscrowd": 1}]}))
     prepare("coco_boxes", str(coco), data_dir)
+    # LVIS: image 9 holds a box of category 1203 (frequent) and is verified free of category 1
+    # (rare); image 12 a box of category 2 (common) and is free of category 1203; category 2
+    # is not exhaustive on image 12.
     lvis = root / "lvis"
-    _picture(lvis / "train2017" / "000000000009.jpg", 10, 10, 7)
+    for i in (9, 12):
+        _picture(lvis / "train2017" / f"{i:012d}.jpg", 10, 10, 7)
     (lvis / "lvis_v1_val.json").write_text(json.dumps({
-        "categories": [{"id": i + 1, "name": f"thing_{i}"} for i in range(1203)],
-        "images": [{"id": 9, "coco_url": "http://x/train2017/000000000009.jpg"}],
-        "annotations": [{"image_id": 9, "category_id": 1203, "bbox": [1, 1, 3, 3]}]}))
+        "categories": [{"id": i + 1, "name": f"thing_{i}", "frequency": "rcf"[i % 3]}
+                       for i in range(1203)],
+        "images": [{"id": 9, "coco_url": "http://x/train2017/000000000009.jpg",
+                    "neg_category_ids": [1], "not_exhaustive_category_ids": []},
+                   {"id": 12, "coco_url": "http://x/train2017/000000000012.jpg",
+                    "neg_category_ids": [1203], "not_exhaustive_category_ids": [2]}],
+        "annotations": [{"image_id": 9, "category_id": 1203, "bbox": [1, 1, 3, 3]},
+                        {"image_id": 12, "category_id": 2, "bbox": [2, 2, 5, 4]}]}))
     prepare("lvis_boxes", str(lvis), data_dir)
     return data_dir
 
@@ -561,10 +570,37 @@ def test_the_evaluator_reads_coco_and_lvis_boxes(teacher, box_benchmarks, datase
                              "short_side": 16, "canvas": 32, "class_embeddings": classes,
                              "novel_classes": novel}, ctx)
     got = evaluator.run(params)
-    assert set(got) == {f"{s}/{m}" for s in ("novel", "base", "all") for m in ("ap", "ap50")}
-    # COCO: the dog (novel) is the only box that counts (crowds do not); LVIS: its one box.
-    assert 0 <= got["novel/ap"] <= 1 and np.isnan(got["base/ap"])
-    assert got["all/ap"] == pytest.approx(got["novel/ap"])
+    lvis = dataset == "lvis_boxes"
+    metrics = ("ap", "ap50", "apr", "apc", "apf") if lvis else ("ap", "ap50")
+    assert set(got) == {f"{s}/{m}" for s in ("novel", "base", "all") for m in metrics}
+    if not lvis:  # the dog (novel) is the only box that counts (crowds do not)
+        assert 0 <= got["novel/ap"] <= 1 and np.isnan(got["base/ap"])
+        assert got["all/ap"] == pytest.approx(got["novel/ap"])
+        return
+    # LVIS: one frequent class (thing 1202, novel) and one common class (thing 1) have boxes;
+    # no rare class has one.
+    assert evaluator.max_dets == 300  # LVIS's detections per image
+    assert all(np.isnan(got[f"{s}/apr"]) for s in ("novel", "base", "all"))
+    assert 0 <= got["novel/ap"] <= 1 and got["novel/apf"] == pytest.approx(got["novel/ap"])
+    assert np.isnan(got["novel/apc"]) and np.isnan(got["base/apf"])
+    assert got["base/apc"] == pytest.approx(got["base/ap"])
+    assert got["all/ap"] == pytest.approx((got["novel/ap"] + got["base/ap"]) / 2)
+    # Planted detections through the same path: each box found, plus (scored above them) thing
+    # 1202 far from any box on image 12, where it is verified absent (a FP: its AP 1/2), and
+    # thing 1 far from any box on image 9 (neither positive nor negative there: not counted)
+    # and on image 12 (not exhaustive there: ignored). So APf 1/2, APc 1.
+    rows = np.arange(2)
+    truth = evaluator.source.boxes(rows)
+    row9 = next(r for r in rows if evaluator.source.classnames[truth[r][1][0]] == "thing 1202")
+    far = [20, 20, 30, 30]
+    planted = [[r, *box, 0.5, label] for r in rows for box, label in zip(*truth[r], strict=True)]
+    planted += [[1 - row9, *far, 0.9, 1202], [row9, *far, 0.9, 1], [1 - row9, *far, 0.9, 1]]
+    evaluator.detections = lambda params, chunk: np.array(
+        [d for d in planted if d[0] in chunk]).reshape(-1, 7)
+    got = evaluator.run(params)
+    assert got["all/apf"] == pytest.approx(0.5) and got["novel/ap"] == pytest.approx(0.5)
+    assert got["all/apc"] == pytest.approx(1.0) and got["base/ap"] == pytest.approx(1.0)
+    assert got["all/ap"] == pytest.approx(0.75) and got["all/ap50"] == pytest.approx(0.75)
 
 
 @pytest.mark.parametrize("variant", ["", "vild:", "text:", "regions:"])

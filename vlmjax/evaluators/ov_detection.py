@@ -10,12 +10,17 @@ the evaluated dataset's classes):
 - "sigmoid" (OWL-ViT): sigmoid of the class logit;
 times sigmoid(objectness) with `objectness`. The `top_k` best (token, class) pairs of an image
 are its detections (a set predictor: no NMS). AP / AP50 with COCO's definitions (pycocotools,
-`evaluators.box_ap`), per subset through params.catIds. Canvases of another size than the
-model's are resized to it and the boxes scaled back. On LVIS this is COCO-style AP over its
-boxes, not LVIS's federated protocol.
+`evaluators.box_ap`), per subset through params.catIds. A dataset with LVIS's federated
+annotations (the source's `frequencies` / `federated`: LVIS v1) is scored by LVIS's federated
+protocol instead (`evaluators.lvis_ap`: each class only on the images where it is positive or
+verified absent, unmatched detections ignored where it is not exhaustive), with AP / AP50 and
+APr / APc / APf (rare / common / frequent classes) per subset. `top_k` 0 is the protocol's
+detections per image: 300 for LVIS, 100 for COCO. Canvases of another size than the model's are
+resized to it and the boxes scaled back.
 """
 
 import dataclasses
+import logging
 from collections.abc import Mapping
 
 import jax
@@ -28,12 +33,15 @@ from vlmjax.errors import ConfigError, DataError
 from vlmjax.evaluators.box_ap import box_ap, coco_ground_truth
 from vlmjax.evaluators.context import EvalContext, EvalFacts
 from vlmjax.evaluators.global_batches import padded_global_batch
+from vlmjax.evaluators.lvis_ap import Federation, lvis_box_ap
 from vlmjax.evaluators.npz_cache import load_npz
 from vlmjax.evaluators.typed_options import options_from
 from vlmjax.options import fail
 from vlmjax.parallel.mesh import batch_shards, replicated
 
 SCORINGS = ("softmax", "sigmoid")
+COCO_MAX_DETS, LVIS_MAX_DETS = 100, 300  # the protocols' detections per image
+log = logging.getLogger(__name__)
 # COCO's open-vocabulary split (OVR-CNN, ViLD): 17 novel classes. Those papers evaluate 48 base
 # classes and leave 15 out; here "base" is the other 63 of the 80.
 COCO_NOVEL_CLASSES = ("airplane", "bus", "cat", "dog", "cow", "elephant", "umbrella", "tie",
@@ -52,7 +60,7 @@ class Options:
     novel_classes: tuple[str, ...] = NOVEL_CLASSES  # the training source's default split
     batch_size: int = 100
     num_images: int = 1000  # 0: the whole split
-    top_k: int = 100  # detections per image (COCO's maxDets)
+    top_k: int = 0  # detections per image; 0: the protocol's maxDets (COCO 100, LVIS 300)
     scoring: str = "softmax"
     objectness: bool = True
     classnames_file: str = ""
@@ -69,9 +77,9 @@ def check(name: str, options: Options, facts: EvalFacts) -> None:
              "predicts no boxes", "evaluate an ov_detector run or remove the evaluator")
     if o.scoring not in SCORINGS:
         fail(f"evals.{name}.scoring", f"is {o.scoring!r}", f"choose one of {', '.join(SCORINGS)}")
-    if o.batch_size <= 0 or o.num_images < 0 or not 0 < o.top_k <= 100:
+    if o.batch_size <= 0 or o.num_images < 0 or not 0 <= o.top_k <= LVIS_MAX_DETS:
         fail(f"evals.{name}.batch_size", "/ num_images / top_k out of range",
-             "use positive sizes and top_k in 1..100")
+             f"use positive sizes and top_k in 0..{LVIS_MAX_DETS} (0: the protocol's)")
     if not o.class_embeddings:
         fail(f"evals.{name}.class_embeddings", "is empty", "write the teacher's class "
              "embeddings with `python -m vlmjax.train.teacher_targets` and give the .npz")
@@ -137,8 +145,15 @@ class OVDetection:
         novel = novel_indices(names, tuple(o.novel_classes), f"evals.{o.dataset}.novel_classes")
         self.subsets = {"novel": novel, "base": [k for k in range(len(names)) if k not in novel],
                         "all": list(range(len(names)))}
+        frequencies = self.source.frequencies
+        self.frequencies = None if frequencies is None else [frequencies[i] for i in self.objects]
+        if self.frequencies is not None and not all(self.frequencies):
+            log.warning("%s: %d of %d classes have no LVIS frequency; APr / APc / APf leave "
+                        "them out (NaN if all)", o.dataset, self.frequencies.count(""),
+                        len(self.frequencies))
+        self.max_dets = o.top_k or (COCO_MAX_DETS if self.frequencies is None else LVIS_MAX_DETS)
         graphdef, normalize, size = ctx.graphdef, ctx.normalize, ctx.image_size
-        top_k, scoring, use_objectness = o.top_k, o.scoring, o.objectness
+        top_k, scoring, use_objectness = self.max_dets, o.scoring, o.objectness
 
         def detect(params: dict, images: jax.Array, queries: jax.Array) -> dict:
             model = nnx.merge(graphdef, params)
@@ -154,16 +169,28 @@ class OVDetection:
 
         self._detect = jax.jit(detect, out_shardings=replicated(ctx.mesh))
 
+    def _classes(self, row: int, classes: np.ndarray, what: str) -> np.ndarray:
+        """Dataset class ids -> indices among the object classes (DataError for others)."""
+        index = self.index[np.asarray(classes, np.int64).reshape(-1)]
+        if np.any(index < 0):
+            raise DataError(f"{self.source.dataset} row {row}: {what} is the background class "
+                            "or a class outside the class list")
+        return index
+
     def _ground_truth(self, rows: np.ndarray) -> tuple[list[np.ndarray], list[np.ndarray]]:
         boxes, labels = [], []
         for row, (row_boxes, classes) in zip(rows, self.source.boxes(rows), strict=True):
-            index = self.index[np.asarray(classes, np.int64)]
-            if np.any(index < 0):
-                raise DataError(f"{self.source.dataset} row {row}: a box is labelled with the "
-                                "background class or a class outside the class list")
             boxes.append(np.asarray(row_boxes, np.float64).reshape(-1, 4))
-            labels.append(index)
+            labels.append(self._classes(row, classes, "a box's label"))
         return boxes, labels
+
+    def _federated(self, rows: np.ndarray) -> tuple[list[np.ndarray], list[np.ndarray]]:
+        """Per row, the negative and the not-exhaustive classes as object-class indices."""
+        negative, not_exhaustive = [], []
+        for row, (neg, partial) in zip(rows, self.source.federated(rows), strict=True):
+            negative.append(self._classes(row, neg, "a negative class"))
+            not_exhaustive.append(self._classes(row, partial, "a not-exhaustive class"))
+        return negative, not_exhaustive
 
     def detections(self, params: dict, rows: np.ndarray) -> np.ndarray:
         """float [N, 7] (image row, x0, y0, x1, y1 in canvas pixels, score, class index)."""
@@ -186,18 +213,25 @@ class OVDetection:
         return np.concatenate(out) if out else np.zeros((0, 7))
 
     def run(self, params: dict) -> dict[str, float]:
-        """{novel, base, all}/{ap, ap50} over the first num_images canvases."""
+        """{novel, base, all}/{ap, ap50} over the first num_images canvases, and /{apr, apc,
+        apf} where the dataset is federated (LVIS)."""
         rows = np.arange(self.source.num_rows)
-        boxes, labels = [], []
+        boxes, labels, negative, not_exhaustive = [], [], [], []
         dets = []
         for start in range(0, len(rows), self.options.batch_size):
             chunk = rows[start:start + self.options.batch_size]
             b, lab = self._ground_truth(chunk)
             boxes += b
             labels += lab
+            if self.frequencies is not None:
+                neg, partial = self._federated(chunk)
+                negative += neg
+                not_exhaustive += partial
             dets.append(self.detections(params, chunk))
         if not sum(len(b) for b in boxes):
             raise DataError(f"{self.source.dataset} {self.source.split} has no boxes")
         gt = coco_ground_truth(boxes, labels, len(self.objects))
-        return box_ap(gt, np.concatenate(dets), self.subsets, self.options.top_k)
-
+        if self.frequencies is None:
+            return box_ap(gt, np.concatenate(dets), self.subsets, self.max_dets)
+        federation = Federation(negative, not_exhaustive, self.frequencies)
+        return lvis_box_ap(gt, np.concatenate(dets), federation, self.subsets, self.max_dets)
