@@ -99,6 +99,11 @@ def test_frequency_groups_and_classes_without_boxes():
     assert np.isnan(got["rare/apc"]) and np.isnan(got["rare/apf"])  # groups without classes
     for key in ("ap", "ap50", "apr", "apc", "apf"):
         assert np.isnan(got[f"none/{key}"]) and np.isnan(got[f"empty/{key}"])
+    # Frequencies unknown (an older annotation file): AP as before, every group NaN.
+    unknown = lvis_box_ap(gt, dets, Federation(fed.negative, fed.not_exhaustive, [""] * 5),
+                          {"all": range(5)})
+    assert unknown["all/ap"] == pytest.approx(got["all/ap"])
+    assert all(np.isnan(unknown[f"all/ap{g}"]) for g in "rcf")
     # Nothing detected: 0 where there are boxes, NaN where there are none.
     got = lvis_box_ap(gt, np.zeros((0, 7)), fed, {"all": range(5), "none": [3]})
     assert got["all/ap"] == 0.0 and got["all/apr"] == 0.0 and np.isnan(got["none/ap"])
