@@ -120,6 +120,12 @@ def test_sigmoid_local_term_adds_the_phrase_bias_and_needs_one():
         ids, valid), valid)[0]
     assert float(metrics["local_loss"]) == pytest.approx(float(local), rel=1e-6)
     assert float(metrics["phrase_logit_bias"]) == -2.0
+    _, both = objective.patch_phrase_loss(outputs, {"local_loss": "softmax_and_sigmoid"},
+                                          {"phrases": ids})
+    contrast = objective.local_loss(5.0 * pooled, objective.phrase_positives(ids, valid),
+                                    valid)[0]
+    assert float(both["local_loss"]) == pytest.approx(float(local + contrast), rel=1e-6)
+    assert {"phrase_pair_accuracy", "phrase_to_image_accuracy"} <= set(both)
     config = config_from_args(f"{TINY}", ["objective.local_loss=sigmoid"])
     with pytest.raises(ConfigError, match="model.patch_phrase.logit_bias_init"):
         objective.PATCH_PHRASE.check(config.to_dict())

@@ -24,10 +24,12 @@ like q, whatever they hold, so patches of empty canvas learn to score below the 
 class: the bias becomes a background threshold learned in pre-training (dense evaluation with
 background="model"), where the softmax contrast leaves background patches unconstrained.
 Duplicate phrases of other images are positives, not negatives, as above.
-"balanced_sigmoid" weighs each phrase's positives and negatives equally (the mean loss over its
-positive images plus the mean over its negative ones, halved): about one image in five holds a
-given class here, and the plain sum lets a bias that calls every pair negative win (SigLIP's
--10 start suits batches of 32k, not 128).
+"softmax_and_sigmoid" adds both terms (the contrast for the alignment, the pairwise negatives
+for the background), at the one phrase temperature. "balanced_sigmoid" weighs each phrase's
+positives and negatives equally (the mean loss over its positive images plus the mean over its
+negative ones, halved): about one image in five holds a given class here, and the plain sum
+lets a bias that calls every pair negative win (SigLIP's -10 start suits batches of 32k, not
+128).
 
 loss = global + local_weight * local.
 """
@@ -49,7 +51,7 @@ from vlmjax.objectives.sigmoid import sigmoid_contrastive
 POOLS = ("attention", "max", "mean")
 MASKED = -1e30  # a logit left out of a softmax (finite: no inf * 0 in the gradient)
 GLOBAL_LOSSES = ("softmax", "sigmoid")
-LOCAL_LOSSES = ("softmax", "sigmoid", "balanced_sigmoid")
+LOCAL_LOSSES = ("softmax", "sigmoid", "balanced_sigmoid", "softmax_and_sigmoid")
 OPTIONS = {**CONTRASTIVE_OPTIONS, "global_loss": "softmax", "local_loss": "softmax",
            "local_weight": 1.0,
            "pool": "attention", "pool_temperature": 0.1, "match_duplicates": True}
@@ -152,12 +154,14 @@ def patch_phrase_loss(outputs: Mapping[str, jax.Array], options: Mapping,
                            o["pool_temperature"])
     positives = phrase_positives(batch["phrases"], valid, o["match_duplicates"])
     logits = outputs["phrase_logit_scale"] * pooled
-    if o["local_loss"] != "softmax":
-        local, local_metrics = local_sigmoid_loss(logits + outputs["phrase_logit_bias"],
-                                                  positives, valid,
-                                                  balanced=o["local_loss"] == "balanced_sigmoid")
-    else:
+    local, local_metrics = jnp.float32(0.0), {}
+    if o["local_loss"] in ("softmax", "softmax_and_sigmoid"):
         local, local_metrics = local_loss(logits, positives, valid)
+    if o["local_loss"] != "softmax":
+        pairwise, pair_metrics = local_sigmoid_loss(
+            logits + outputs["phrase_logit_bias"], positives, valid,
+            balanced=o["local_loss"] == "balanced_sigmoid")
+        local, local_metrics = local + pairwise, {**local_metrics, **pair_metrics}
     loss = global_loss + o["local_weight"] * local
     metrics = {"loss": loss, "global_loss": global_loss, "local_loss": local,
                "logit_scale": scale, "phrase_logit_scale": outputs["phrase_logit_scale"],
