@@ -264,7 +264,7 @@ def test_coco_boxes_have_no_federation(prepared):
     assert source.frequencies is None and source.federated(np.array([0])) is None
 
 
-def test_an_older_lvis_file_builds_without_federated_fields(tmp_path, caplog):
+def test_an_older_lvis_file_builds_without_federated_fields(tmp_path, caplog, monkeypatch):
     """No neg / not-exhaustive lists and no frequencies (LVIS before v0.5): empty lists and
     unknown ("") frequencies, each with a warning."""
     root = tmp_path / "lvis_old"
@@ -279,6 +279,10 @@ def test_an_older_lvis_file_builds_without_federated_fields(tmp_path, caplog):
     assert source.frequencies == [""] * 1203
     [(neg, not_exhaustive)] = source.federated(np.array([0]))
     assert len(neg) == len(not_exhaustive) == 0
+    # A preparation from before these fields (faked: fields it lacks) fails naming the fix.
+    monkeypatch.setattr("vlmjax.data.dense_sources.FEDERATED_FIELDS", ("neg_labels", "absent"))
+    with pytest.raises(DataError, match="prepared without LVIS's negative .* remove that folder"):
+        _ = source.frequencies
 
 
 def test_a_source_refuses_a_mask_that_does_not_match_its_image(prepared):

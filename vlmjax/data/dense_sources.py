@@ -182,9 +182,10 @@ class FederatedSource(BenchmarkDenseSource):
         if all(name in features for name in FEDERATED_FIELDS):
             return True
         if self.dataset in FEDERATED_BENCHMARKS:
-            raise DataError(f"{self.dataset} was prepared without LVIS's negative / "
-                            "not-exhaustive classes that its federated AP needs; prepare it "
-                            f"again: {prepare_command(self.dataset)}")
+            raise DataError(f"{self.dataset} in {self.source.dataset_info.data_dir} was "
+                            "prepared without LVIS's negative / not-exhaustive classes that its "
+                            "federated AP needs; remove that folder and prepare it again: "
+                            f"{prepare_command(self.dataset)}")
         return False
 
     @property
