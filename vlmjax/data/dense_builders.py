@@ -287,6 +287,9 @@ class LvisBoxes(_BoxBuilder):
     BENCHMARK = "lvis_boxes"
     ANNOTATIONS = "lvis_v1_val.json"
     MANUAL_DOWNLOAD_INSTRUCTIONS = "lvis_v1_val.json with val2017/ and train2017/ in one folder."
+    # 1.1.0: the federated fields (neg / not-exhaustive lists, class frequencies); a folder
+    # prepared as 1.0.0 is never read for federated AP (the registry names 1.1.0).
+    VERSION = tfds.core.Version("1.1.0")
     FEDERATED = ("neg_category_ids", "not_exhaustive_category_ids")
     FEATURES = ("neg_labels", "not_exhaustive_labels")
 
