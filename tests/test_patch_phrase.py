@@ -171,6 +171,14 @@ def test_model_outputs_patches_and_phrases():
     cfg["model"]["patch_phrase"]["logit_bias_init"] = -3.0
     biased = PatchPhrase(cfg["model"], vocab_size=50, context_length=24, rngs=nnx.Rngs(0))
     assert float(biased(batch)["phrase_logit_bias"]) == -3.0
+    from vlmjax.models.dense import dense_embeddings
+    cfg["model"]["patch_phrase"]["patch_tokens"] = "maskclip"
+    valued = PatchPhrase(cfg["model"], vocab_size=50, context_length=24, rngs=nnx.Rngs(0))
+    image = jax.random.normal(jax.random.key(1), (2, 16, 16, 1))
+    got = valued({**batch, "image": image})["patch_embed"]
+    want = dense_embeddings(valued, image, "maskclip").reshape(2, 4, 16)
+    np.testing.assert_allclose(got, want, rtol=1e-6)
+    assert not np.allclose(got, valued.encode_image_tokens(image), atol=1e-3)
 
 
 def test_a_tiny_run_on_scenes_trains_and_evaluates(synthetic_data_dir, tmp_path):

@@ -16,6 +16,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from vlmjax.models.dense import dense_embeddings
 from vlmjax.models.embedding import l2_normalize
 from vlmjax.models.two_tower import TwoTower, scalar, tower_rngs
 from vlmjax.options import fail
@@ -27,6 +28,7 @@ class PatchPhrase(TwoTower):
     def __init__(self, model: Mapping, vocab_size: int, context_length: int, *, rngs: nnx.Rngs):
         super().__init__(model, vocab_size, context_length, rngs=rngs)
         own = model["patch_phrase"]
+        self.patch_tokens = own["patch_tokens"]
         self.phrase_logit_scale = scalar(rngs, own["logit_scale_init"])
         self.phrase_logit_bias = (None if own["logit_bias_init"] is None
                                   else scalar(rngs, own["logit_bias_init"]))
@@ -44,9 +46,14 @@ class PatchPhrase(TwoTower):
                                         phrase_mask.reshape(b * k, length), train=train,
                                         rng=None if text_rng is None else jax.random.fold_in(
                                             text_rng, 1))
+        if self.patch_tokens == "maskclip":  # the last block's value path: less image summary
+            patches = dense_embeddings(self, batch["image"], "maskclip")
+            patches = patches.reshape(patches.shape[0], -1, patches.shape[-1])
+        else:
+            patches = l2_normalize(self.image_proj(image["tokens"]))
         out = {
             "image_embed": l2_normalize(self.image_proj(image["pooled"])),
-            "patch_embed": l2_normalize(self.image_proj(image["tokens"])),
+            "patch_embed": patches,
             "text_embed": self.encode_text(batch["text"], batch["text_mask"], train=train,
                                            rng=text_rng),
             "phrase_embed": phrase_embed.reshape(b, k, -1),
@@ -63,7 +70,10 @@ class PatchPhrase(TwoTower):
 
 # logit_scale_init: log(1 / 0.07), CLIP's; logit_bias_init: None (no bias, the softmax local
 # term) or a float (the sigmoid local term, e.g. SigLIP's -10 with scale log 10).
-OPTIONS = {"patch_phrase": {"logit_scale_init": 2.6592600369262695, "logit_bias_init": None}}
+# patch_tokens: the patches the local term sees: "tokens" (the tower's, as evaluated by the
+# "tokens" dense method) or "maskclip" (the last block's value path, models.dense).
+OPTIONS = {"patch_phrase": {"logit_scale_init": 2.6592600369262695, "logit_bias_init": None,
+                            "patch_tokens": "tokens"}}
 
 
 def check_patch_phrase(cfg: Mapping) -> None:
