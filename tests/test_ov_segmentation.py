@@ -470,3 +470,15 @@ def test_the_evaluator_reads_voc_and_ade20k_masks(teacher, mask_benchmarks, data
     for key in want:  # the same program's predictions: the same metrics
         np.testing.assert_allclose(got[key], want[key], err_msg=key)
     assert ("background_iou" in got) == (dataset == "voc2012_segmentation")
+
+
+def test_a_rule_on_fewer_features_is_refused(tmp_path):
+    """A pseudo-label file from before the relative features (three decision features) names
+    the command that makes it again instead of failing inside NumPy."""
+    from vlmjax.errors import ConfigError
+    from vlmjax.train.teacher_pseudo_labels import stored_rule
+    path = str(tmp_path / "old.npz")
+    np.savez(path, rule_kind="learned", threshold=0.0, rule_mean=np.zeros(3),
+             rule_std=np.ones(3), rule_weights=np.zeros(4))
+    with pytest.raises(ConfigError, match="teacher_pseudo_labels"):
+        stored_rule(path)

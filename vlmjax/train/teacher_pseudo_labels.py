@@ -68,7 +68,7 @@ from vlmjax.train.run import Run, load_run
 from vlmjax.train.teacher_targets import TeacherEmbedder, cache_path, class_embeddings
 
 log = logging.getLogger(__name__)
-VERSION = 1
+VERSION = 2  # 2: the background rule reads five features (dense_background.FEATURES)
 RULES = ("learned", "calibrated", "threshold", "none")
 FITTED = ("learned", "calibrated")
 
@@ -194,6 +194,10 @@ def stored_rule(path: str) -> BackgroundRule:
     with np.load(path) as f:
         kind = str(f["rule_kind"])
         learned = kind == "learned"
+        if learned and len(f["rule_weights"]) != len(FEATURES) + 1:
+            raise ConfigError(f"{path} holds a background rule on {len(f['rule_weights']) - 1} "
+                              f"features, this vlmjax decides on {len(FEATURES)}: make the "
+                              "pseudo-labels again with python -m vlmjax.train.teacher_pseudo_labels")
         return BackgroundRule(kind, float(f["threshold"]),
                               f["rule_mean"] if learned else None,
                               f["rule_std"] if learned else None,
