@@ -336,3 +336,38 @@ def test_the_demo_config_validates(synthetic_data_dir, arg):
     config.data.dir = synthetic_data_dir
     validate(config, 8)  # the teacher's own checks run when training resolves it
     assert config.model.name == ("distill" if arg == "distill" else "two_tower")
+
+
+def test_a_distilled_run_exports_its_student_to_transformers(teacher_run, synthetic_data_dir,
+                                                              tmp_path):
+    """`--to hf` writes the student alone, as the two-tower CLIP it is: transformers' CLIPModel
+    on the export gives the student's embeddings and logits; the teacher (model state) and the
+    training-only projections stay behind."""
+    torch = pytest.importorskip("torch")
+    transformers = pytest.importorskip("transformers")
+    from tests.interop_runs import flat_params, forward, restore_run
+    from vlmjax.interop.hf_export import export_hf
+    from vlmjax.train.loop import train
+    config = _student_config(teacher_run, synthetic_data_dir)
+    config.model.image.ln_pre = True  # HF CLIP's pre-LayerNorm
+    config.train.num_steps = config.train.checkpoint_every = 3
+    config.evals = {}
+    workdir, output = str(tmp_path / "student"), str(tmp_path / "hf")
+    train(config, workdir)
+    export_hf(workdir, output)
+    run = restore_run(workdir)
+    assert any(k.startswith("image_to_teacher/") for k in flat_params(run))  # left behind
+    texts = ["a photo of a trouser", "a blurry photo of a bag"]
+    images = np.random.default_rng(1).integers(0, 256, (3, 28, 28, 1), np.uint8)
+    ours = forward(run, images, texts)
+    model = transformers.CLIPModel.from_pretrained(output).eval()
+    assert model.config.projection_dim == config.model.embed_dim  # the student's, not 16
+    ctx = run.cfg["tokenizer"]["context_length"]
+    with torch.no_grad():
+        out = model(input_ids=torch.as_tensor(np.asarray(ours["ids"]), dtype=torch.long),
+                    attention_mask=torch.as_tensor(np.asarray(ours["mask"]), dtype=torch.long),
+                    pixel_values=torch.as_tensor(np.array(ours["pixels"])).permute(0, 3, 1, 2))
+    assert ours["ids"].shape == (2, ctx)
+    ref = {"image": out.image_embeds, "text": out.text_embeds, "logits": out.logits_per_image}
+    for key, value in ref.items():
+        np.testing.assert_allclose(value.numpy(), ours[key], atol=1e-4, rtol=0, err_msg=key)

@@ -27,6 +27,7 @@ from vlmjax.interop import hf_files
 from vlmjax.interop import hf_tokenizer_export as tokenizer_export
 from vlmjax.interop.hf_clip_config import hf_config
 from vlmjax.interop.torch_layout import to_torch
+from vlmjax.models.registry import get_family
 from vlmjax.models.sizes import resolve_vit
 from vlmjax.tokenizers import Tokenizer
 from vlmjax.train.run import flat_params, load_run, load_saved_config
@@ -122,8 +123,15 @@ def load_for_export(workdir: str, step: int | None,
     return LoadedRun(cfg, run.tokenizer, tok_dir, jax.device_get(run.params), run.step)
 
 
+def exported(cfg: dict, params: Any = None) -> tuple[dict, Any]:
+    """The config and parameters written for a run: its family's export view (a distilled run
+    exports its student) or the run itself."""
+    view = get_family(cfg["model"]).export_view
+    return view(cfg, params) if view is not None else (cfg, params)
+
+
 def _check_run(cfg: dict, tok_dir: str) -> None:
-    check_exportable(cfg)
+    check_exportable(exported(cfg)[0])
     tokenizer_export.clip_bpe_files(tok_dir)
 
 
@@ -143,12 +151,13 @@ def export_hf(workdir: str, output: str, step: int | None = None) -> None:
     output = os.path.abspath(output)
     _check_output(output)
     run = load_for_export(workdir, step, _check_run)
-    cfg, ctx = run.cfg, run.cfg["tokenizer"]["context_length"]
+    cfg, params = exported(run.cfg, run.params)
+    ctx = cfg["tokenizer"]["context_length"]
     vocab, merges = tokenizer_export.clip_bpe_files(run.tokenizer_dir)
     if len(vocab) != run.tokenizer.vocab_size:
         raise ConfigError(f"the run's tokenizer has {run.tokenizer.vocab_size} ids but its BPE "
                           f"vocabulary {len(vocab)}; it cannot be written as vocab.json")
-    tensors = hf_tensors(run.params, cfg)
+    tensors = hf_tensors(params, cfg)
     config = hf_config(cfg, run.tokenizer.vocab_size, vocab[tokenizer_export.SOT],
                        vocab[tokenizer_export.EOT])
     preprocessor = preprocessor_config(cfg)

@@ -67,6 +67,20 @@ def teacher_model_section(model: Mapping) -> Mapping:
     return section
 
 
+TRAINING_ONLY = ("image_to_teacher", "text_to_teacher")  # the student-to-teacher projections
+
+
+def student_view(cfg: dict, params: dict | None) -> tuple[dict, dict | None]:
+    """The distilled run as the two-tower student it is (export): model.name 'two_tower', no
+    distill section, the training-only projections dropped; the teacher is model state, never
+    a parameter."""
+    model = {k: v for k, v in cfg["model"].items() if k != "distill"}
+    student = {**cfg, "model": {**model, "name": "two_tower"}}
+    if params is None:
+        return student, None
+    return student, {k: v for k, v in params.items() if k not in TRAINING_ONLY}
+
+
 class Distill(TwoTower):
     """A two-tower student, a frozen teacher and the student-to-teacher projections."""
 

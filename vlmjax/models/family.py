@@ -48,6 +48,9 @@ class ModelFamily:
     # dense zero-shot's background="model" calls a patch background below its 1/2 for every
     # class (SigLIP's global pair; patch_phrase's local pair).
     patch_sigmoid: tuple[str, str] = ("logit_scale", "logit_bias")
+    # (config dict, params) -> the config and parameters of the model that stands for this one
+    # when exported (a distilled student as the two-tower model it is); None: itself.
+    export_view: Callable[[dict, dict], tuple[dict, dict]] | None = None
 
     def post_update(self, params: dict, model_cfg: Mapping) -> dict:
         """Clamps each temperature t so that exp(t) <= max_logit_scale, after every update (as

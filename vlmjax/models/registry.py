@@ -61,7 +61,8 @@ FAMILIES: Registry[ModelFamily] = Registry("model.name", {
     "distill": ModelFamily(build=_build_distill, towers=two_tower.TOWER_PATTERNS,
                            capabilities=frozenset({"embedding", "image_tokens"}),
                            outputs=frozenset({"embeddings", "teacher"}), options=distill.OPTIONS,
-                           check=lambda cfg: distill.check_distill(cfg, FAMILIES)),
+                           check=lambda cfg: distill.check_distill(cfg, FAMILIES),
+                           export_view=distill.student_view),
     # OWL-ViT's per-token box / class-embedding / objectness heads on an image tower, scored
     # against given class embeddings (a teacher's); no text tower (objectives.ov_detection).
     "ov_detector": ModelFamily(build=ov_detector.OVDetector, towers=ov_detector.TOWER_PATTERNS,
