@@ -282,7 +282,7 @@ def test_an_older_lvis_file_builds_without_federated_fields(tmp_path, caplog, mo
     # A preparation from before these fields (faked: fields it lacks) fails naming the fix.
     monkeypatch.setattr("vlmjax.data.dense_sources.FEDERATED_FIELDS", ("neg_labels", "absent"))
     with pytest.raises(DataError, match="prepared without LVIS's negative .* remove that folder"):
-        _ = source.frequencies
+        _ = FederatedSource("lvis_boxes", "test", data_dir, RGB).frequencies  # checked per source
 
 
 def test_a_source_refuses_a_mask_that_does_not_match_its_image(prepared):

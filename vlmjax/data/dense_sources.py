@@ -18,6 +18,7 @@ on a padded square canvas (evaluated with sliding windows).
 the class of its largest item; test_single: its only item).
 """
 
+import functools
 from collections.abc import Mapping
 from typing import Protocol
 
@@ -177,7 +178,9 @@ class FederatedSource(BenchmarkDenseSource):
     """A registered dense benchmark that also serves LVIS's federated annotations where its
     preparation holds them (`data.dense_builders`), None otherwise (module doc)."""
 
+    @functools.cached_property
     def _has_federation(self) -> bool:
+        """Whether the preparation holds the federated fields (read once per source)."""
         features = self.source.dataset_info.features
         if all(name in features for name in FEDERATED_FIELDS):
             return True
@@ -191,7 +194,7 @@ class FederatedSource(BenchmarkDenseSource):
     @property
     def frequencies(self) -> list[str] | None:
         """Each class's "r" / "c" / "f" ("" unknown), None without federation."""
-        if not self._has_federation():
+        if not self._has_federation:
             return None
         metadata = self.source.dataset_info.metadata or {}
         frequency = [str(f) for f in metadata.get("frequency", [""] * len(self.classnames))]
@@ -203,7 +206,7 @@ class FederatedSource(BenchmarkDenseSource):
 
     def federated(self, indices: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]] | None:
         """Per row, (negative, not-exhaustive) int32 class ids; None without federation."""
-        if not self._has_federation():
+        if not self._has_federation:
             return None
         out = []
         for index in indices:
