@@ -25,8 +25,8 @@ def test_clip_by_known_norm_is_optax_clip_by_global_norm(scale):
     clip = clip_by_known_norm(1.0)
     for norm in (None, optax.global_norm(grads)):
         got, state = clip.update(grads, clip.init(grads), grad_norm=norm)
-        for k in grads:  # the same operations on the same values: equal bits
-            np.testing.assert_array_equal(got[k], want[k])
+        for k in grads:  # the norm may be summed in another order: a few float32 roundings
+            np.testing.assert_allclose(got[k], want[k], rtol=4 * np.finfo(np.float32).eps)
         assert state == optax.EmptyState()
 
 
