@@ -150,6 +150,87 @@ def test_loss_is_the_global_loss_plus_the_weighted_local_term():
     assert float(metrics["local_loss"]) == pytest.approx(float(local), rel=1e-6)
 
 
+def test_distinct_phrases_merge_identical_tokens_within_an_image():
+    ids = np.array([[[5, 6], [5, 6], [7, 0]], [[5, 6], [8, 9], [0, 0]]])
+    valid = np.array([[True, True, True], [True, True, False]])
+    got = np.asarray(objective.distinct_phrases(jnp.asarray(ids), jnp.asarray(valid)))
+    np.testing.assert_array_equal(got, [[1, 0, 1], [1, 1, 0]])  # across images: both kept
+
+
+@pytest.mark.parametrize("null", [False, True])
+@pytest.mark.parametrize("pool", objective.POOLS)
+def test_assignment_loss_matches_numpy(pool, null):
+    rng = np.random.default_rng(5)
+    b, n, k, e = 3, 5, 3, 4
+    patches = np.asarray(l2_normalize(jnp.asarray(rng.normal(size=(b, n, e)))), np.float64)
+    phrases = np.asarray(l2_normalize(jnp.asarray(rng.normal(size=(b, k, e)))), np.float64)
+    null_embed = np.asarray(l2_normalize(jnp.asarray(rng.normal(size=(e,)))), np.float64)
+    keep = np.array([[1, 1, 0], [1, 0, 0], [1, 1, 1]], bool)
+    loss, metrics = objective.assignment_loss(
+        jnp.asarray(patches, jnp.float32), jnp.asarray(phrases, jnp.float32), jnp.asarray(keep),
+        jnp.float32(4.0), jnp.asarray(null_embed, jnp.float32) if null else None, pool, 0.2)
+    terms, presences = [], []
+    for i in range(b):
+        columns = [phrases[i, q] for q in np.flatnonzero(keep[i])] + ([null_embed] if null else [])
+        logits = 4.0 * patches[i] @ np.stack(columns).T  # [n, columns]
+        shares = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
+        for c in range(len(columns)):
+            s = shares[:, c]
+            if pool == "max":
+                presence = s.max()
+            elif pool == "mean":
+                presence = s.mean()
+            else:
+                w = np.exp(s / 0.2)
+                presence = np.sum(w / w.sum() * s)
+            terms.append(-np.log(presence))
+            presences.append(presence)
+    assert float(loss) == pytest.approx(np.mean(terms), rel=1e-5)
+    assert float(metrics["phrase_presence"]) == pytest.approx(np.mean(presences), rel=1e-5)
+
+
+def test_assignment_rewards_patches_that_each_hold_one_phrase():
+    """Two phrases, two patches: patches that each match their own phrase score lower than
+    patches that both hold the sum of the two (a summary the contrast terms cannot tell
+    apart from it) at the same pooled cosine per phrase (max pooling)."""
+    a, c = np.eye(4)[0], np.eye(4)[1]
+    phrases = jnp.asarray(np.stack([a, c])[None], jnp.float32)
+    keep = jnp.ones((1, 2), bool)
+    local = jnp.asarray(np.stack([a, c])[None], jnp.float32)
+    mixed = jnp.asarray(np.stack([a + c, a + c])[None] / np.sqrt(2), jnp.float32)
+    separate, _ = objective.assignment_loss(local, phrases, keep, jnp.float32(10.0), pool="max")
+    summary, _ = objective.assignment_loss(mixed, phrases, keep, jnp.float32(10.0), pool="max")
+    assert float(summary) == pytest.approx(np.log(2), rel=1e-5)  # each phrase owns half a patch
+    # -log(1 / (1 + e^-10)): the share of a float32 softmax near 1, to its rounding
+    assert float(separate) == pytest.approx(np.log1p(np.exp(-10.0)), abs=1e-6)
+
+
+def test_loss_adds_the_weighted_assignment_and_null_needs_it():
+    from vlmjax.config import config_from_args
+    from vlmjax.errors import ConfigError
+    rng = np.random.default_rng(6)
+    b, k, n, e = 4, 2, 3, 8
+    unit = lambda *s: l2_normalize(jnp.asarray(rng.normal(size=s)))  # noqa: E731
+    ids = jnp.asarray(rng.integers(1, 9, size=(b, k, 3))).at[0, 1].set(jnp.asarray([1, 2, 3])).at[
+        0, 0].set(jnp.asarray([1, 2, 3]))  # image 0 names one phrase twice
+    valid = jnp.ones((b, k), bool)
+    outputs = {"image_embed": unit(b, e), "text_embed": unit(b, e), "patch_embed": unit(b, n, e),
+               "phrase_embed": unit(b, k, e), "phrase_valid": valid, "null_embed": unit(e),
+               "logit_scale": jnp.float32(10.0), "phrase_logit_scale": jnp.float32(5.0)}
+    plain, _ = objective.patch_phrase_loss(outputs, {}, {"phrases": ids})
+    loss, metrics = objective.patch_phrase_loss(outputs, {"assignment_weight": 0.5},
+                                                {"phrases": ids})
+    keep = np.ones((b, k), bool)
+    keep[0, 1] = False
+    want, _ = objective.assignment_loss(outputs["patch_embed"], outputs["phrase_embed"],
+                                        jnp.asarray(keep), jnp.float32(5.0), outputs["null_embed"])
+    assert float(metrics["assignment_loss"]) == pytest.approx(float(want), rel=1e-6)
+    assert float(loss) == pytest.approx(float(plain + 0.5 * want), rel=1e-6)
+    config = config_from_args(f"{TINY}", ["model.patch_phrase.null_phrase=True"])
+    with pytest.raises(ConfigError, match="assignment_weight"):
+        objective.PATCH_PHRASE.check(config.to_dict())
+
+
 def test_model_outputs_patches_and_phrases():
     from vlmjax.config import load_config_file
     from vlmjax.models.patch_phrase import PatchPhrase
@@ -171,6 +252,12 @@ def test_model_outputs_patches_and_phrases():
     cfg["model"]["patch_phrase"]["logit_bias_init"] = -3.0
     biased = PatchPhrase(cfg["model"], vocab_size=50, context_length=24, rngs=nnx.Rngs(0))
     assert float(biased(batch)["phrase_logit_bias"]) == -3.0
+    cfg["model"]["patch_phrase"]["null_phrase"] = True
+    with_null = PatchPhrase(cfg["model"], vocab_size=50, context_length=24, rngs=nnx.Rngs(0))
+    null = with_null(batch)["null_embed"]
+    assert null.shape == (16,) and float(jnp.linalg.norm(null)) == pytest.approx(1.0, rel=1e-6)
+    np.testing.assert_allclose(null, l2_normalize(with_null.null_phrase[...]), rtol=1e-6)
+    cfg["model"]["patch_phrase"]["null_phrase"] = False
     from vlmjax.models.dense import dense_embeddings
     cfg["model"]["patch_phrase"]["patch_tokens"] = "maskclip"
     valued = PatchPhrase(cfg["model"], vocab_size=50, context_length=24, rngs=nnx.Rngs(0))
@@ -210,3 +297,16 @@ def test_the_dense_demo_config_validates(synthetic_data_dir, arg):
     config.data.dir = synthetic_data_dir
     validate(config, 8)
     assert config.data.phrases == arg.startswith("patch_phrase")
+
+
+def test_the_dense_suite_adds_the_model_background_on_request():
+    from vlmjax.config import load_config_file
+    from vlmjax.errors import ConfigError
+    suite = os.path.join(REPO, "configs", "eval", "dense_scenes.py")
+    plain = load_config_file(f"{suite}:fashion_mnist_scenes_grid")
+    own = load_config_file(f"{suite}:fashion_mnist_scenes_grid:model")
+    assert set(own.evals) - set(plain.evals) == {"dense_model"}
+    assert own.evals.dense_model.background == "model"
+    assert own.evals.dense_model.dataset == "fashion_mnist_scenes_grid"
+    with pytest.raises(ConfigError, match="DATASET:model"):
+        load_config_file(f"{suite}:fashion_mnist_scenes_grid:bias")

@@ -3,7 +3,11 @@
 Same parameters as `TwoTower` (so LiT, sharding rules, checkpoints and every evaluator carry
 over) plus `phrase_logit_scale`, the temperature of the local patch-to-phrase term
 (`objectives.patch_phrase`), and `phrase_logit_bias` where model.patch_phrase.logit_bias_init is
-set (its sigmoid form; a patch scoring below the bias for every class is background). Called on
+set (its sigmoid form; a patch scoring below the bias for every class is background), and
+`null_phrase` where model.patch_phrase.null_phrase is set: a learned embedding that every canvas
+holds (its background), which the local term's per-patch assignment (objectives.patch_phrase)
+offers every patch beside the image's phrases; a patch closer to it than to every class is
+background (dense evaluation with background="model"). Called on
 a batch with "phrases" / "phrase_mask" ([b, k, l]: each example's item phrases tokenized alone,
 `data.scenes_source` with data.phrases), it returns the global embeddings and, in the joint
 space, every patch token ("patch_embed" [b, n, e]) and every phrase ("phrase_embed" [b, k, e],
@@ -16,6 +20,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from vlmjax.models import layers
 from vlmjax.models.dense import dense_embeddings
 from vlmjax.models.embedding import l2_normalize
 from vlmjax.models.two_tower import TwoTower, scalar, tower_rngs
@@ -32,6 +37,8 @@ class PatchPhrase(TwoTower):
         self.phrase_logit_scale = scalar(rngs, own["logit_scale_init"])
         self.phrase_logit_bias = (None if own["logit_bias_init"] is None
                                   else scalar(rngs, own["logit_bias_init"]))
+        self.null_phrase = (layers.param(rngs, layers.normal(1.0), (model["embed_dim"],),
+                                         ("joint",)) if own["null_phrase"] else None)
 
     def __call__(self, batch: Mapping[str, jax.Array], *, train: bool = False,
                  rng: jax.Array | None = None) -> dict[str, jax.Array]:
@@ -65,6 +72,8 @@ class PatchPhrase(TwoTower):
             out["logit_bias"] = self.logit_bias[...]
         if self.phrase_logit_bias is not None:
             out["phrase_logit_bias"] = self.phrase_logit_bias[...]
+        if self.null_phrase is not None:
+            out["null_embed"] = l2_normalize(self.null_phrase[...])
         return out
 
 
@@ -72,8 +81,9 @@ class PatchPhrase(TwoTower):
 # term) or a float (the sigmoid local term, e.g. SigLIP's -10 with scale log 10).
 # patch_tokens: the patches the local term sees: "tokens" (the tower's, as evaluated by the
 # "tokens" dense method) or "maskclip" (the last block's value path, models.dense).
+# null_phrase: a learned background embedding (module doc), for the objective's assignment term.
 OPTIONS = {"patch_phrase": {"logit_scale_init": 2.6592600369262695, "logit_bias_init": None,
-                            "patch_tokens": "tokens"}}
+                            "patch_tokens": "tokens", "null_phrase": False}}
 
 
 def check_patch_phrase(cfg: Mapping) -> None:

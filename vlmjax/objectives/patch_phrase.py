@@ -31,7 +31,23 @@ negative ones, halved): about one image in five holds a given class here, and th
 lets a bias that calls every pair negative win (SigLIP's -10 start suits batches of 32k, not
 128).
 
-loss = global + local_weight * local.
+`assignment_weight` > 0 adds a term that makes phrases compete for patches within each image.
+Both local terms above score image i against phrase q by pooling cosines over i's patches
+before any softmax over phrases, so patches that each hold a summary of the whole canvas
+(every item's direction, as the CLIP term's gradient through a mean-pooled image embedding
+pushes them) satisfy them as well as patches that each hold their own item: whether a run
+localises then depends on its seed. The assignment term normalises per patch first (weakly
+supervised segmentation's multiple-instance form): each patch p of image i takes a softmax
+over i's own phrases (identical ones merged) and, with model.patch_phrase.null_phrase, the
+learned null phrase (the background every canvas holds), at the phrase temperature:
+pi_pq = softmax_q(phrase_logit_scale * cos(p, q)). Phrase q's presence is pi_pq pooled over
+the patches (`pool`, as above) and the term is -log presence, averaged over the valid
+(image, phrase) pairs and the null: every phrase, and the background, must own some patch
+outright, which a patch holding a summary of several items cannot give any of them.
+Paraphrases of one class in one image ("a bag", "a purse") still compete and cap each other's
+presence; other images' phrases do not enter (the contrast terms rank them).
+
+loss = global + local_weight * local + assignment_weight * assignment.
 """
 
 from collections.abc import Mapping
@@ -53,20 +69,57 @@ MASKED = -1e30  # a logit left out of a softmax (finite: no inf * 0 in the gradi
 GLOBAL_LOSSES = ("softmax", "sigmoid")
 LOCAL_LOSSES = ("softmax", "sigmoid", "balanced_sigmoid", "softmax_and_sigmoid")
 OPTIONS = {**CONTRASTIVE_OPTIONS, "global_loss": "softmax", "local_loss": "softmax",
-           "local_weight": 1.0,
+           "local_weight": 1.0, "assignment_weight": 0.0,
            "pool": "attention", "pool_temperature": 0.1, "match_duplicates": True}
+
+
+def pool_patches(values: jax.Array, pool: str = "attention", temperature: float = 0.1
+                 ) -> jax.Array:
+    """[..., n] values over an image's patches -> [...]: their max, mean, or attention-weighted
+    mean (softmax of values / temperature: a soft maximum)."""
+    if pool == "max":
+        return values.max(axis=-1)
+    if pool == "mean":
+        return values.mean(axis=-1)
+    weights = jax.nn.softmax(values / temperature, axis=-1)
+    return jnp.sum(weights * values, axis=-1)
 
 
 def pooled_scores(patches: jax.Array, phrases: jax.Array, pool: str = "attention",
                   temperature: float = 0.1) -> jax.Array:
     """Normalised patches [B, n, e] and phrases [P, e] -> pooled cosines [B, P] (module doc)."""
     sims = jnp.einsum("bne,pe->bpn", patches, phrases.astype(patches.dtype)).astype(jnp.float32)
-    if pool == "max":
-        return sims.max(axis=-1)
-    if pool == "mean":
-        return sims.mean(axis=-1)
-    weights = jax.nn.softmax(sims / temperature, axis=-1)
-    return jnp.sum(weights * sims, axis=-1)
+    return pool_patches(sims, pool, temperature)
+
+
+def distinct_phrases(phrases: jax.Array, valid: jax.Array) -> jax.Array:
+    """bool [B, K]: valid phrases whose tokens [B, K, L] differ from every earlier phrase of
+    the same image (identical ones merged into their first)."""
+    k = valid.shape[1]
+    same = jnp.all(phrases[:, :, None, :] == phrases[:, None, :, :], axis=-1)  # [B, K, K]
+    earlier = jnp.tril(jnp.ones((k, k), bool), -1)
+    return valid & ~jnp.any(same & earlier[None] & valid[:, None, :], axis=-1)
+
+
+def assignment_loss(patches: jax.Array, phrases: jax.Array, keep: jax.Array, scale: jax.Array,
+                    null: jax.Array | None = None, pool: str = "attention",
+                    temperature: float = 0.1) -> tuple[jax.Array, dict[str, jax.Array]]:
+    """Per-patch softmax over each image's own phrases (and the null), pooled over its patches:
+    -log presence averaged over the kept phrases [B, K] and the null (module doc)."""
+    logits = scale * jnp.einsum("bne,bke->bnk", patches,
+                                phrases.astype(patches.dtype)).astype(jnp.float32)
+    logits = jnp.where(keep[:, None, :], logits, MASKED)
+    counted = keep
+    if null is not None:
+        null_logits = scale * jnp.einsum("bne,e->bn", patches, null.astype(patches.dtype))
+        logits = jnp.concatenate([logits, null_logits.astype(jnp.float32)[..., None]], axis=-1)
+        counted = jnp.concatenate([keep, jnp.ones_like(keep[:, :1])], axis=1)
+    shares = jax.nn.softmax(logits, axis=-1)  # [B, n, K(+1)]
+    presence = pool_patches(jnp.swapaxes(shares, 1, 2), pool, temperature)  # [B, K(+1)]
+    nll = -jnp.log(jnp.maximum(presence, 1e-12))
+    count = jnp.maximum(counted.sum(), 1)
+    loss = jnp.sum(jnp.where(counted, nll, 0.0)) / count
+    return loss, {"phrase_presence": jnp.sum(jnp.where(counted, presence, 0.0)) / count}
 
 
 def phrase_positives(phrases: jax.Array, valid: jax.Array, match_duplicates: bool = True
@@ -134,7 +187,8 @@ def local_sigmoid_loss(logits: jax.Array, positives: jax.Array, valid: jax.Array
 
 def patch_phrase_loss(outputs: Mapping[str, jax.Array], options: Mapping,
                       batch: Mapping[str, jax.Array] | None = None) -> tuple[jax.Array, dict]:
-    """global + local_weight * local (module doc); phrase tokens from batch["phrases"]."""
+    """global + local_weight * local + assignment_weight * assignment (module doc); phrase
+    tokens from batch["phrases"]."""
     if batch is None or "phrases" not in batch:
         raise ValueError("the patch_phrase objective reads the phrase tokens from the batch")
     o = {**OPTIONS, **options}
@@ -163,6 +217,13 @@ def patch_phrase_loss(outputs: Mapping[str, jax.Array], options: Mapping,
             balanced=o["local_loss"] == "balanced_sigmoid")
         local, local_metrics = local + pairwise, {**local_metrics, **pair_metrics}
     loss = global_loss + o["local_weight"] * local
+    if o["assignment_weight"]:
+        keep = distinct_phrases(batch["phrases"], valid)
+        assignment, assignment_metrics = assignment_loss(
+            outputs["patch_embed"], phrases, keep, outputs["phrase_logit_scale"],
+            outputs.get("null_embed"), o["pool"], o["pool_temperature"])
+        loss = loss + o["assignment_weight"] * assignment
+        local_metrics = {**local_metrics, **assignment_metrics, "assignment_loss": assignment}
     metrics = {"loss": loss, "global_loss": global_loss, "local_loss": local,
                "logit_scale": scale, "phrase_logit_scale": outputs["phrase_logit_scale"],
                **accuracy, **local_metrics}
@@ -181,9 +242,14 @@ def _check(config: Mapping) -> None:
                           f"{o['global_loss']!r} / local_loss={o['local_loss']!r}: choose pool "
                           f"in {POOLS}, global_loss in {GLOBAL_LOSSES} and local_loss in "
                           f"{LOCAL_LOSSES}")
-    if o["pool_temperature"] <= 0 or o["local_weight"] < 0:
+    if o["pool_temperature"] <= 0 or min(o["local_weight"], o["assignment_weight"]) < 0:
         raise ConfigError(f"config.objective.pool_temperature={o['pool_temperature']} must be "
-                          f"positive and local_weight={o['local_weight']} non-negative")
+                          f"positive and local_weight={o['local_weight']} / assignment_weight="
+                          f"{o['assignment_weight']} non-negative")
+    if config["model"].get("patch_phrase", {}).get("null_phrase") and not o["assignment_weight"]:
+        raise ConfigError("config.model.patch_phrase.null_phrase=True is trained only by the "
+                          "assignment term; set --config.objective.assignment_weight=1.0 or "
+                          "drop null_phrase")
     if o["global_loss"] == "sigmoid" and not config["model"]["use_logit_bias"]:
         raise ConfigError("config.objective.global_loss='sigmoid' needs a learnable bias; set "
                           "--config.model.use_logit_bias=true")
