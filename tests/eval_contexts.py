@@ -18,7 +18,8 @@ def make_eval_context(config: Mapping, *, graphdef: Any, tokenizer: Any, context
     return EvalContext(
         model=ModelView(graphdef=graphdef, name=model["name"], capabilities=family.capabilities,
                         scoring=family.scoring, towers=family.towers,
-                        embed_dim=model.get("embed_dim", 0), patch_sigmoid=family.patch_sigmoid),
+                        embed_dim=model.get("embed_dim", 0), patch_sigmoid=family.patch_sigmoid,
+                        patch_null=family.patch_null),
         tokenizer=tokenizer, context_length=context_length,
         image_size=image["image_size"], channels=image["channels"],
         normalize=Normalization.from_config(config["data"]), mesh=mesh, rules=rules,

@@ -110,30 +110,35 @@ def _bilinear(grid: np.ndarray, size: int) -> np.ndarray:
     return rows[:, lo] * (1 - t)[None, :, None] + rows[:, hi] * t[None, :, None]
 
 
-def _expected(data_dir: str, n: int, top_1: bool = False
+def _expected(data_dir: str, n: int, top_1: bool = False, null: bool = False
               ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(labels, predicted with background, best object class) of the first n test canvases,
     from the masks: each cell's class (CONFUSED swapped) as one-hot scores, upsampled; with
     `top_1` only the class of the canvas's centre pixel (the planted image-level prediction)
-    may win, others scoring -1e4 (every class when the centre is background: all tie at 0)."""
+    may win, others scoring -1e4 (every class when the centre is background: all tie at 0);
+    with `null` a pixel is background where the empty cells' upsampled share beats every
+    class (a learned null embedding), else where the best class scores below 0.5."""
     source = open_dense_source("fashion_mnist_scenes_grid", "test", data_dir,
                                {"image_size": SIZE, "channels": 1}, limit=n)
     _, masks = source.rows(np.arange(n))
     labels, predicted, best = [], [], []
     for mask in masks:
         cells = mask.reshape(2, PATCH, 2, PATCH).max(axis=(1, 3))  # a cell is one item or empty
-        onehot = np.zeros((2, 2, 10))
+        onehot = np.zeros((2, 2, 11))
         for (r, c), value in np.ndenumerate(cells):
+            onehot[r, c, 10] = value == 0
             if value:
                 k = CONFUSED.get(value - 1, value - 1)
                 onehot[r, c, k] = 1.0
         centre = mask[SIZE // 2, SIZE // 2]
         if top_1 and centre:
             keep = CONFUSED.get(centre - 1, centre - 1)
-            onehot[..., np.arange(10) != keep] = -1e4
+            onehot[..., np.flatnonzero(np.arange(10) != keep)] = -1e4
         scores = _bilinear(onehot, SIZE)
+        scores, empty = scores[..., :10], scores[..., 10]
         top = scores.argmax(-1)
-        predicted.append(np.where(scores.max(-1) < 0.5, 0, top + 1))
+        predicted.append(np.where((scores.max(-1) < empty) if null else
+                                  (scores.max(-1) < 0.5), 0, top + 1))
         labels.append(mask)
         best.append(top)
     return np.stack(labels), np.stack(predicted), np.stack(best)
@@ -194,6 +199,27 @@ def test_model_background_reads_the_sigmoid_the_family_names(ctx, data_dir):
         local.model, patch_sigmoid=ctx.model.patch_sigmoid))
     with pytest.raises(ConfigError, match="'logit_bias'"):
         DenseSegmentation({**options, "background": "model"}, plain).run(params)
+
+
+def test_model_background_reads_the_null_embedding_the_family_names(ctx, data_dir):
+    """background="model" with a learned null (patch_phrase's null_phrase): a pixel is
+    background where its patch is closer to the normalised null than to every class (the
+    planted empty cells' token is the null direction), against NumPy."""
+    n = 16
+    options = {"dataset": "fashion_mnist_scenes_grid", "num_images": n, "batch_size": 8}
+    planted = PlantedDense()
+    planted.null_phrase = nnx.Param(3.0 * jax.nn.one_hot(10, 11))  # normalised by the evaluator
+    graphdef, state = nnx.split(planted)
+    local = dataclasses.replace(ctx, model=dataclasses.replace(
+        ctx.model, graphdef=graphdef, patch_null="null_phrase"))
+    metrics = DenseSegmentation({**options, "background": "model"}, local).run(
+        nnx.to_pure_dict(state))
+    labels, predicted, _ = _expected(data_dir, n, null=True)
+    assert metrics["tokens/miou"] == pytest.approx(
+        np.nanmean([_iou(labels, predicted, k) for k in range(11)]))
+    assert metrics["tokens/pixel_acc"] == pytest.approx(np.mean(labels == predicted))
+    assert not np.array_equal(predicted, _expected(data_dir, n)[1])  # not the 0.5 threshold
+    assert "tokens/background_threshold" not in metrics  # no threshold: the null decides
 
 
 def test_prompt_denoising_keeps_the_image_level_top_classes(ctx, data_dir):

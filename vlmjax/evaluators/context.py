@@ -37,6 +37,7 @@ class ModelView:
     embed_dim: int
     # (log temperature, bias) parameter names of its patch-prompt sigmoid (models.family)
     patch_sigmoid: tuple[str, str] = ("logit_scale", "logit_bias")
+    patch_null: str = ""  # the parameter of its learned null (background) embedding, if any
 
     def require(self, capability: str, evaluator: str, fix: str) -> None:
         """ConfigError unless the model has `capability` (named in the message with `fix`)."""

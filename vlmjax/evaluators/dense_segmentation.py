@@ -45,7 +45,7 @@ from vlmjax.evaluators.dense_background import (
 from vlmjax.evaluators.dense_metrics import IGNORE, confusion, foreground_labels, segmentation_metrics
 from vlmjax.evaluators.dense_scoring import DensePrompts, patch_scores
 from vlmjax.evaluators.global_batches import replicate
-from vlmjax.evaluators.scoring import TOKEN_DIRECTIONS
+from vlmjax.evaluators.scoring import TOKEN_DIRECTIONS, EmbeddingScoring
 from vlmjax.evaluators.typed_options import options_from
 from vlmjax.models.dense import DENSE_METHODS, check_dense_method, dense_embeddings
 from vlmjax.options import fail
@@ -247,6 +247,8 @@ class DenseSegmentation:
         if o.background in ("threshold", "none", "prompts"):
             return BackgroundRule(o.background, o.threshold if o.background == "threshold" else 0.0)
         if o.background == "model":
+            if self._null(params) is not None:  # the null column closes the classifier (run)
+                return BackgroundRule("prompts", 0.0)
             scale_name, bias_name = self.ctx.model.patch_sigmoid
             if bias_name not in params:
                 raise ConfigError(f"{self.name}: background='model' needs a model whose patches "
@@ -261,12 +263,24 @@ class DenseSegmentation:
                         np.asarray(self.objects)[best].reshape(-1), labels.reshape(-1),
                         self.source.background, len(self.source.classnames))
 
+    def _null(self, params: dict) -> jax.Array | None:
+        """The model's normalised null embedding (`ModelView.patch_null`), if it has one."""
+        name = self.ctx.model.patch_null
+        if not name or name not in params or not isinstance(self.prompts.scoring,
+                                                            EmbeddingScoring):
+            return None
+        null = jnp.asarray(params[name], jnp.float32)
+        return null / jnp.linalg.norm(null)
+
     def run(self, params: dict) -> dict[str, float]:
         """Per method: miou, pixel_acc (background decided), miou_fg, pixel_acc_fg, iou/<class>."""
         model = nnx.merge(self.ctx.graphdef, params)  # the tower fits every method: before compiling
         for method in self.options.methods:
             check_dense_method(model, method)
         classifier = self.prompts.classifier(params)
+        null = self._null(params) if self.options.background == "model" else None
+        if null is not None:  # the model's background: one more column, as a background prompt
+            classifier = jnp.concatenate([classifier, null[None].astype(classifier.dtype)])
         classnames, background = self.source.classnames, self.source.background
         objects = np.asarray(self.objects)
         out: dict[str, float] = {}

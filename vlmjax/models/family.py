@@ -48,6 +48,10 @@ class ModelFamily:
     # dense zero-shot's background="model" calls a patch background below its 1/2 for every
     # class (SigLIP's global pair; patch_phrase's local pair).
     patch_sigmoid: tuple[str, str] = ("logit_scale", "logit_bias")
+    # The parameter of a learned null (background) embedding in the joint space, if the family
+    # has one: background="model" then calls a patch background where it is closer to the null
+    # than to every class (patch_phrase's null_phrase); it takes precedence over the sigmoid.
+    patch_null: str = ""
     # (config dict, params) -> the config and parameters of the model that stands for this one
     # when exported (a distilled student as the two-tower model it is); None: itself.
     export_view: Callable[[dict, dict], tuple[dict, dict]] | None = None

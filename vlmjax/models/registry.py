@@ -55,7 +55,8 @@ FAMILIES: Registry[ModelFamily] = Registry("model.name", {
                                 outputs=frozenset({"embeddings", "phrases"}),
                                 options=patch_phrase.OPTIONS, check=patch_phrase.check_patch_phrase,
                                 temperatures=("logit_scale", "phrase_logit_scale"),
-                                patch_sigmoid=("phrase_logit_scale", "phrase_logit_bias")),
+                                patch_sigmoid=("phrase_logit_scale", "phrase_logit_bias"),
+                                patch_null="null_phrase"),
     # A two-tower student beside a frozen teacher run (objectives.distill); evaluated as the
     # student alone.
     "distill": ModelFamily(build=_build_distill, towers=two_tower.TOWER_PATTERNS,
