@@ -3,17 +3,19 @@ local patch-to-phrase objective (configs/demo/dense_fashion_mnist.py).
 
     source launch/env.sh && .venv/bin/python bench/dense_table.py [--base_steps 1000]
         [--objectives clip,siglip,filip,patch_phrase] [--layout ""|grid] [--rounds 3]
-        [--workdir /tmp/dense_table] [--config.key=value ...]
+        [--seeds 0[,1,2]] [--workdir /tmp/dense_table] [--config.key=value ...]
 
 1. Times each objective's jitted train step on one real scenes batch (bench/train_step.py's
    VlmjaxRow), in interleaved rounds on the same cores: t_objective.
 2. Trains CLIP for --base_steps steps and every other objective for
    round(base_steps * t_clip / t_objective) steps (the same step-time budget; each run has its
-   own cosine schedule), with `python -m vlmjax.train`.
+   own cosine schedule), with `python -m vlmjax.train`, once per seed of --seeds
+   (config.seed: initialisation, data order, augmentation).
 3. Evaluates each run with configs/eval/dense_scenes.py (background calibrated on the held-out
    "val" canvases, background prompts) and prints the tables: objectives x (image-level
    zero-shot acc1, mIoU foreground-only and with background per dense method, region top-1),
-   and the survey's layout (methods x datasets, mIoU); writes table.md and table.json.
+   and the survey's layout (methods x datasets, mIoU); with several seeds also each
+   objective's mean and sample standard deviation over them; writes table.md and table.json.
    `--tables_only a,b,c` prints the tables of finished runs under --workdir (e.g. variants
    trained by hand with the same budget).
 """
@@ -96,11 +98,11 @@ def train_and_evaluate(workdir: str, objective: str, layout: str, steps: int,
 
 
 def rows(results: dict) -> list[dict]:
-    """Per objective: acc1, per method mIoU fg / calibrated / prompts, region acc1."""
+    """Per run: acc1, per method mIoU fg / calibrated / prompts, region acc1."""
     out = []
-    for objective, r in results.items():
+    for name, r in results.items():
         evals, d = r["evals"], r["dataset"]
-        row = {"objective": objective, "steps": r["steps"],
+        row = {"objective": name, "steps": r["steps"],
                "acc1": evals[f"zeroshot/{d}"]["acc1"],
                "crop_acc1": evals[f"region_classification/{d}"]["crop/acc1"]}
         for m in METHODS:
@@ -139,6 +141,31 @@ def markdown(table: list[dict], times: dict, dataset: str) -> str:
     return "\n".join(lines)
 
 
+def seed_summary(table: list[dict], runs: dict[str, tuple[str, int]]) -> tuple[list[dict], str]:
+    """Mean and sample std over the seeds of each objective (runs: name -> (objective, seed))."""
+    keys = ["acc1"] + [f"{m}_{k}" for m in METHODS for k in ("miou_fg", "miou_bg_calibrated",
+                                                                "miou_bg_learned")]
+    by_objective: dict[str, list[dict]] = {}
+    for row in table:
+        by_objective.setdefault(runs[row["objective"]][0], []).append(row)
+    summary, pct = [], lambda v: f"{100 * v:.1f}"  # noqa: E731
+    lines = ["| objective | seeds | zero-shot acc1 | " + " | ".join(
+        f"{m} mIoU fg / bg cal. / bg learned" for m in METHODS) + " |",
+        "|---" * (3 + len(METHODS)) + "|"]
+    for objective, group in by_objective.items():
+        stats = {k: (statistics.mean(r[k] for r in group),
+                     statistics.stdev(r[k] for r in group) if len(group) > 1 else 0.0)
+                 for k in keys}
+        summary.append({"objective": objective,
+                        "seeds": [runs[r["objective"]][1] for r in group],
+                        **{k: {"mean": m, "std": sd} for k, (m, sd) in stats.items()}})
+        cell = lambda k, stats=stats: f"{pct(stats[k][0])} ({pct(stats[k][1])})"  # noqa: E731
+        lines.append(f"| {objective} | {len(group)} | {cell('acc1')} | " + " | ".join(
+            " / ".join(cell(f"{m}_{k}") for k in ("miou_fg", "miou_bg_calibrated",
+                                                  "miou_bg_learned")) for m in METHODS) + " |")
+    return summary, "\n".join(lines)
+
+
 def tables_of(workdir: str, names: list[str]) -> str:
     """The tables again from finished runs workdir/<name> (variants included), with the step
     times of table.json by each run's objective."""
@@ -162,6 +189,7 @@ def main() -> None:
     parser.add_argument("--objectives", default="clip,siglip,filip,patch_phrase")
     parser.add_argument("--layout", default="", choices=("", "grid"))
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--seeds", default="0", help="comma-separated config.seed values")
     parser.add_argument("--workdir", default="/tmp/dense_table")
     parser.add_argument("--tables_only", default="",
                         help="names of finished runs under --workdir: print their tables only")
@@ -175,23 +203,33 @@ def main() -> None:
     times = step_times(objectives, layout, args.rounds, overrides)
     print("step seconds:", json.dumps(times), flush=True)
     reference = times.get("clip", next(iter(times.values())))
-    results = {}
-    for objective in objectives:
-        steps = round(args.base_steps * reference / times[objective])
-        results[objective] = train_and_evaluate(os.path.join(args.workdir, objective), objective,
-                                                layout, steps, overrides)
-        print(objective, steps, "steps,", f"{results[objective]['train_and_eval_s']:.0f} s",
-              flush=True)
+    seeds = [int(s) for s in args.seeds.split(",")]
+    results, runs = {}, {}
+    for seed in seeds:  # seed-major: a cut-short run still has every objective at one seed
+        for objective in objectives:
+            name = objective if len(seeds) == 1 else f"{objective}_seed{seed}"
+            steps = round(args.base_steps * reference / times[objective])
+            results[name] = train_and_evaluate(os.path.join(args.workdir, name), objective,
+                                               layout, steps, [*overrides, f"seed={seed}"])
+            runs[name] = (objective, seed)
+            print(name, steps, "steps,", f"{results[name]['train_and_eval_s']:.0f} s",
+                  flush=True)
     table = rows(results)
-    text = markdown(table, times, results[objectives[0]]["dataset"])
+    text = markdown(table, {n: times[o] for n, (o, _) in runs.items()},
+                    results[next(iter(results))]["dataset"])
+    summary = []
+    if len(seeds) > 1:
+        summary, seed_text = seed_summary(table, runs)
+        text += f"\n\nMean (sample std) over seeds {args.seeds}:\n\n{seed_text}"
     print(text)
     os.makedirs(args.workdir, exist_ok=True)
     with open(os.path.join(args.workdir, "table.md"), "w") as f:
         f.write(text + "\n")
     with open(os.path.join(args.workdir, "table.json"), "w") as f:
-        json.dump({"step_seconds": times, "rows": table,
-                   "runs": {o: {k: v for k, v in r.items() if k != "evals"}
-                            for o, r in results.items()}}, f, indent=1)
+        json.dump({"step_seconds": times, "rows": table, "seed_summary": summary,
+                   "runs": {n: {k: v for k, v in r.items() if k != "evals"} | {
+                       "objective": runs[n][0], "seed": runs[n][1]}
+                            for n, r in results.items()}}, f, indent=1)
 
 
 if __name__ == "__main__":
