@@ -11,6 +11,11 @@ Background pixels: a logistic rule on (best class score, patch norm, background-
 fit on held-out canvases (the scenes' "val" split), never on the test canvases.
 The CLIP demo's widths, patch 7 (an 8x8 grid), batch 128, sized for about 13 minutes of
 training and evaluation on 2 CPU cores; `:grid` uses the 2x2-grid scenes of 1-3 items.
+The image tower pools with a class token for every objective: mean-pooled ("gap"), the
+image-level loss reaches every patch token with the same gradient (towards the whole caption)
+and whether the local term's per-patch alignment forms within the budget depended on the seed
+(grid: 38.8 / 20.3 / 19.5 foreground mIoU at seeds 0 / 1 / 2); with the class token the last
+block's patch outputs serve only the dense objectives (38.7-39.4 at the same three seeds).
 """
 
 import math
@@ -45,7 +50,7 @@ def get_config(arg: str = "patch_phrase") -> ml_collections.ConfigDict:
     c.model.embed_dim = 96
     c.model.activation = "quick_gelu"
     c.model.image.update(image_size=56, channels=1, patch_size=7, width=96, depth=3, heads=3,
-                         mlp_dim=384, pool="gap")
+                         mlp_dim=384, pool="cls")  # cls: see the module doc
     c.model.text.update(width=64, depth=2, heads=2, mlp_dim=256)
 
     select(c, "objective.name", objective)
