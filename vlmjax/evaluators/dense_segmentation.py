@@ -241,13 +241,15 @@ class DenseSegmentation:
             images = np.asarray(replicate(batch["image"]))[:real] if start == 0 else None
             yield best, features, labels, images
 
-    def _rule(self, method: str, params: dict, classifier: Any) -> BackgroundRule:
-        """The background rule: given, the model's, or fit on the calibration split."""
+    def _rule(self, method: str, params: dict, classifier: Any, model_null: bool = False
+              ) -> BackgroundRule:
+        """The background rule: given, the model's, or fit on the calibration split
+        (`model_null`: the classifier ends with the model's null column, see `run`)."""
         o = self.options
         if o.background in ("threshold", "none", "prompts"):
             return BackgroundRule(o.background, o.threshold if o.background == "threshold" else 0.0)
         if o.background == "model":
-            if self._null(params) is not None:  # the null column closes the classifier (run)
+            if model_null:  # the null column outscoring every class, as a background prompt
                 return BackgroundRule("prompts", 0.0)
             scale_name, bias_name = self.ctx.model.patch_sigmoid
             if bias_name not in params:
@@ -285,7 +287,8 @@ class DenseSegmentation:
         objects = np.asarray(self.objects)
         out: dict[str, float] = {}
         for method in self.options.methods:
-            rule = self._rule(method, params, classifier) if background >= 0 else None
+            rule = (self._rule(method, params, classifier, null is not None)
+                    if background >= 0 else None)
             full = np.zeros((len(classnames),) * 2, np.int64)
             fg = np.zeros((len(objects),) * 2, np.int64)
             for best, features, labels, images in self._predictions(
