@@ -186,3 +186,49 @@ def test_compilation_cache_default_keeps_a_configured_cache_and_can_be_disabled(
     finally:
         jax.config.update("jax_compilation_cache_dir", original)
 
+
+
+def _largest_fusion(hlo: str) -> int:
+    """Instructions in the largest fused computation of an optimised HLO module's text."""
+    sizes, current = [], None
+    for line in hlo.splitlines():
+        if re.match(r"^%?\S*fused\S* \(", line):
+            current = 0
+        elif current is not None and line.startswith("}"):
+            sizes.append(current)
+            current = None
+        elif current is not None and " = " in line:
+            current += 1
+    return max(sizes)
+
+
+def _encoder_gradients(depth: int, boundary) -> tuple[int, dict]:
+    """(largest fusion of the compiled backward, gradients) of a pre-LN encoder of `depth`."""
+    original = layers.residual_boundary
+    layers.residual_boundary = boundary
+    try:
+        encoder = layers.Encoder(16, depth, 2, 32, "gelu", rngs=nnx.Rngs(0))
+        graphdef, params = nnx.split(encoder)
+        x = jax.random.normal(jax.random.key(1), (2, 5, 16))
+
+        def loss(params: nnx.State, x: jax.Array) -> jax.Array:
+            return jnp.sum(jnp.sin(nnx.merge(graphdef, params)(x)))
+
+        grad = jax.jit(jax.grad(loss, argnums=(0, 1)))
+        hlo = grad.lower(params, x).compile().as_text()
+        return _largest_fusion(hlo), jax.tree.map(np.asarray, grad(params, x))
+    finally:
+        layers.residual_boundary = original
+
+
+def test_residual_stream_gradient_is_materialised_once_per_block():
+    """The residual stream's gradient is a chain of element-wise ops through every block;
+    XLA:CPU fused the whole chain into each of its consumers (the largest fusion grew with
+    depth: every block recomputed the LayerNorm backward of all later blocks). With the
+    boundary the largest fusion no longer grows with depth, and the gradients are those of
+    the plain identity."""
+    shallow, _ = _encoder_gradients(2, layers.residual_boundary)
+    deep, grads = _encoder_gradients(8, layers.residual_boundary)
+    assert deep <= shallow + 8, (shallow, deep)
+    _, plain = _encoder_gradients(8, lambda x: x)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6), grads, plain)
