@@ -32,8 +32,8 @@ normal = jax.nn.initializers.normal
 xavier = jax.nn.initializers.xavier_uniform
 
 
-def dense(x: jax.Array, kernel: jax.Array, bias: jax.Array) -> jax.Array:
-    """x [..., d] @ kernel [d, *out] + bias [*out] as ONE matmul of the rows [rows, d].
+def dense(x: jax.Array, kernel: jax.Array, bias: jax.Array | None = None) -> jax.Array:
+    """x [..., d] @ kernel [d, *out] (+ bias [*out]) as ONE matmul of the rows [rows, d].
 
     The same sums as the named einsum ("btd,dnh->btnh", ...), but XLA:CPU then needs no
     transposed copies of activations for the weight gradients (its dots contract one axis
@@ -44,10 +44,12 @@ def dense(x: jax.Array, kernel: jax.Array, bias: jax.Array) -> jax.Array:
     d, out = kernel.shape[0], kernel.shape[1:]
     if x.dtype in LOW_PRECISION and jax.default_backend() == "cpu":
         # 2-D operands: XLA:CPU's fallback dot rejects bfloat16 x bfloat16 -> float32 with
-        # more than one output axis.
-        y = _dense_f32_accumulate(x.reshape(-1, d), kernel.reshape(d, -1), bias.reshape(-1))
+        # more than one output axis. A missing bias is a zero one (its gradient is unused).
+        flat_bias = jnp.zeros(kernel.shape[1:], x.dtype) if bias is None else bias
+        y = _dense_f32_accumulate(x.reshape(-1, d), kernel.reshape(d, -1), flat_bias.reshape(-1))
     else:
-        y = jax.lax.dot_general(x.reshape(-1, d), kernel, (((1,), (0,)), ((), ()))) + bias
+        y = jax.lax.dot_general(x.reshape(-1, d), kernel, (((1,), (0,)), ((), ())))
+        y = y if bias is None else y + bias
     return y.reshape(*x.shape[:-1], *out)
 
 

@@ -9,7 +9,6 @@ width, as big_vision SigLIP image towers without a head). The family owns it (pa
 from collections.abc import Mapping
 
 import jax
-import jax.numpy as jnp
 from flax import nnx
 
 from vlmjax.errors import ConfigError
@@ -45,10 +44,8 @@ class Projection(nnx.Module):
         if self.kind == "none":
             return x
         dt = x.dtype
-        out = jnp.einsum("...d,de->...e", x, self.kernel[...].astype(dt))
-        if self.kind == "linear_bias":
-            out = out + self.bias[...].astype(dt)
-        return out
+        bias = self.bias[...].astype(dt) if self.kind == "linear_bias" else None
+        return layers.dense(x, self.kernel[...].astype(dt), bias)  # ...d,de->...e
 
 
 def side_projection(model: Mapping, side: str, width: int, rngs: nnx.Rngs) -> Projection:
