@@ -68,6 +68,24 @@ def test_dense_is_the_named_einsum():
                                rtol=0.05, atol=0.1)  # bfloat16 operands and result
 
 
+def test_multi_axis_kernel_gradient_is_not_copied_transposed():
+    """A kernel with several output axes ([d, n, 3, h], the fused q/k/v projection) is
+    multiplied as [d, n * 3 * h]: with its axes kept, XLA:CPU computed the weight gradient as
+    [n * 3 * h, rows] x [rows, d] from a transposed copy of the output gradient."""
+    b, t, d, n, h = 64, 16, 96, 3, 32
+    x = jax.random.normal(jax.random.key(0), (b, t, d))
+    kernel = jax.random.normal(jax.random.key(1), (d, n, 3, h))
+    bias = jax.random.normal(jax.random.key(2), (n, 3, h))
+
+    def loss(kernel: jax.Array, x: jax.Array) -> jax.Array:
+        return jnp.sum(jnp.sin(layers.dense(x, kernel, bias)))
+
+    hlo = jax.jit(jax.grad(loss, argnums=(0, 1))).lower(kernel, x).compile().as_text()
+    entry = hlo[hlo.index("\nENTRY"):]
+    assert not re.findall(rf"f32\[{n * 3 * h},{b * t}\]", hlo)
+    assert not re.findall(r"= \S+ (?:copy|transpose)\(", entry)
+
+
 def test_vocabulary_head_gradient_is_not_copied_transposed():
     """The caption head's weight gradient contracts the [rows, vocab] logit gradient over rows;
     as an einsum XLA:CPU first copied that gradient transposed to [vocab, rows] (15% of the demo

@@ -38,8 +38,10 @@ def dense(x: jax.Array, kernel: jax.Array, bias: jax.Array | None = None) -> jax
     The same sums as the named einsum ("btd,dnh->btnh", ...), but XLA:CPU then needs no
     transposed copies of activations for the weight gradients (its dots contract one axis
     in place; a gradient contracting b and t together was copied to [d, b*t] first):
-    measured 15% off the demo CLIP's train step on 2 CPU cores. The kernel keeps its axes
-    (XLA flattens them for free), so a sharded output axis stays sharded.
+    measured 15% off the demo CLIP's train step on 2 CPU cores. The kernel is flattened to
+    [d, prod(out)] too: with its output axes kept, XLA:CPU computed the gradient of a
+    [d, 3, n, h] kernel transposed and copied it back (12% of the demo CLIP's op time). A
+    sharded leading output axis stays sharded through the flattening; shard no later one.
     """
     d, out = kernel.shape[0], kernel.shape[1:]
     if x.dtype in LOW_PRECISION and jax.default_backend() == "cpu":
@@ -48,8 +50,8 @@ def dense(x: jax.Array, kernel: jax.Array, bias: jax.Array | None = None) -> jax
         flat_bias = jnp.zeros(kernel.shape[1:], x.dtype) if bias is None else bias
         y = _dense_f32_accumulate(x.reshape(-1, d), kernel.reshape(d, -1), flat_bias.reshape(-1))
     else:
-        y = jax.lax.dot_general(x.reshape(-1, d), kernel, (((1,), (0,)), ((), ())))
-        y = y if bias is None else y + bias
+        y = jax.lax.dot_general(x.reshape(-1, d), kernel.reshape(d, -1), (((1,), (0,)), ((), ())))
+        y = y if bias is None else y + bias.reshape(-1)
     return y.reshape(*x.shape[:-1], *out)
 
 
@@ -178,16 +180,17 @@ class Attention(nnx.Module):
         """x: [b, t, d]; kv: [b, s, d] (defaults to x); mask: [b, s] True where keys are valid.
 
         Self-attention projects q, k and v in ONE matmul [rows, d] x [d, 3 * n * h] (the three
-        kernels stacked on a new axis, so a tensor-sharded heads axis stays local), cross-
+        kernels stacked on a new axis after the heads, [d, n, 3, h]: `dense` flattens it to
+        [d, n * 3 * h] and a tensor-sharded heads axis stays sharded through that), cross-
         attention k and v in one: one pass over the activations instead of three, and one
         gradient matmul back.
         """
         dt = x.dtype
         names = ("query", "key", "value") if kv is None else ("key", "value")
-        kernel = jnp.stack([getattr(self, n)[...] for n in names], axis=1).astype(dt)
-        bias = jnp.stack([getattr(self, f"{n}_bias")[...] for n in names], axis=0).astype(dt)
-        projected = dense(x if kv is None else kv, kernel, bias)  # [b, s, 2 or 3, n, h]
-        parts = [jnp.squeeze(p, 2) for p in jnp.split(projected, len(names), axis=2)]
+        kernel = jnp.stack([getattr(self, n)[...] for n in names], axis=2).astype(dt)
+        bias = jnp.stack([getattr(self, f"{n}_bias")[...] for n in names], axis=1).astype(dt)
+        projected = dense(x if kv is None else kv, kernel, bias)  # [b, s, n, 2 or 3, h]
+        parts = [jnp.squeeze(p, 3) for p in jnp.split(projected, len(names), axis=3)]
         if kv is None:
             q, k, v = parts
         else:
