@@ -20,7 +20,9 @@ HLO instruction:
   Python call, argument handling and dispatch, waiting for the result).
 
 Op times are per-thread durations summed over XLA's threads, so the shares are of the summed
-op time ("thread time"); the program span and the host overhead are wall times. Prints one
+op time ("thread time"); the program span and the host overhead are wall times. A YNNPACK
+fusion (most matmuls) is one event on the thread that called it, however many threads it ran
+on, so its share counts its wall time once and the matmul shares are lower bounds. Prints one
 table per row, the top ops, then one JSON line.
 """
 
