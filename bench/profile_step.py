@@ -40,6 +40,9 @@ import tempfile
 BENCH = os.path.dirname(os.path.abspath(__file__))
 TINY_MNK = 64 ** 3
 
+# Control-flow instructions: their trace event wraps the events of the ops they run.
+CONTAINERS = ("conditional", "while", "call")
+
 SHARES = ("matmul (dense)", "matmul (tiny, batched)", "attention (non-matmul)", "layout copies",
           "layernorm", "loss", "optimizer", "other elementwise")
 
@@ -195,6 +198,9 @@ def profile_row(name: str, steps: int, overrides: list[str], tmp: str) -> dict:
         for line in plane.lines:
             for ev in line.events:
                 stats = dict(ev.stats)
+                ins = by_name.get(stats.get("hlo_op"))
+                if ins is not None and ins.opcode in CONTAINERS:
+                    continue  # its event spans the ops it runs, which have their own events
                 if "hlo_op" in stats:
                     per_op[stats["hlo_op"]] += ev.duration_ns
                     first, last = spans.get(stats.get("run_id"), (float("inf"), 0.0))
