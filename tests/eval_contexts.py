@@ -16,10 +16,7 @@ def make_eval_context(config: Mapping, *, graphdef: Any, tokenizer: Any, context
     family = FAMILIES[model["name"]]
     image = model.get("image", {"image_size": 28, "channels": 1})  # Fashion-MNIST's
     return EvalContext(
-        model=ModelView(graphdef=graphdef, name=model["name"], capabilities=family.capabilities,
-                        scoring=family.scoring, towers=family.towers,
-                        embed_dim=model.get("embed_dim", 0), patch_sigmoid=family.patch_sigmoid,
-                        patch_null=family.patch_null),
+        model=ModelView.of_family(graphdef, model["name"], family, model.get("embed_dim", 0)),
         tokenizer=tokenizer, context_length=context_length,
         image_size=image["image_size"], channels=image["channels"],
         normalize=Normalization.from_config(config["data"]), mesh=mesh, rules=rules,

@@ -20,6 +20,7 @@ from vlmjax.data.dense_sources import DenseSource, check_dense_source, open_dens
 from vlmjax.data.eval_sources import EvalSource, check_eval_source, open_eval_source, source_data_dir
 from vlmjax.data.normalization import Normalization
 from vlmjax.errors import ConfigError
+from vlmjax.models.family import ModelFamily
 from vlmjax.parallel.logical import Rules
 from vlmjax.parallel.mesh import batch_sharding
 from vlmjax.tokenizers import Tokenizer
@@ -38,6 +39,14 @@ class ModelView:
     # (log temperature, bias) parameter names of its patch-prompt sigmoid (models.family)
     patch_sigmoid: tuple[str, str] = ("logit_scale", "logit_bias")
     patch_null: str = ""  # the parameter of its learned null (background) embedding, if any
+
+    @classmethod
+    def of_family(cls, graphdef: Any, name: str, family: ModelFamily, embed_dim: int
+                  ) -> "ModelView":
+        """The view of a model of `family` (models.family): what it declares, nothing else."""
+        return cls(graphdef=graphdef, name=name, capabilities=family.capabilities,
+                   scoring=family.scoring, towers=family.towers, embed_dim=embed_dim,
+                   patch_sigmoid=family.patch_sigmoid, patch_null=family.patch_null)
 
     def require(self, capability: str, evaluator: str, fix: str) -> None:
         """ConfigError unless the model has `capability` (named in the message with `fix`)."""

@@ -19,10 +19,8 @@ def eval_context(cfg: Mapping, graphdef: Any, tokenizer: Tokenizer, mesh: Mesh, 
     normalization = Normalization.from_config(cfg["data"])
     rules = cfg["sharding_rules"]
     return EvalContext(
-        model=ModelView(graphdef=graphdef, name=cfg["model"]["name"],
-                        capabilities=family.capabilities, scoring=family.scoring,
-                        towers=family.towers, embed_dim=cfg["model"]["embed_dim"],
-                        patch_sigmoid=family.patch_sigmoid, patch_null=family.patch_null),
+        model=ModelView.of_family(graphdef, cfg["model"]["name"], family,
+                                  cfg["model"]["embed_dim"]),
         tokenizer=tokenizer, context_length=cfg["tokenizer"]["context_length"],
         image_size=cfg["model"]["image"]["image_size"], channels=cfg["model"]["image"]["channels"],
         normalize=normalization, mesh=mesh, rules=rules, data_dir=cfg["data"]["dir"],
