@@ -36,18 +36,21 @@ def clip_by_known_norm(max_norm: float) -> optax.GradientTransformationExtraArgs
     """optax.clip_by_global_norm (the same arithmetic and empty state) that takes the global
     norm the train step has already computed (`update(..., grad_norm=n)`): the step needs the
     norm outside its update to skip non-finite steps, and a norm taken again inside the update
-    reads every gradient once more (600 MB per step at ViT-B/32)."""
+    reads every gradient once more (600 MB per step at ViT-B/32).
+
+    Clipped gradients are the gradients times ONE scalar factor (1 below the bound, else
+    max_norm / norm), where optax selects between t and (t / norm) * max_norm: the same
+    values up to one float32 rounding. A per-element divide is "expensive" to XLA, so it
+    wrote t / norm to memory for both Adam moments to read (two extra passes over every
+    gradient, 16% of ViT-B/32's update); a product with a scalar is fused into them.
+    """
 
     def update_fn(updates: Any, state: Any, params: Any = None, *,
                   grad_norm: jax.Array | None = None, **extra: Any) -> tuple[Any, Any]:
         del params, extra
         norm = optax.global_norm(updates) if grad_norm is None else grad_norm
-        trigger = jnp.squeeze(norm < max_norm)
-
-        def clip(t: jax.Array) -> jax.Array:
-            return jax.lax.select(trigger, t, (t / norm.astype(t.dtype)) * max_norm)
-
-        return jax.tree.map(clip, updates), state
+        factor = jnp.where(norm < max_norm, 1.0, max_norm / norm)
+        return jax.tree.map(lambda t: t * factor.astype(t.dtype), updates), state
 
     return optax.GradientTransformationExtraArgs(optax.init_empty_state, update_fn)
 
