@@ -7,6 +7,7 @@ import re
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 from flax import nnx
 
 from vlmjax.models import layers
@@ -27,15 +28,20 @@ def _numpy_attention(attn: layers.Attention, x: np.ndarray, kv: np.ndarray,
     return np.einsum("btnh,nhd->btd", o, attn.out[...]) + attn.out_bias[...]
 
 
-def test_causal_attention_with_padding_mask_matches_numpy():
+@pytest.mark.parametrize("length, projections", [(6, 3), (40, 1)])  # rows < or >= 8 x width
+def test_causal_attention_with_padding_mask_matches_numpy(length, projections):
+    """Few rows per weight: q, k and v are three matmuls; many: one on the stacked kernels."""
     rng = np.random.default_rng(0)
     attn = layers.Attention(12, 3, rngs=nnx.Rngs(1))
-    x = rng.normal(size=(3, 6, 12)).astype(np.float32)
-    mask = np.arange(6)[None, :] < np.array([[6], [4], [1]])  # right padding, one 1-token row
-    got = jax.jit(lambda x, m: attn(x, causal=True, mask=m))(jnp.asarray(x), jnp.asarray(mask))
-    causal = np.tril(np.ones((6, 6), bool))
+    x = rng.normal(size=(3, length, 12)).astype(np.float32)
+    mask = np.arange(length)[None, :] < np.array([[length], [4], [1]])  # right padding
+    fn = jax.jit(lambda x, m: attn(x, causal=True, mask=m))
+    got = fn(jnp.asarray(x), jnp.asarray(mask))
+    causal = np.tril(np.ones((length, length), bool))
     want = _numpy_attention(attn, x, x, causal[None] & mask[:, None, :])
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
+    dots = str(jax.make_jaxpr(fn)(x, mask)).count("dot_general")
+    assert dots == projections + 3  # + q k^T, p v and the output projection
 
 
 def test_cross_attention_to_another_width_and_length_matches_numpy():
