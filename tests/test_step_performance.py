@@ -44,6 +44,30 @@ def test_causal_attention_with_padding_mask_matches_numpy(length, projections):
     assert dots == projections + 3  # + q k^T, p v and the output projection
 
 
+@pytest.mark.parametrize("dtype, causal", [("float32", True), ("float32", False),
+                                           ("bfloat16", True)])
+def test_heads_major_attention_is_jax_dot_product_attention(dtype, causal):
+    """The CPU attention (heads-major matmuls) against jax.nn.dot_product_attention: outputs
+    and the gradients of q, k and v, with a padding mask that leaves one row a single key."""
+    keys = jax.random.split(jax.random.key(0), 4)
+    q, k, v = (jax.random.normal(kk, (3, 7, 2, 8), dtype) for kk in keys[:3])
+    mask = (jnp.arange(7)[None, :] < jnp.array([[7], [3], [1]]))[:, None, None, :]
+    cotangent = jax.random.normal(keys[3], (3, 7, 2, 8), dtype)
+
+    def run(fn):
+        out, vjp = jax.vjp(lambda q, k, v: fn(q, k, v, mask=mask, is_causal=causal), q, k, v)
+        return (out, *vjp(cotangent))
+
+    got = run(lambda q, k, v, mask, is_causal: layers.heads_major_attention(
+        q, k, v, mask=mask, causal=is_causal))
+    want = run(jax.nn.dot_product_attention)
+    tol = 1e-5 if dtype == "float32" else 2e-2  # bfloat16: a few roundings of O(1) values
+    for g, w in zip(got, want, strict=True):
+        assert g.dtype == w.dtype
+        np.testing.assert_allclose(np.asarray(g, np.float32), np.asarray(w, np.float32),
+                                   rtol=tol, atol=tol)
+
+
 def test_cross_attention_to_another_width_and_length_matches_numpy():
     rng = np.random.default_rng(1)
     attn = layers.Attention(8, 2, rngs=nnx.Rngs(2), kv_dim=20)

@@ -221,16 +221,41 @@ def attention(q: jax.Array, k: jax.Array, v: jax.Array, *, mask: jax.Array | Non
               causal: bool = False) -> jax.Array:
     """softmax(q k^T / sqrt(h)) v per head: q [b, t, n, h], k and v [b, s, n, h] -> [b, t, n, h].
 
-    `jax.nn.dot_product_attention` (fused kernels where the platform has them; on CPU XLA's
-    dots, which YNNPACK fuses with the softmax), under the name scope "attention_core" that
-    bench/profile_step.py attributes time by. mask: [b, s] True where keys are valid.
+    `jax.nn.dot_product_attention` (fused kernels where the platform has them), on CPU the
+    same sums heads-major (`heads_major_attention`), under the name scope "attention_core"
+    that bench/profile_step.py attributes time by. mask: [b, s] True where keys are valid.
     """
     q = constrain(q, ("batch", "length", "heads", "kv"))
     k = constrain(k, ("batch", "length", "heads", "kv"))
     v = constrain(v, ("batch", "length", "heads", "kv"))
     key_mask = None if mask is None else mask[:, None, None, :]  # [b, 1(n), 1(t), s]
     with jax.named_scope("attention_core"):
+        if jax.default_backend() == "cpu":
+            return heads_major_attention(q, k, v, mask=key_mask, causal=causal)
         return jax.nn.dot_product_attention(q, k, v, mask=key_mask, is_causal=causal)
+
+
+def heads_major_attention(q: jax.Array, k: jax.Array, v: jax.Array, *,
+                          mask: jax.Array | None = None, causal: bool = False) -> jax.Array:
+    """`jax.nn.dot_product_attention`'s XLA path (float32 logits scaled after the product,
+    masked with -0.7 x the float32 maximum, float32 softmax) with q, k and v moved heads-major,
+    [b, n, t, h], before the two batched matmuls. XLA:CPU's batched matmuls over (b, n) ran
+    about half as fast on the token-major layout (16-token attention of the demo CLIP: 0.71 vs
+    0.40 ms per q k^T), and the whole train step is 2-5% faster (demo CLIP, CoCa, ViT-B/32).
+    mask: broadcastable to [b, n, t, s], True where a query may see a key.
+    """
+    qt, kt, vt = (jnp.swapaxes(a, 1, 2) for a in (q, k, v))  # [b, n, t, h]
+    precision = jax.lax.DotAlgorithmPreset.BF16_BF16_F32 if q.dtype == jnp.bfloat16 else None
+    logits = jnp.einsum("bnth,bnsh->bnts", qt, kt, precision=precision,
+                        preferred_element_type=jnp.float32)
+    logits = logits * jnp.float32(1.0 / math.sqrt(q.shape[-1]))
+    if causal:
+        lower = jnp.tril(jnp.ones((q.shape[1], k.shape[1]), bool))
+        mask = lower if mask is None else mask & lower
+    if mask is not None:
+        logits = jnp.where(mask, logits, jnp.float32(-0.7 * jnp.finfo(jnp.float32).max))
+    probs = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
+    return jnp.swapaxes(jnp.einsum("bnts,bnsh->bnth", probs, vt), 1, 2)
 
 
 class Block(nnx.Module):
