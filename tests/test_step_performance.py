@@ -68,6 +68,41 @@ def test_heads_major_attention_is_jax_dot_product_attention(dtype, causal):
                                    rtol=tol, atol=tol)
 
 
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_layer_norm_backward_is_autodiff_of_the_formula(dtype):
+    """LayerNorm's hand-written backward (CPU) against JAX's autodiff of the plain formula:
+    the output and the gradients of the input, scale and bias."""
+    norm = layers.LayerNorm(24, rngs=nnx.Rngs(0), eps=1e-5)
+    keys = jax.random.split(jax.random.key(1), 4)
+    norm.scale[...] = 1 + 0.3 * jax.random.normal(keys[0], (24,))
+    norm.bias[...] = 0.3 * jax.random.normal(keys[1], (24,))
+    x = (3 + 2 * jax.random.normal(keys[2], (4, 5, 24))).astype(dtype)
+    cotangent = jax.random.normal(keys[3], (4, 5, 24), dtype)
+
+    def formula(x: jax.Array, scale: jax.Array, bias: jax.Array) -> jax.Array:
+        xf = x.astype(jnp.float32)
+        mean = xf.mean(-1, keepdims=True)
+        var = jnp.square(xf - mean).mean(-1, keepdims=True)
+        return ((xf - mean) * jax.lax.rsqrt(var + 1e-5) * scale + bias).astype(x.dtype)
+
+    def loss(out: jax.Array) -> jax.Array:
+        return jnp.sum(out.astype(jnp.float32) * cotangent.astype(jnp.float32))
+
+    ours = nnx.grad(lambda m, x: loss(m(x)), argnums=(0, 1))(norm, x)
+    reference = jax.grad(lambda x, s, b: loss(formula(x, s, b)), argnums=(0, 1, 2))(
+        x, norm.scale[...], norm.bias[...])
+    results = [(norm(x), ours[1], ours[0]["scale"][...], ours[0]["bias"][...]),
+               (formula(x, norm.scale[...], norm.bias[...]), *reference)]
+    for got, want in zip(*results, strict=True):
+        assert got.dtype == want.dtype
+        # float32: sums of 20 rows / 24 features, a few roundings; bfloat16: one rounding of
+        # the input gradient and output to 2^-8 relative.
+        tol = 2e-5 if got.dtype == jnp.float32 else 2e-2
+        scale = float(jnp.max(jnp.abs(want.astype(jnp.float32))))
+        np.testing.assert_allclose(np.asarray(got, np.float32), np.asarray(want, np.float32),
+                                   rtol=tol, atol=tol * scale)
+
+
 def test_cross_attention_to_another_width_and_length_matches_numpy():
     rng = np.random.default_rng(1)
     attn = layers.Attention(8, 2, rngs=nnx.Rngs(2), kv_dim=20)

@@ -4,6 +4,7 @@ Every einsum names its axes: b batch, t/s query/key length, d embed, n heads, h 
 f mlp hidden. Parameters carry `logical_axes` metadata that the sharding rules map to the mesh.
 """
 
+import functools
 import math
 from collections.abc import Callable, Sequence
 
@@ -135,11 +136,44 @@ class LayerNorm(nnx.Module):
 
     def __call__(self, x: jax.Array) -> jax.Array:
         dtype = x.dtype
-        x = x.astype(jnp.float32)
-        mean = x.mean(-1, keepdims=True)
-        var = jnp.square(x - mean).mean(-1, keepdims=True)
-        y = (x - mean) * jax.lax.rsqrt(var + self.eps) * self.scale[...] + self.bias[...]
-        return y.astype(dtype)
+        x, scale, bias = x.astype(jnp.float32), self.scale[...], self.bias[...]
+        if jax.default_backend() == "cpu":
+            return _layer_norm(x, scale, bias, self.eps).astype(dtype)
+        return _layer_norm_fwd(x, scale, bias, self.eps)[0].astype(dtype)
+
+
+def _layer_norm_fwd(x: jax.Array, scale: jax.Array, bias: jax.Array, eps: float
+                    ) -> tuple[jax.Array, tuple]:
+    centered = x - x.mean(-1, keepdims=True)
+    inv_std = jax.lax.rsqrt(jnp.square(centered).mean(-1, keepdims=True) + eps)
+    normed = centered * inv_std
+    return normed * scale + bias, (normed, inv_std, scale)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
+def _layer_norm(x: jax.Array, scale: jax.Array, bias: jax.Array, eps: float) -> jax.Array:
+    """LayerNorm over the last axis with the textbook backward written out: with n = the
+    normalised x and g' = g * scale, dx = inv_std * (g' - mean(g') - n * mean(g' * n)).
+
+    The same values as autodiff's backward up to float32 rounding, in fewer and simpler
+    passes: XLA:CPU ran autodiff's version as ~9 fusions per norm, some feeding YNNPACK
+    broadcasts it had to write out first (demo CLIP train step -6%, ViT-B/32 -1.4%).
+    """
+    return _layer_norm_fwd(x, scale, bias, eps)[0]
+
+
+def _layer_norm_bwd(eps: float, residuals: tuple, g: jax.Array
+                    ) -> tuple[jax.Array, jax.Array, jax.Array]:
+    del eps
+    normed, inv_std, scale = residuals
+    g_scaled = g * scale
+    dx = inv_std * (g_scaled - g_scaled.mean(-1, keepdims=True)
+                    - normed * (g_scaled * normed).mean(-1, keepdims=True))
+    rows = tuple(range(g.ndim - 1))
+    return dx, (g * normed).sum(rows), g.sum(rows)
+
+
+_layer_norm.defvjp(_layer_norm_fwd, _layer_norm_bwd)
 
 
 class Mlp(nnx.Module):
