@@ -60,7 +60,7 @@ def test_update_and_state_are_optax_chain_of_clip_and_adamw():
 def test_clipped_update_makes_one_pass_per_state_array():
     """The compiled clip + AdamW update writes each parameter-sized array once: the new first
     and second moments and the new parameter. optax's per-element select of t / norm made
-    XLA write the divided gradient too (two extra passes over every gradient per step)."""
+    XLA write the divided gradient too (read again by both moments)."""
     config = {"optimizer": {"lr": 1e-2, "b1": 0.9, "b2": 0.98, "eps": 1e-6,
                             "weight_decay": 0.1, "no_decay": "", "grad_clip_norm": 1.0,
                             "schedule": "cosine", "warmup_steps": 2, "end_lr_ratio": 0.1},

@@ -294,7 +294,6 @@ def test_compilation_cache_default_keeps_a_configured_cache_and_can_be_disabled(
         jax.config.update("jax_compilation_cache_dir", original)
 
 
-
 def _largest_fusion(hlo: str) -> int:
     """Instructions in the largest fused computation of an optimised HLO module's text."""
     sizes, current = [], None

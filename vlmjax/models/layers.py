@@ -157,7 +157,7 @@ def _layer_norm(x: jax.Array, scale: jax.Array, bias: jax.Array, eps: float) -> 
 
     The same values as autodiff's backward up to float32 rounding, in fewer and simpler
     passes: XLA:CPU ran autodiff's version as ~9 fusions per norm, some feeding YNNPACK
-    broadcasts it had to write out first (demo CLIP train step -6%, ViT-B/32 -1.4%).
+    broadcasts it had to write out first (demo CLIP train step -5%, ViT-B/32 level).
     """
     return _layer_norm_fwd(x, scale, bias, eps)[0]
 
@@ -194,14 +194,14 @@ class Mlp(nnx.Module):
 
 
 # Rows per input width from which self-attention stacks its q/k/v kernels into one matmul.
-# Measured on 2 CPU cores (in-step A/B of the train step): three matmuls were 3% faster at
+# Measured on 2 CPU cores (in-step A/B of the train step): three matmuls were 1.6-3% faster at
 # ViT-B/32 batch 8 (rows = 0.5 and 1.2 x width), level at batch 32 (2 and 5 x), and 3.5%
 # slower on the demo CLIP (43 and 64 x): the crossover lies between, 8 splits it.
 STACK_ROWS_PER_WIDTH = 8
 
 
 class Attention(nnx.Module):
-    """Multi-head attention through `jax.nn.dot_product_attention` (fused where available)."""
+    """Multi-head attention: q/k/v and output projections around `attention`."""
 
     def __init__(self, dim: int, heads: int, *, rngs: nnx.Rngs, kv_dim: int | None = None):
         head_dim = dim // heads
@@ -275,7 +275,7 @@ def heads_major_attention(q: jax.Array, k: jax.Array, v: jax.Array, *,
     masked with -0.7 x the float32 maximum, float32 softmax) with q, k and v moved heads-major,
     [b, n, t, h], before the two batched matmuls. XLA:CPU's batched matmuls over (b, n) ran
     about half as fast on the token-major layout (16-token attention of the demo CLIP: 0.71 vs
-    0.40 ms per q k^T), and the whole train step is 2-5% faster (demo CLIP, CoCa, ViT-B/32).
+    0.40 ms per q k^T): the demo CLIP and CoCa train steps are 3.5% faster, ViT-B/32 2%.
     mask: broadcastable to [b, n, t, s], True where a query may see a key.
     """
     qt, kt, vt = (jnp.swapaxes(a, 1, 2) for a in (q, k, v))  # [b, n, t, h]

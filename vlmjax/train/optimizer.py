@@ -41,8 +41,9 @@ def clip_by_known_norm(max_norm: float) -> optax.GradientTransformationExtraArgs
     Clipped gradients are the gradients times ONE scalar factor (1 below the bound, else
     max_norm / norm), where optax selects between t and (t / norm) * max_norm: the same
     values up to one float32 rounding. A per-element divide is "expensive" to XLA, so it
-    wrote t / norm to memory for both Adam moments to read (two extra passes over every
-    gradient, 16% of ViT-B/32's update); a product with a scalar is fused into them.
+    wrote t / norm to memory for both Adam moments to read (one more write and three more
+    reads of every gradient: 14 passes per parameter-sized array instead of 10; ViT-B/32
+    step 1.91 -> 1.85 s on 2 CPU cores); a product with a scalar is fused into them.
     """
 
     def update_fn(updates: Any, state: Any, params: Any = None, *,
