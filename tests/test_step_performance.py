@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from vlmjax.models import layers
+from vlmjax.models import cpu_attention, layers
 from vlmjax.train import compilation_cache
 
 
@@ -47,18 +47,19 @@ def test_causal_attention_with_padding_mask_matches_numpy(length, projections):
 @pytest.mark.parametrize("dtype, causal", [("float32", True), ("float32", False),
                                            ("bfloat16", True)])
 def test_heads_major_attention_is_jax_dot_product_attention(dtype, causal):
-    """The CPU attention (heads-major matmuls) against jax.nn.dot_product_attention: outputs
-    and the gradients of q, k and v, with a padding mask that leaves one row a single key."""
+    """The CPU attention (heads-major matmuls, hand-written backward) against
+    jax.nn.dot_product_attention: outputs and the gradients of q, k and v, with a padding mask
+    that leaves one row a single key and one row none (a uniform softmax, no gradient)."""
     keys = jax.random.split(jax.random.key(0), 4)
-    q, k, v = (jax.random.normal(kk, (3, 7, 2, 8), dtype) for kk in keys[:3])
-    mask = (jnp.arange(7)[None, :] < jnp.array([[7], [3], [1]]))[:, None, None, :]
-    cotangent = jax.random.normal(keys[3], (3, 7, 2, 8), dtype)
+    q, k, v = (jax.random.normal(kk, (4, 7, 2, 8), dtype) for kk in keys[:3])
+    mask = (jnp.arange(7)[None, :] < jnp.array([[7], [3], [1], [0]]))[:, None, None, :]
+    cotangent = jax.random.normal(keys[3], (4, 7, 2, 8), dtype)
 
     def run(fn):
         out, vjp = jax.vjp(lambda q, k, v: fn(q, k, v, mask=mask, is_causal=causal), q, k, v)
         return (out, *vjp(cotangent))
 
-    got = run(lambda q, k, v, mask, is_causal: layers.heads_major_attention(
+    got = run(lambda q, k, v, mask, is_causal: cpu_attention.heads_major_attention(
         q, k, v, mask=mask, causal=is_causal))
     want = run(jax.nn.dot_product_attention)
     tol = 1e-5 if dtype == "float32" else 2e-2  # bfloat16: a few roundings of O(1) values
@@ -66,6 +67,18 @@ def test_heads_major_attention_is_jax_dot_product_attention(dtype, causal):
         assert g.dtype == w.dtype
         np.testing.assert_allclose(np.asarray(g, np.float32), np.asarray(w, np.float32),
                                    rtol=tol, atol=tol)
+
+
+def test_cpu_attention_backward_matmuls_contract_the_lhs_last_axis():
+    """Every batched matmul of the compiled attention gradient contracts its lhs's last axis
+    (the form XLA:CPU hands to YNNPACK); autodiff's dv and dk contract the lhs rows."""
+    q = jnp.ones((4, 16, 3, 32))
+    grad = jax.jit(jax.grad(lambda q, k, v: jnp.sum(jnp.sin(
+        cpu_attention.heads_major_attention(q, k, v))), argnums=(0, 1, 2)))
+    hlo = grad.lower(q, q, q).compile().as_text()
+    batched = re.findall(r"= f32\[4,3,\d+,\d+\]\S* dot\(.*?lhs_contracting_dims=\{(\d)\}", hlo)
+    assert len(batched) == 6  # q k^T and p v forward; dv, dp, dq and dk
+    assert set(batched) == {"3"}
 
 
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
@@ -167,6 +180,21 @@ def test_vocabulary_head_gradient_is_not_copied_transposed():
     hlo = jax.jit(jax.grad(loss, argnums=(0, 1))).lower(head, x).compile().as_text()
     transposed = re.findall(rf"f32\[{v},{b * t}\]|f32\[{v},{b},{t}\]\{{0,2,1\}}", hlo)
     assert not transposed, transposed
+
+
+@pytest.mark.parametrize("d, n, transposed", [(48, 16, True), (16, 40, False)])
+def test_weight_gradient_form_follows_the_width_rule(d, n, transposed):
+    """dense's kernel gradient equals x^T g in either form: with 2n <= d <= 768 computed as
+    (g^T x)^T (a dot writing [n, d]), else as x^T g (a dot writing [d, n])."""
+    rng = np.random.default_rng(4)
+    x, g = rng.normal(size=(64, d)), rng.normal(size=(64, n))
+    kernel = jnp.asarray(rng.normal(size=(d, n)), jnp.float32)
+    grad = jax.jit(lambda k, x, g: jax.vjp(lambda k: layers.dense(x, k), k)[1](g)[0])
+    args = (kernel, jnp.asarray(x, jnp.float32), jnp.asarray(g, jnp.float32))
+    np.testing.assert_allclose(grad(*args), x.T @ g, rtol=1e-5, atol=1e-4)
+    hlo = grad.lower(*args).compile().as_text()
+    outputs = re.findall(r"= f32\[(\d+),(\d+)\]\S* dot\(", hlo)
+    assert outputs == [(str(n), str(d))] if transposed else [(str(d), str(n))]
 
 
 def test_bfloat16_dense_accumulates_in_float32_forward_and_backward():

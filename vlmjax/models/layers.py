@@ -13,6 +13,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from vlmjax.models import stacked
+from vlmjax.models.cpu_attention import heads_major_attention
 from vlmjax.parallel.logical import constrain
 
 ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
@@ -46,18 +47,15 @@ def dense(x: jax.Array, kernel: jax.Array, bias: jax.Array | None = None) -> jax
     sharded leading output axis stays sharded through the flattening; shard no later one.
     """
     d, out = kernel.shape[0], kernel.shape[1:]
-    if x.dtype in LOW_PRECISION and jax.default_backend() == "cpu":
+    if jax.default_backend() == "cpu":
         # 2-D operands: XLA:CPU's fallback dot rejects bfloat16 x bfloat16 -> float32 with
         # more than one output axis. A missing bias is a zero one (its gradient is unused).
         flat_bias = jnp.zeros(kernel.shape[1:], x.dtype) if bias is None else bias
-        y = _dense_f32_accumulate(x.reshape(-1, d), kernel.reshape(d, -1), flat_bias.reshape(-1))
+        y = _cpu_dense(x.reshape(-1, d), kernel.reshape(d, -1), flat_bias.reshape(-1))
     else:
         y = jax.lax.dot_general(x.reshape(-1, d), kernel.reshape(d, -1), (((1,), (0,)), ((), ())))
         y = y if bias is None else y + bias.reshape(-1)
     return y.reshape(*x.shape[:-1], *out)
-
-
-LOW_PRECISION = (jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16))
 
 
 def _matmul_f32(a: jax.Array, b: jax.Array, contract: tuple[tuple[int, ...], tuple[int, ...]]
@@ -66,31 +64,51 @@ def _matmul_f32(a: jax.Array, b: jax.Array, contract: tuple[tuple[int, ...], tup
 
 
 @jax.custom_vjp
-def _dense_f32_accumulate(x: jax.Array, kernel: jax.Array, bias: jax.Array) -> jax.Array:
-    """Low-precision x [rows, d] @ kernel [d, n] + bias [n] with every matmul (forward and both
-    gradients) asking for float32 results, rounded back to the operands' dtype.
+def _cpu_dense(x: jax.Array, kernel: jax.Array, bias: jax.Array) -> jax.Array:
+    """x [rows, d] @ kernel [d, n] + bias [n] on XLA:CPU, with a hand-written backward.
 
-    On CPU that is the fast path: XLA:CPU runs a bfloat16 x bfloat16 -> float32 dot on
-    AMX / AVX512-BF16 (3-5x float32 on a Xeon with AMX), while a dot with a bfloat16 result is
-    no faster than float32. Autodiff would make the gradient dots float32 x bfloat16 (the slow
-    path), hence the hand-written backward: the same sums, each accumulated in float32.
+    Every matmul (forward and both gradients) asks for float32 results, rounded back to the
+    operands' dtype: for bfloat16 that is the fast path, a bfloat16 x bfloat16 -> float32 dot
+    on AMX / AVX512-BF16 (3-5x float32 on a Xeon with AMX), where autodiff would make the
+    gradient dots float32 x bfloat16 (the slow path). For float32 the sums are autodiff's; the
+    backward also picks the faster form of the weight gradient (`_weight_gradient`).
     """
     return (_matmul_f32(x, kernel, ((1,), (0,))) + bias).astype(x.dtype)
 
 
 def _dense_fwd(x: jax.Array, kernel: jax.Array, bias: jax.Array) -> tuple[jax.Array, tuple]:
-    return _dense_f32_accumulate(x, kernel, bias), (x, kernel, bias)
+    return _cpu_dense(x, kernel, bias), (x, kernel, bias)
 
 
 def _dense_bwd(residuals: tuple, g: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
     x, kernel, bias = residuals
     dx = _matmul_f32(g, kernel, ((1,), (1,))).astype(x.dtype)  # [rows, d]
-    dkernel = _matmul_f32(x, g, ((0,), (0,))).astype(kernel.dtype)  # [d, n]
+    dkernel = _weight_gradient(x, g).astype(kernel.dtype)  # [d, n]
     dbias = g.astype(jnp.float32).sum(0).astype(bias.dtype)
     return dx, dkernel, dbias
 
 
-_dense_f32_accumulate.defvjp(_dense_fwd, _dense_bwd)
+_cpu_dense.defvjp(_dense_fwd, _dense_bwd)
+
+# Input widths up to which a weight gradient with at most half as many outputs as inputs is
+# computed as (g^T x)^T (see `_weight_gradient`).
+TRANSPOSED_WGRAD_MAX_WIDTH = 768
+
+
+def _weight_gradient(x: jax.Array, g: jax.Array) -> jax.Array:
+    """x [rows, d]^T @ g [rows, n] -> [d, n] in float32, contracting the rows.
+
+    XLA:CPU runs this contraction of both operands' leading axis through Eigen, whose speed
+    depends on which operand is the transposed lhs. With many rows and 2n <= d <= 768 (the
+    demo models' second MLP layer, d = 4n), computing g^T x [n, d] and transposing that small
+    result was 1.1-1.7x faster on 2 Xeon cores (d = 384, n = 96, 4096 rows: 1.75 vs 3.02 ms);
+    at d >= 1024 or d < 2n it was level to 1.2x slower, so those keep the plain form.
+    """
+    d, n = x.shape[1], g.shape[1]
+    if 2 * n <= d <= TRANSPOSED_WGRAD_MAX_WIDTH:
+        # The barrier keeps XLA from folding the transpose back into the dot.
+        return jax.lax.optimization_barrier(_matmul_f32(g, x, ((0,), (0,)))).T
+    return _matmul_f32(x, g, ((0,), (0,)))
 
 
 def residual_boundary(x: jax.Array) -> jax.Array:
@@ -267,29 +285,6 @@ def attention(q: jax.Array, k: jax.Array, v: jax.Array, *, mask: jax.Array | Non
         if jax.default_backend() == "cpu":
             return heads_major_attention(q, k, v, mask=key_mask, causal=causal)
         return jax.nn.dot_product_attention(q, k, v, mask=key_mask, is_causal=causal)
-
-
-def heads_major_attention(q: jax.Array, k: jax.Array, v: jax.Array, *,
-                          mask: jax.Array | None = None, causal: bool = False) -> jax.Array:
-    """`jax.nn.dot_product_attention`'s XLA path (float32 logits scaled after the product,
-    masked with -0.7 x the float32 maximum, float32 softmax) with q, k and v moved heads-major,
-    [b, n, t, h], before the two batched matmuls. XLA:CPU's batched matmuls over (b, n) ran
-    about half as fast on the token-major layout (16-token attention of the demo CLIP: 0.71 vs
-    0.40 ms per q k^T): the demo CLIP and CoCa train steps are 3.5% faster, ViT-B/32 2%.
-    mask: broadcastable to [b, n, t, s], True where a query may see a key.
-    """
-    qt, kt, vt = (jnp.swapaxes(a, 1, 2) for a in (q, k, v))  # [b, n, t, h]
-    precision = jax.lax.DotAlgorithmPreset.BF16_BF16_F32 if q.dtype == jnp.bfloat16 else None
-    logits = jnp.einsum("bnth,bnsh->bnts", qt, kt, precision=precision,
-                        preferred_element_type=jnp.float32)
-    logits = logits * jnp.float32(1.0 / math.sqrt(q.shape[-1]))
-    if causal:
-        lower = jnp.tril(jnp.ones((q.shape[1], k.shape[1]), bool))
-        mask = lower if mask is None else mask & lower
-    if mask is not None:
-        logits = jnp.where(mask, logits, jnp.float32(-0.7 * jnp.finfo(jnp.float32).max))
-    probs = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
-    return jnp.swapaxes(jnp.einsum("bnts,bnsh->bnth", probs, vt), 1, 2)
 
 
 class Block(nnx.Module):
