@@ -9,8 +9,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
+from jax.ad_checkpoint import print_saved_residuals
 
-from vlmjax.models import cpu_attention, layers
+from vlmjax.models import cpu_attention, layers, stacked
 from vlmjax.train import compilation_cache
 
 
@@ -195,6 +196,21 @@ def test_weight_gradient_form_follows_the_width_rule(d, n, transposed):
     hlo = grad.lower(*args).compile().as_text()
     outputs = re.findall(r"= f32\[(\d+),(\d+)\]\S* dot\(", hlo)
     assert outputs == [(str(n), str(d))] if transposed else [(str(d), str(n))]
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_remat_dots_policy_still_saves_dense_outputs(dtype, capsys):
+    """dense's hand-written backward (CPU) leaves its forward matmul visible to remat: the
+    "dots" policy saves both layers' matmul outputs instead of recomputing them."""
+    x, w1, w2 = (jnp.ones(s, dtype) for s in ((8, 4), (4, 12), (12, 4)))
+
+    def mlp(x: jax.Array, w1: jax.Array, w2: jax.Array) -> jax.Array:
+        return jnp.sum(jnp.sin(layers.dense(jnp.tanh(layers.dense(x, w1)), w2)))
+
+    print_saved_residuals(jax.checkpoint(mlp, policy=stacked.remat_policy("dots")), x, w1, w2)
+    saved = capsys.readouterr().out.splitlines()
+    dots = sorted(line.split()[0] for line in saved if "output of dot_general" in line)
+    assert dots == ["f32[8,12]", "f32[8,4]"]
 
 
 def test_bfloat16_dense_accumulates_in_float32_forward_and_backward():

@@ -63,7 +63,6 @@ def _matmul_f32(a: jax.Array, b: jax.Array, contract: tuple[tuple[int, ...], tup
     return jax.lax.dot_general(a, b, (contract, ((), ())), preferred_element_type=jnp.float32)
 
 
-@jax.custom_vjp
 def _cpu_dense(x: jax.Array, kernel: jax.Array, bias: jax.Array) -> jax.Array:
     """x [rows, d] @ kernel [d, n] + bias [n] on XLA:CPU, with a hand-written backward.
 
@@ -72,12 +71,23 @@ def _cpu_dense(x: jax.Array, kernel: jax.Array, bias: jax.Array) -> jax.Array:
     on AMX / AVX512-BF16 (3-5x float32 on a Xeon with AMX), where autodiff would make the
     gradient dots float32 x bfloat16 (the slow path). For float32 the sums are autodiff's; the
     backward also picks the faster form of the weight gradient (`_weight_gradient`).
+
+    The forward matmul stays a plain dot outside the custom VJP, so that remat policies that
+    save dots (`stacked.REMAT_POLICIES`) still see it; its gradients come from
+    `_dense_gradients`, which adds zeros (folded away by XLA) and carries the backward.
     """
-    return (_matmul_f32(x, kernel, ((1,), (0,))) + bias).astype(x.dtype)
+    y = (_matmul_f32(x, kernel, ((1,), (0,))) + bias).astype(x.dtype)
+    return jax.lax.stop_gradient(y) + _dense_gradients(x, kernel, bias)
+
+
+@jax.custom_vjp
+def _dense_gradients(x: jax.Array, kernel: jax.Array, bias: jax.Array) -> jax.Array:
+    """Zeros [rows, n] whose backward is dense's: (dx, dkernel, dbias) of the cotangent."""
+    return jnp.zeros((x.shape[0], kernel.shape[1]), x.dtype)
 
 
 def _dense_fwd(x: jax.Array, kernel: jax.Array, bias: jax.Array) -> tuple[jax.Array, tuple]:
-    return _cpu_dense(x, kernel, bias), (x, kernel, bias)
+    return _dense_gradients(x, kernel, bias), (x, kernel, bias)
 
 
 def _dense_bwd(residuals: tuple, g: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
@@ -88,7 +98,7 @@ def _dense_bwd(residuals: tuple, g: jax.Array) -> tuple[jax.Array, jax.Array, ja
     return dx, dkernel, dbias
 
 
-_cpu_dense.defvjp(_dense_fwd, _dense_bwd)
+_dense_gradients.defvjp(_dense_fwd, _dense_bwd)
 
 # Input widths up to which a weight gradient with at most half as many outputs as inputs is
 # computed as (g^T x)^T (see `_weight_gradient`).
