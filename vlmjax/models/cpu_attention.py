@@ -66,7 +66,8 @@ def _attention_core(qt: jax.Array, kt: jax.Array, vt: jax.Array, mask: jax.Array
     dk = ds^T q / sqrt(h), with p^T and ds^T written out so that every matmul contracts the
     lhs's last axis (autodiff's dv and dk contract the lhs rows: XLA:CPU's slow path). In-step
     A/B on 2 Xeon cores: demo CLIP 1.2-2.3% faster, demo CoCa 1.3% slower to 2% faster (two
-    runs), ViT-B/32 level."""
+    runs), ViT-B/32 level. Under remat, a policy that saves dots does not see these two (they
+    are recomputed in the backward): an accepted cost, remat being for accelerators' memory."""
     return _forward(qt, kt, vt, mask)[0]
 
 
