@@ -195,7 +195,7 @@ def test_weight_gradient_form_follows_the_width_rule(d, n, transposed):
     np.testing.assert_allclose(grad(*args), x.T @ g, rtol=1e-5, atol=1e-4)
     hlo = grad.lower(*args).compile().as_text()
     outputs = re.findall(r"= f32\[(\d+),(\d+)\]\S* dot\(", hlo)
-    assert outputs == [(str(n), str(d))] if transposed else [(str(d), str(n))]
+    assert outputs == ([(str(n), str(d))] if transposed else [(str(d), str(n))])
 
 
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
