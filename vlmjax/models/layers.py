@@ -111,8 +111,10 @@ def _weight_gradient(x: jax.Array, g: jax.Array) -> jax.Array:
     XLA:CPU runs this contraction of both operands' leading axis through Eigen, whose speed
     depends on which operand is the transposed lhs. With many rows and 2n <= d <= 768 (the
     demo models' second MLP layer, d = 4n), computing g^T x [n, d] and transposing that small
-    result was 1.1-1.7x faster on 2 Xeon cores (d = 384, n = 96, 4096 rows: 1.75 vs 3.02 ms);
-    at d >= 1024 or d < 2n it was level to 1.2x slower, so those keep the plain form.
+    result was 1.1-1.7x faster on 2 Xeon cores at 4096 rows (d = 384, n = 96: 1.75 vs
+    3.02 ms). At d >= 1024 it was 1.5x faster to 1.2x slower (faster at n = 64 and 128, slower
+    from n = 256), at d = 96, n = 64 1.2x slower and at n > d up to 1.7x slower (d = 96,
+    n = 384), so those keep the plain form.
     """
     d, n = x.shape[1], g.shape[1]
     if 2 * n <= d <= TRANSPOSED_WGRAD_MAX_WIDTH:
