@@ -352,33 +352,26 @@ def _largest_fusion(hlo: str) -> int:
     return max(sizes)
 
 
-def _encoder_gradients(depth: int, boundary) -> tuple[int, dict]:
-    """(largest fusion of the compiled backward, gradients) of a pre-LN encoder of `depth`."""
-    original = layers.residual_boundary
-    layers.residual_boundary = boundary
-    try:
-        encoder = layers.Encoder(16, depth, 2, 32, "gelu", rngs=nnx.Rngs(0))
-        graphdef, params = nnx.split(encoder)
-        x = jax.random.normal(jax.random.key(1), (2, 5, 16))
+def _encoder_backward_largest_fusion(depth: int, dtype: str) -> int:
+    """Largest fusion of the compiled backward of a pre-LN encoder of `depth`."""
+    encoder = layers.Encoder(16, depth, 2, 32, "quick_gelu", rngs=nnx.Rngs(0))
+    graphdef, params = nnx.split(encoder)
+    x = jax.random.normal(jax.random.key(1), (2, 5, 16)).astype(dtype)
 
-        def loss(params: nnx.State, x: jax.Array) -> jax.Array:
-            return jnp.sum(jnp.sin(nnx.merge(graphdef, params)(x)))
+    def loss(params: nnx.State, x: jax.Array) -> jax.Array:
+        return jnp.sum(jnp.sin(nnx.merge(graphdef, params)(x).astype(jnp.float32)))
 
-        grad = jax.jit(jax.grad(loss, argnums=(0, 1)))
-        hlo = grad.lower(params, x).compile().as_text()
-        return _largest_fusion(hlo), jax.tree.map(np.asarray, grad(params, x))
-    finally:
-        layers.residual_boundary = original
+    grad = jax.jit(jax.grad(loss, argnums=(0, 1)))
+    return _largest_fusion(grad.lower(params, x).compile().as_text())
 
 
 def test_residual_stream_gradient_is_materialised_once_per_block():
     """The residual stream's gradient is a chain of element-wise ops through every block;
-    XLA:CPU fused the whole chain into each of its consumers (the largest fusion grew with
-    depth: every block recomputed the LayerNorm backward of all later blocks). With the
-    boundary the largest fusion no longer grows with depth, and the gradients are those of
-    the plain identity."""
-    shallow, _ = _encoder_gradients(2, layers.residual_boundary)
-    deep, grads = _encoder_gradients(8, layers.residual_boundary)
+    with autodiff's LayerNorm backward XLA:CPU fused the whole chain into each of its
+    consumers (the largest fusion grew with depth, 145 -> 541 instructions from depth 2 to 8:
+    every block recomputed the backward of all later blocks). LayerNorm's written-out backward
+    ends the chain at every norm, so the largest fusion does not grow with depth (33 at both;
+    in bfloat16 the chain did not form with either backward)."""
+    shallow = _encoder_backward_largest_fusion(2, "float32")
+    deep = _encoder_backward_largest_fusion(8, "float32")
     assert deep <= shallow + 8, (shallow, deep)
-    _, plain = _encoder_gradients(8, lambda x: x)
-    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6), grads, plain)

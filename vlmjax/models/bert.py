@@ -73,9 +73,7 @@ class PostLNBlock(nnx.Module):
         self.ln_mlp = layers.LayerNorm(cfg.width, rngs=rngs, eps=cfg.ln_eps)
 
     def __call__(self, x: jax.Array, mask: jax.Array) -> jax.Array:
-        x = layers.residual_boundary(x)
         x = self.ln_attn(x + self.attn(x, mask=mask))
-        x = layers.residual_boundary(x)
         x = self.ln_mlp(x + self.mlp(x))
         return constrain(x, ("batch", "length", "embed"))
 

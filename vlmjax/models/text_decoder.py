@@ -43,16 +43,12 @@ class CrossBlock(nnx.Module):
         """The MLP sub-block between self- and cross-attention (block="open_clip"), else x."""
         if self.self_mlp is None:
             return x
-        x = layers.residual_boundary(x)
         return x + self.self_mlp(self.ln_self_mlp(x))
 
     def __call__(self, x: jax.Array, image: jax.Array) -> jax.Array:
         """x: [b, t, d] text states; image: [b, s, d] caption tokens of the image."""
-        x = layers.residual_boundary(x)
         x = self.after_self_attention(x + self.self_attn(self.ln_self(x), causal=True))
-        x = layers.residual_boundary(x)
         x = x + self.cross_attn(self.ln_cross(x), self.ln_image(image))
-        x = layers.residual_boundary(x)
         x = x + self.mlp(self.ln_mlp(x))
         return constrain(x, ("batch", "length", "embed"))
 
