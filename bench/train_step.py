@@ -74,20 +74,27 @@ DEFAULT_ROWS = "demo_clip,vit_b32_clip,demo_coca,demo_filip,demo_flip50,demo_fli
 ISA_FLAGS = ("avx2", "avx512f", "avx512_bf16", "avx512_fp16", "amx_tile", "amx_bf16")
 
 
-def cpu_info() -> dict:
-    """The CPU model, its logical CPU count and which of ISA_FLAGS it reports (Linux)."""
-    model, flags = "unknown", set()
+def cpu_info(path: str = "/proc/cpuinfo") -> dict:
+    """The CPU model, its family / model / stepping numbers (a VM's model name, e.g. "AMD EPYC",
+    may not say the generation: family 25 model 17 is Zen 4), its logical CPU count and which
+    of ISA_FLAGS it reports (Linux)."""
+    model, flags, ids = "unknown", set(), {}
     try:
-        with open("/proc/cpuinfo") as f:
+        with open(path) as f:
             for line in f:
                 key, _, value = line.partition(":")
-                if key.strip() == "model name" and model == "unknown":
+                key = key.strip()
+                if key == "model name" and model == "unknown":
                     model = value.strip()
-                elif key.strip() == "flags" and not flags:
+                elif key in ("cpu family", "model", "stepping") and key not in ids:
+                    ids[key] = value.strip()
+                elif key == "flags" and not flags:
                     flags = set(value.split())
     except OSError:
         pass
-    return {"model": model, "cpus": os.cpu_count(), "isa": [f for f in ISA_FLAGS if f in flags]}
+    family = " ".join(f"{k} {ids[k]}" for k in ("cpu family", "model", "stepping") if k in ids)
+    return {"model": model, "family": family.removeprefix("cpu "), "cpus": os.cpu_count(),
+            "isa": [f for f in ISA_FLAGS if f in flags]}
 
 
 def xla_threads() -> int:
@@ -108,7 +115,9 @@ def host_summary(threads: int) -> str:
     preload = os.environ.get("LD_PRELOAD", "")
     allocator = "tcmalloc" if "tcmalloc" in preload else "glibc malloc"
     load = "/".join(f"{x:.2f}" for x in os.getloadavg())
-    return (f"host: {info['model']}, {info['cpus']} logical CPUs, ISA {' '.join(info['isa']) or '-'}"
+    family = f" ({info['family']})" if info["family"] else ""
+    return (f"host: {info['model']}{family}, {info['cpus']} logical CPUs, "
+            f"ISA {' '.join(info['isa']) or '-'}"
             f"; {threads} pinned per side; allocator {allocator}; load average {load}")
 
 
