@@ -79,6 +79,7 @@ def cpu_info(path: str = "/proc/cpuinfo") -> dict:
     may not say the generation: family 25 model 17 is Zen 4), its logical CPU count and which
     of ISA_FLAGS it reports (Linux)."""
     model, flags, ids = "unknown", set(), {}
+    labels = {"cpu family": "family", "model": "model", "stepping": "stepping"}
     try:
         with open(path) as f:
             for line in f:
@@ -86,14 +87,14 @@ def cpu_info(path: str = "/proc/cpuinfo") -> dict:
                 key = key.strip()
                 if key == "model name" and model == "unknown":
                     model = value.strip()
-                elif key in ("cpu family", "model", "stepping") and key not in ids:
-                    ids[key] = value.strip()
+                elif key in labels and labels[key] not in ids:
+                    ids[labels[key]] = value.strip()
                 elif key == "flags" and not flags:
                     flags = set(value.split())
     except OSError:
         pass
-    family = " ".join(f"{k} {ids[k]}" for k in ("cpu family", "model", "stepping") if k in ids)
-    return {"model": model, "family": family.removeprefix("cpu "), "cpus": os.cpu_count(),
+    family = " ".join(f"{label} {ids[label]}" for label in labels.values() if label in ids)
+    return {"model": model, "family": family, "cpus": os.cpu_count(),
             "isa": [f for f in ISA_FLAGS if f in flags]}
 
 

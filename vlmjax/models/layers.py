@@ -161,8 +161,8 @@ def _layer_norm(x: jax.Array, scale: jax.Array, bias: jax.Array, eps: float) -> 
     every later LayerNorm's backward) into each consumer, so each block recomputed the
     backward of all blocks above it (ViT-B/32: fusions of up to 850 instructions, 8% of the
     step). An identity with an in-place zero update in its backward used to stop that at each
-    block; with this backward the chain no longer forms, and that boundary cost three copies
-    of the gradient per block (removed: train step 1-2% faster on the demo CLIP, CoCa and
+    block; with this backward the chain no longer forms, and that boundary cost up to three
+    copies of the gradient per block (removed: train step 1-2% faster on the demo CLIP, CoCa and
     ViT-B/32, fp32 and bf16).
     """
     return _layer_norm_fwd(x, scale, bias, eps)[0]
